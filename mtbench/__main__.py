@@ -1,0 +1,5 @@
+"""``python -m mtbench``: the same command-line interface as the ``mtbench`` script."""
+
+from mtbench.cli import main
+
+main()

@@ -1,0 +1,369 @@
+"""The ``mtbench`` command line: a thin typer layer over library calls."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mtbench import catalog
+from mtbench.errors import ConfigError, MtbenchError
+
+# Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+app = typer.Typer(
+    name="mtbench", no_args_is_help=True, rich_markup_mode="markdown", add_completion=False,
+    help="""Benchmark suite for multi-task learning with learned structured sparsity.
+
+Examples:
+
+* `mtbench ls tasks` — every task, its metrics and their directions
+* `mtbench data synth nyuv2-synth --out data/nyu-synth` — a synthetic NYU-like set in the real layout
+* `mtbench data verify nyuv2 --root data/nyu-synth` — read every sample through the real reader
+* `mtbench data prepare nyuv2 --from /data/nyuv2` — convert a real copy into the local Arrow cache
+* `mtbench run meta-sparsity --unseen depth` — meta-train, then evaluate seen and held-out tasks
+""")
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
+                       help="Create, check and prepare data sets.")
+bench_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
+                        help="Benchmarks that print measured ratios.")
+app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reports_errors(command: F) -> F:
+    """Turn mtbench's typed errors into a readable message and exit code 1 (no traceback)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except MtbenchError as error:
+            err_console.print("[bold red]error:[/] " + _escape(str(error)), highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar; yields ``update(done, total)``."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        task = progress.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
+
+
+# --- ls ---------------------------------------------------------------------------------------------
+
+class Listing(str, Enum):
+    tasks = "tasks"
+    datasets = "datasets"
+    methods = "methods"
+
+
+PluginsOption = Annotated[list[Path] | None, typer.Option(
+    "--plugins", help="A .py file or folder of method plugins to load (repeatable). Never implicit.")]
+
+
+@app.command("ls")
+@reports_errors
+def ls(kind: Annotated[Listing, typer.Argument(help="What to list.")],
+       pattern: Annotated[str | None, typer.Argument(help="Glob or substring filter on names.")] = None,
+       plugins: PluginsOption = None) -> None:
+    """List tasks, data sets or methods.
+
+    Examples: `mtbench ls tasks`, `mtbench ls tasks depth`, `mtbench ls methods --plugins my_method.py`
+    """
+    if kind is Listing.tasks:
+        table = Table(title="Tasks", title_justify="left")
+        for column in ("task", "family", "title", "head", "loss", "metrics (↑ higher / ↓ lower is better)",
+                       "--unseen", "v"):
+            table.add_column(column, no_wrap=column in ("task", "family", "head"))
+        registry = catalog.tasks()
+        for key in registry.names(pattern):
+            spec = registry.get(key)
+            metrics = ", ".join(f"{m.name} {m.arrow}" for m in spec.metrics)
+            table.add_row(spec.name, spec.family, spec.title, f"{spec.head}×{spec.out_channels}", spec.loss, metrics,
+                          "yes" if spec.may_hold_out else "no", spec.version)
+    elif kind is Listing.datasets:
+        from mtbench.data.cache import find_prepared
+
+        table = Table(title="Data sets", title_justify="left")
+        for column in ("dataset", "kind", "tasks (default first)", "layouts", "splits train/test", "prepared cache"):
+            table.add_column(column)
+        registry = catalog.datasets()
+        for name in registry.names(pattern):
+            spec = registry.get(name)
+            others = [t.name for t in catalog.family_tasks(spec.family) if t.name not in spec.default_tasks]
+            prepared = find_prepared(name)
+            table.add_row(name, "[yellow]synthetic[/]" if spec.synthetic else "real",
+                          ", ".join(spec.default_tasks) + (" | " + ", ".join(others) if others else ""),
+                          "\n".join(spec.layouts), f"{spec.train_split}/{spec.test_split}",
+                          str(prepared) if prepared else "—")
+    else:
+        from mtbench.methods import methods
+
+        table = Table(title="Methods", title_justify="left")
+        for column in ("method", "summary", "paper", "source"):
+            table.add_column(column)
+        registry = methods(plugins or ())
+        for name in registry.names(pattern):
+            info = registry.get(name)
+            table.add_row(name, info.summary, info.paper or "—", registry.source(name))
+    console.print(table)
+    if not table.row_count:
+        console.print(f"no {kind.value} match {pattern!r}" if pattern else f"no {kind.value} registered")
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+DatasetArg = Annotated[str, typer.Argument(help="Data set name (`mtbench ls datasets`).")]
+LayoutOption = Annotated[str | None, typer.Option(help="On-disk layout; detected when omitted.")]
+
+
+@data_app.command("synth")
+@reports_errors
+def data_synth(dataset: DatasetArg,
+               out: Annotated[Path, typer.Option("--out", help="Folder to create.")],
+               n: Annotated[int, typer.Option("--n", help="Number of samples over all splits.")] = 1000,
+               seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+               layout: Annotated[str | None, typer.Option(help="Real layout to write (default: the first).")] = None,
+               height: Annotated[int | None, typer.Option(help="NYU-like: image height.")] = None,
+               width: Annotated[int | None, typer.Option(help="NYU-like: image width.")] = None,
+               image_size: Annotated[int | None, typer.Option(help="Faces: image side.")] = None,
+               mask_size: Annotated[int | None, typer.Option(help="Faces: mask side.")] = None,
+               overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False) -> None:
+    """Write a synthetic stand-in in a real on-disk layout.
+
+    Examples: `mtbench data synth nyuv2-synth --out D --n 1000`,
+    `mtbench data synth celebamask-synth --out F --layout celebamask-parquet`
+    """
+    import time
+
+    spec = catalog.dataset(dataset)
+    if spec.generator is None:
+        synthetic = [n for n in catalog.datasets().names() if catalog.dataset(n).synthetic]
+        raise ConfigError(f"{dataset!r} is a real data set and cannot be generated",
+                          expected="a synthetic data set: " + ", ".join(synthetic), found=dataset,
+                          fix=f"use {spec.name}-synth, or prepare a real copy with `mtbench data prepare`")
+    sizes = {"height": height, "width": width, "image_size": image_size, "mask_size": mask_size}
+    options = dict(spec.synth_options)
+    for key, value in sizes.items():
+        if value is not None:
+            if key not in options:
+                raise ConfigError(f"--{key.replace('_', '-')} does not apply to {dataset}",
+                                  expected=", ".join("--" + k.replace("_", "-") for k in options), found=key)
+            options[key] = value
+    start = time.perf_counter()
+    with progress_bar(f"generating {dataset}") as update:
+        path = spec.generator(out, n=n, seed=seed, layout=layout or spec.layouts[0], overwrite=overwrite,
+                              progress=update, **options)
+    seconds = time.perf_counter() - start
+    console.print(f"wrote {n} synthetic samples of [bold]{dataset}[/] ({layout or spec.layouts[0]}, "
+                  f"{', '.join(f'{k}={v}' for k, v in options.items())}, seed {seed}) to {path} "
+                  f"in {seconds:.1f} s ({n / seconds:.0f} samples/s)")
+
+
+def _open(dataset: str, root: Path, layout: str | None) -> Any:
+    from mtbench.data.layouts import open_reader
+
+    spec = catalog.dataset(dataset)
+    reader = open_reader(spec.family, root, layout)
+    synthetic = reader.synthetic_manifest() is not None
+    if spec.synthetic and not synthetic:
+        raise ConfigError(f"{root} holds no synthetic-data manifest, so it is not {dataset}",
+                          expected="a folder written by `mtbench data synth`", found="a folder without mtbench-synthetic.json",
+                          fix=f"name the real data set instead: {spec.family}")
+    return reader
+
+
+def _identity_line(reader: Any) -> str:
+    identity = reader.identity(content=False)
+    if identity.synthetic:
+        gen = identity.generator or {}
+        return (f"[yellow]SYNTHETIC[/] data set {identity.dataset} (generator {gen.get('generator')} "
+                f"v{gen.get('generator_version')}, seed {gen.get('seed')}), layout {reader.layout}")
+    return f"real data set {identity.dataset}, layout {reader.layout}"
+
+
+@data_app.command("verify")
+@reports_errors
+def data_verify(dataset: DatasetArg,
+                root: Annotated[Path, typer.Option("--root", help="Top folder of the data set.")],
+                layout: LayoutOption = None) -> None:
+    """Read every sample of every split through the real reader and report problems.
+
+    Exits 1 and names each offending file on a truncated or corrupt file, a wrong shape or dtype,
+    a missing file or folder, or a label out of range.
+
+    Example: `mtbench data verify nyuv2 --root data/nyu-synth`
+    """
+    from mtbench.data.verify import verify
+
+    reader = _open(dataset, root, layout)
+    console.print(_identity_line(reader))
+    with progress_bar("verifying") as update:
+        report = verify(reader, progress=update)
+    table = Table(title=f"{dataset} at {root}", title_justify="left")
+    table.add_column("split")
+    table.add_column("samples", justify="right")
+    for split, count in report.counts.items():
+        table.add_row(split, str(count))
+    console.print(table)
+    console.print(f"targets checked: {', '.join(report.targets)}")
+    if report.ok:
+        console.print("[bold green]OK[/]: every sample read and checked")
+        return
+    for error in report.errors:
+        err_console.print("[bold red]error:[/] " + _escape(str(error)), highlight=False)
+    more = " (stopped early; there may be more)" if report.truncated else ""
+    err_console.print(f"[bold red]{len(report.errors)} problem(s) found{more}[/]")
+    raise typer.Exit(1)
+
+
+@data_app.command("prepare")
+@reports_errors
+def data_prepare(dataset: DatasetArg,
+                 source: Annotated[Path, typer.Option("--from", help="Top folder of a copy in a real layout.")],
+                 layout: LayoutOption = None,
+                 cache: Annotated[Path | None, typer.Option(help="Cache root (default $MTBENCH_HOME or ~/.cache/mtbench).")] = None) -> None:
+    """Convert a real-layout folder into the local, fingerprinted Arrow cache that training reads.
+
+    Example: `mtbench data prepare nyuv2 --from /data/nyuv2`
+    """
+    from mtbench.data.cache import prepare
+
+    reader = _open(dataset, source, layout)
+    console.print(_identity_line(reader))
+    if reader.synthetic_manifest() and not catalog.dataset(dataset).synthetic:
+        console.print(f"[yellow]notice:[/] {source} is synthetic; it is prepared as "
+                      f"{reader.identity(content=False).dataset}, never as the real {dataset}")
+    with progress_bar("preparing") as update:
+        prepared = prepare(reader, cache_root=cache, progress=update)
+    counts = ", ".join(f"{k} {v}" for k, v in prepared.counts.items())
+    console.print(f"prepared [bold]{prepared.identity.dataset}[/] ({counts}) at {prepared.path}\n"
+                  f"fingerprint sha256:{prepared.identity.fingerprint}")
+
+
+@data_app.command("show")
+@reports_errors
+def data_show(dataset: DatasetArg,
+              root: Annotated[Path, typer.Option("--root", help="Top folder of the data set.")],
+              out: Annotated[Path, typer.Option("--out", help="PNG file to write.")],
+              n: Annotated[int, typer.Option("--n", help="Samples to show.")] = 4,
+              split: Annotated[str | None, typer.Option(help="Split (default: the first).")] = None,
+              layout: LayoutOption = None) -> None:
+    """Write a contact sheet (PNG) of a few samples with every target.
+
+    Example: `mtbench data show nyuv2-synth --root data/nyu-synth --out nyu.png`
+    """
+    from mtbench.data.contact import contact_sheet
+
+    path = contact_sheet(_open(dataset, root, layout), out, split=split, n=n)
+    console.print(f"wrote {path}")
+
+
+# --- bench ------------------------------------------------------------------------------------------
+
+@bench_app.command("data")
+@reports_errors
+def bench_data(dataset: Annotated[str, typer.Argument(help="Data set name.")] = "nyuv2-synth",
+               root: Annotated[Path | None, typer.Option(help="Existing folder; default: a fresh synthetic set.")] = None,
+               n: Annotated[int, typer.Option("--n", help="Samples to read per loader.")] = 200,
+               layout: LayoutOption = None) -> None:
+    """Samples/s of the raw-layout reader and of the Arrow cache, measured side by side in one run.
+
+    Example: `mtbench bench data nyuv2-synth --n 200`
+    """
+    from mtbench.bench import bench_loaders
+    from mtbench.data.cache import ArrowCacheReader, prepare
+
+    spec = catalog.dataset(dataset)
+    scratch = Path(tempfile.mkdtemp(prefix="mtbench-bench-"))
+    try:
+        if root is None:
+            if spec.generator is None:
+                raise ConfigError(f"{dataset} is real: name its folder with --root",
+                                  expected="--root DIR", found="none")
+            root = scratch / "data"
+            with progress_bar(f"generating {dataset}") as update:
+                spec.generator(root, n=max(n * 4 // 3 + 2, 8), seed=0, layout=layout or spec.layouts[0],
+                               progress=update, **spec.synth_options)
+        reader = _open(dataset, root, layout)
+        with progress_bar("preparing the Arrow cache") as update:
+            prepared = prepare(reader, cache_root=scratch / "cache", progress=update)
+        cache = ArrowCacheReader(prepared.path)
+        split = reader.splits()[0]
+        timings = bench_loaders(reader, cache, split=split, count=n)
+        table = Table(title=f"Loader speed: {dataset}, split {split}, all targets "
+                            f"({', '.join(reader.targets())}), one process", title_justify="left")
+        for column in ("loader", "samples", "seconds", "samples/s", "× raw"):
+            table.add_column(column, justify="right" if column != "loader" else "left")
+        base = timings[0].per_second
+        for timing in timings:
+            table.add_row(timing.name, str(timing.samples), f"{timing.seconds:.3f}", f"{timing.per_second:.0f}",
+                          f"{timing.per_second / base:.2f}")
+        console.print(table)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# --- run --------------------------------------------------------------------------------------------
+
+@app.command("run")
+@reports_errors
+def run(method: Annotated[str, typer.Argument(help="Method name (`mtbench ls methods`).")],
+        dataset: Annotated[str, typer.Option(help="Data set (default: nyuv2, or nyuv2-synth when no real copy is prepared).")] = "nyuv2",
+        unseen: Annotated[list[str] | None, typer.Option(help="Task held out from training (repeatable).")] = None,
+        seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+        plugins: PluginsOption = None) -> None:
+    """(Meta-)train METHOD on the seen tasks, then evaluate seen and held-out tasks.
+
+    Example: `mtbench run meta-sparsity --unseen depth`
+    """
+    from mtbench.methods import methods
+
+    info = methods(plugins or ()).get(method)
+    spec = catalog.dataset(dataset)
+    held_out = [catalog.task(spec.family, name) for name in unseen or ()]
+    for task in held_out:
+        if not task.may_hold_out:
+            raise ConfigError(f"task {task.name!r} may not be held out", found=task.name)
+    raise ConfigError(f"`mtbench run {info.name}` is not available yet: the training engine is the next milestone",
+                      expected="a release with the engine", found=f"mtbench {__import__('mtbench').__version__}",
+                      fix="use `mtbench data ...` and `mtbench ls ...` meanwhile")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

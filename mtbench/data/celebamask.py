@@ -1,0 +1,315 @@
+"""CelebAMask-HQ readers (official release, Hugging Face parquet mirror) and writers.
+
+Official release layout::
+
+    CelebA-HQ-img/{k}.jpg                                   (1024² RGB)
+    CelebAMask-HQ-mask-anno/{k // 2000}/{k:05d}_{part}.png  (512² binary masks, present parts only)
+    CelebAMask-HQ-attribute-anno.txt                        (count; 40 names; "{k}.jpg ±1 ...")
+    CelebA-HQ-to-CelebA-mapping.txt                         ("idx orig_idx orig_file"; split by orig_idx)
+
+Part masks are combined in `CELEBA_PARTS` order, later parts overwriting earlier ones (19 classes with
+background). Images are resized to the mask resolution (512 for the real data) unless ``size`` says
+otherwise; masks are resized with nearest-neighbour.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mtbench.data.constants import CELEBA_ATTRIBUTES, CELEBA_PARTS, CELEBA_TRAIN_END, CELEBA_VAL_END
+from mtbench.data.io import check_array, check_labels, load_image, quiet_datasets, require_dir, require_file
+from mtbench.data.nyuv2 import ParquetTable, parquet_split_files
+from mtbench.data.reader import Reader, to_chw_image
+from mtbench.errors import DataFormatError
+
+IMAGES = "CelebA-HQ-img"
+MASKS = "CelebAMask-HQ-mask-anno"
+ATTRIBUTE_FILE = "CelebAMask-HQ-attribute-anno.txt"
+MAPPING_FILE = "CelebA-HQ-to-CelebA-mapping.txt"
+REAL_MASK_SIZE = 512
+
+#: 19-class label -> 3-class label (0 background, 1 hair, 2 skin). "Skin" is our choice: the facial
+#: region (skin, nose, eyes, brows, ears, mouth, lips); eyeglasses, hat, earrings, necklace, neck
+#: and cloth count as background, as in a face/hair/background parsing task.
+FACE3_CLASSES = ("background", "hair", "skin")
+_SKIN_PARTS = {"skin", "nose", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth", "u_lip", "l_lip"}
+FACESEG19_TO_3 = np.array([0] + [1 if p == "hair" else 2 if p in _SKIN_PARTS else 0 for p in CELEBA_PARTS],
+                          dtype=np.int64)
+
+ATTRIBUTE_TARGETS = {f"attr:{name}": name for name in CELEBA_ATTRIBUTES}
+
+
+def _split_of(orig_idx: int) -> str:
+    return "train" if orig_idx < CELEBA_TRAIN_END else "val" if orig_idx < CELEBA_VAL_END else "test"
+
+
+def _resize(array: np.ndarray, size: int, nearest: bool) -> np.ndarray:
+    from PIL import Image
+
+    if array.shape[0] == size and array.shape[1] == size:
+        return array
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(array).resize((size, size), resample))
+
+
+class CelebaOfficialReader(Reader):
+    """The official CelebAMask-HQ release (see the module docstring)."""
+
+    layout: ClassVar[str] = "celebamask-official"
+    family: ClassVar[str] = "celebamask"
+    title: ClassVar[str] = "CelebAMask-HQ official release"
+    stores_uint8_images: ClassVar[bool] = True
+    target_sources: ClassVar[dict[str, str]] = {
+        "faceseg19": "masks", "faceseg3": "masks",
+        **{target: f"attribute {name}" for target, name in ATTRIBUTE_TARGETS.items()}}
+
+    def __init__(self, root: str | Path, size: int | None = None) -> None:
+        super().__init__(root)
+        manifest = self.synthetic_manifest()
+        self.size = size or (manifest or {}).get("mask_size", REAL_MASK_SIZE)
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return (root / IMAGES).is_dir() and ((root / MASKS).is_dir() or (root / MAPPING_FILE).is_file())
+
+    @classmethod
+    def describe(cls) -> str:
+        return f"{IMAGES}/, {MASKS}/, {ATTRIBUTE_FILE}, {MAPPING_FILE}"
+
+    @cached_property
+    def _splits(self) -> dict[str, list[str]]:
+        path = require_file(self.root / MAPPING_FILE, "CelebA-HQ to CelebA mapping")
+        lines = path.read_text().splitlines()
+        splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+        for number, line in enumerate(lines[1:], start=2):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 3 or not fields[0].isdigit() or not fields[1].isdigit():
+                raise DataFormatError(path, f"line {number} is malformed", expected="idx orig_idx orig_file",
+                                      found=repr(line[:80]))
+            splits[_split_of(int(fields[1]))].append(fields[0])
+        return {name: sorted(ids, key=int) for name, ids in splits.items() if ids}
+
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self._splits)
+
+    def sample_ids(self, split: str) -> list[str]:
+        self.check_split(split)
+        return self._splits[split]
+
+    def _read_image(self, split: str, index: int) -> np.ndarray:
+        path = self.root / IMAGES / f"{self.sample_ids(split)[index]}.jpg"
+        image = check_array(load_image(path, "image", "RGB"), path, "image", shape=(None, None, 3), kinds="u")
+        return to_chw_image(_resize(image, self.size, nearest=False))
+
+    @cached_property
+    def _mask_index(self) -> dict[int, dict[str, Path]]:
+        folder = require_dir(self.root / MASKS, "part masks")
+        pattern = re.compile(r"^(\d{5})_(" + "|".join(CELEBA_PARTS) + r")\.png$")
+        index: dict[int, dict[str, Path]] = {}
+        for sub in folder.iterdir():
+            if sub.is_dir():
+                for path in sub.iterdir():
+                    match = pattern.match(path.name)
+                    if match:
+                        index.setdefault(int(match.group(1)), {})[match.group(2)] = path
+        return index
+
+    def locate(self, split: str, index: int, target: str) -> str:
+        k = int(self.sample_ids(split)[index])
+        if target.startswith("attr:"):
+            return str(self.root / ATTRIBUTE_FILE)
+        return str(self.root / MASKS / str(k // 2000) / f"{k:05d}_*.png")
+
+    def _faceseg19(self, split: str, index: int) -> np.ndarray:
+        k = int(self.sample_ids(split)[index])
+        parts = self._mask_index.get(k)
+        if not parts:
+            where = self.root / MASKS / str(k // 2000) / f"{k:05d}_skin.png"
+            raise DataFormatError(where, f"no part masks for image {k}",
+                                  expected=f"{MASKS}/{k // 2000}/{k:05d}_<part>.png files", found="none",
+                                  fix="restore the mask folder of this image")
+        labels: np.ndarray | None = None
+        for value, part in enumerate(CELEBA_PARTS, start=1):
+            if part not in parts:
+                continue
+            path = parts[part]
+            mask = load_image(path, f"{part} mask", "L")
+            check_array(mask, path, f"{part} mask", shape=(None, None), kinds="u")
+            if labels is None:
+                labels = np.zeros(mask.shape, dtype=np.uint8)
+            elif mask.shape != labels.shape:
+                raise DataFormatError(path, f"{part} mask size differs from the other masks of image {k}",
+                                      expected="×".join(map(str, labels.shape)), found="×".join(map(str, mask.shape)))
+            labels[mask > 127] = value
+        assert labels is not None
+        return _resize(labels, self.size, nearest=True).astype(np.int64)
+
+    def _attribute_column(self, name: str) -> dict[str, float]:
+        """Values of one attribute for every image; other attributes' values are not kept."""
+        cache = self.__dict__.setdefault("_attribute_cache", {})
+        if name in cache:
+            return cache[name]
+        path = require_file(self.root / ATTRIBUTE_FILE, "attribute annotations")
+        lines = path.read_text().splitlines()
+        if len(lines) < 2 or not lines[0].strip().isdigit():
+            raise DataFormatError(path, "missing header", expected="line 1: image count; line 2: 40 names",
+                                  found=repr(lines[0][:40]) if lines else "an empty file")
+        names = lines[1].split()
+        if name not in names:
+            raise DataFormatError(path, f"attribute {name!r} missing from the header", expected="40 CelebA attributes",
+                                  found=f"{len(names)} names")
+        column = names.index(name)
+        rows = [line.split() for line in lines[2:] if line.strip()]
+        if len(rows) != int(lines[0]):
+            raise DataFormatError(path, "row count differs from the header", expected=lines[0].strip(),
+                                  found=str(len(rows)))
+        values: dict[str, float] = {}
+        for number, fields in enumerate(rows, start=3):
+            if len(fields) != len(names) + 1 or fields[column + 1] not in ("1", "-1"):
+                raise DataFormatError(path, f"line {number} is malformed",
+                                      expected=f"'<k>.jpg' then {len(names)} values of 1 or -1",
+                                      found=repr(" ".join(fields)[:80]))
+            values[fields[0].removesuffix(".jpg")] = 1.0 if fields[column + 1] == "1" else 0.0
+        cache[name] = values
+        return values
+
+    def _read_target(self, split: str, index: int, target: str) -> np.ndarray:
+        if target in ("faceseg19", "faceseg3"):
+            labels = self._faceseg19(split, index)
+            return labels if target == "faceseg19" else FACESEG19_TO_3[labels]
+        name = ATTRIBUTE_TARGETS[target]
+        sample_id = self.sample_ids(split)[index]
+        values = self._attribute_column(name)
+        if sample_id not in values:
+            raise DataFormatError(self.root / ATTRIBUTE_FILE, f"no attributes for image {sample_id}",
+                                  expected=f"a line '{sample_id}.jpg ...'", found="none")
+        return np.asarray(values[sample_id], dtype=np.float32)
+
+    def files(self) -> Iterator[Path]:
+        for name in (ATTRIBUTE_FILE, MAPPING_FILE):
+            if (self.root / name).is_file():
+                yield self.root / name
+        yield from (self.root / IMAGES).glob("*.jpg")
+        for parts in self._mask_index.values():
+            yield from parts.values()
+
+
+class CelebaParquetReader(Reader):
+    """Hugging Face mirror ``eurecom-ds/celeba_hq_mask`` as local parquet shards
+    (``data/{train,validation,test}-*.parquet``, columns ``image`` and ``mask``: 512² images, the mask
+    holding class ids 0..18 in `CELEBA_PARTS` order). No attributes in this mirror."""
+
+    layout: ClassVar[str] = "celebamask-parquet"
+    family: ClassVar[str] = "celebamask"
+    title: ClassVar[str] = "CelebAMask-HQ parquet mirror (eurecom-ds/celeba_hq_mask)"
+    stores_uint8_images: ClassVar[bool] = True
+    target_sources: ClassVar[dict[str, str]] = {"faceseg19": "mask", "faceseg3": "mask"}
+
+    def __init__(self, root: str | Path, size: int | None = None, cache_dir: Path | None = None) -> None:
+        super().__init__(root)
+        self.size = size or (self.synthetic_manifest() or {}).get("mask_size", REAL_MASK_SIZE)
+        self._tables = {split: ParquetTable(files, cache_dir) for split, files in parquet_split_files(self.root).items()}
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return bool(parquet_split_files(root)) and not (root / IMAGES).is_dir()
+
+    @classmethod
+    def describe(cls) -> str:
+        return "parquet shards data/{train,validation,test}-*.parquet with columns image, mask"
+
+    def splits(self) -> tuple[str, ...]:
+        return tuple(s for s in ("train", "val", "test") if s in self._tables)
+
+    def sample_ids(self, split: str) -> list[str]:
+        self.check_split(split)
+        return [str(i) for i in range(len(self._tables[split]))]
+
+    def _cell(self, split: str, index: int, column: str) -> tuple[str, np.ndarray]:
+        where = f"{self._tables[split].files[0].parent}/{split} shards row {index} column {column}"
+        return where, np.asarray(self._tables[split].row(index, (column,))[column])
+
+    def _read_image(self, split: str, index: int) -> np.ndarray:
+        where, image = self._cell(split, index, "image")
+        check_array(image, where, "image", shape=(None, None, 3), kinds="u")
+        return to_chw_image(_resize(image, self.size, nearest=False))
+
+    def _read_target(self, split: str, index: int, target: str) -> np.ndarray:
+        where, mask = self._cell(split, index, "mask")
+        if mask.ndim == 3:  # an RGB rendering of the label image: identical channels
+            mask = mask[..., 0]
+        check_array(mask, where, "face mask", shape=(None, None), kinds="u")
+        check_labels(mask, where, "face mask", len(CELEBA_PARTS) + 1)
+        labels = _resize(mask.astype(np.uint8), self.size, nearest=True).astype(np.int64)
+        return labels if target == "faceseg19" else FACESEG19_TO_3[labels]
+
+    def files(self) -> Iterator[Path]:
+        for table in self._tables.values():
+            yield from table.files
+
+
+# --- writers (real layouts) -----------------------------------------------------------------------
+
+class CelebaOfficialWriter:
+    """Writes samples in the official layout; call `close` to write the two text files.
+
+    A sample is ``(image uint8 (S,S,3), parts {name: bool (M,M)}, attributes {name: bool})``.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._attributes: list[tuple[int, Mapping[str, bool]]] = []
+        self._mapping: list[tuple[int, int]] = []
+        (root / IMAGES).mkdir(parents=True, exist_ok=True)
+
+    def add(self, k: int, orig_idx: int, image: np.ndarray, parts: Mapping[str, np.ndarray],
+            attributes: Mapping[str, bool]) -> None:
+        from PIL import Image
+
+        Image.fromarray(image).save(self.root / IMAGES / f"{k}.jpg", quality=95)
+        folder = self.root / MASKS / str(k // 2000)
+        folder.mkdir(parents=True, exist_ok=True)
+        for part, mask in parts.items():
+            Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(folder / f"{k:05d}_{part}.png")
+        self._attributes.append((k, attributes))
+        self._mapping.append((k, orig_idx))
+
+    def close(self) -> None:
+        rows = sorted(self._attributes, key=lambda r: r[0])
+        lines = [str(len(rows)), " ".join(CELEBA_ATTRIBUTES)]
+        lines += [f"{k}.jpg  " + " ".join("1" if attrs[a] else "-1" for a in CELEBA_ATTRIBUTES) for k, attrs in rows]
+        (self.root / ATTRIBUTE_FILE).write_text("\n".join(lines) + "\n")
+        mapping = ["idx         orig_idx        orig_file"]
+        mapping += [f"{k:<11} {orig:<15} {orig + 1:06d}.jpg" for k, orig in sorted(self._mapping)]
+        (self.root / MAPPING_FILE).write_text("\n".join(mapping) + "\n")
+
+
+def write_celeba_parquet(root: Path, split: str, samples: Iterable[tuple[np.ndarray, np.ndarray]]) -> Path:
+    """A split as one parquet shard in the ``eurecom-ds/celeba_hq_mask`` format (image, mask as images)."""
+    import datasets
+
+    quiet_datasets()
+    from PIL import Image
+
+    name = {"val": "validation"}.get(split, split)
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for image, labels in samples:
+            yield {"image": Image.fromarray(image), "mask": Image.fromarray(labels.astype(np.uint8))}
+
+    path = root / "data" / f"{name}-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mtbench-parquet-") as scratch:
+        datasets.Dataset.from_generator(rows, features=features, cache_dir=scratch, fingerprint=uuid.uuid4().hex).to_parquet(str(path))
+    return require_file(path, "parquet shard")

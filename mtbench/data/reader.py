@@ -1,0 +1,179 @@
+"""The reader interface every on-disk layout implements, and data-set identity."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mtbench.data.io import fingerprint_files
+from mtbench.errors import DataFormatError, DatasetNotFoundError
+
+#: Written at the top of every synthetic data set; readers use it to tag samples as synthetic.
+SYNTH_MANIFEST = "mtbench-synthetic.json"
+
+Sample = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class DatasetIdentity:
+    """Who a data set is: recorded in every result so synthetic data never passes for real."""
+
+    dataset: str
+    family: str
+    layout: str
+    root: str
+    synthetic: bool
+    generator: dict[str, Any] | None = None
+    fingerprint: str | None = None
+    fingerprint_kind: str = field(default="none")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Reader(ABC):
+    """Reads one on-disk layout of a data family into canonical samples.
+
+    Canonical sample arrays (whatever the layout stores):
+        ``image``: float32 (3, H, W) in [0, 1];
+        label maps: int64 (H, W), -1 = ignore;
+        ``depth``: float32 (1, H, W), 0 = invalid; ``normal``: float32 (3, H, W), all-zero = invalid;
+        ``edge``: float32 (1, H, W) in {0, 1}; ``attr:<Name>``: float32 scalar in {0, 1}.
+
+    Only the targets a caller asks for are read: a held-out task's files are never opened.
+    Subclasses set the class attributes and implement the abstract methods.
+    """
+
+    layout: ClassVar[str]
+    family: ClassVar[str]
+    title: ClassVar[str]
+    #: target name -> the kind of file it is read from (two targets sharing a source leak each other)
+    target_sources: ClassVar[dict[str, str]]
+    #: images are 8-bit on disk (JPEG/PNG), so a cache may store them as uint8 without loss
+    stores_uint8_images: ClassVar[bool] = False
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise DatasetNotFoundError(
+                f"no data set folder at {self.root}", expected=f"a folder in the {self.title} layout",
+                found="nothing" if not self.root.exists() else "a file",
+                fix="check the path, or create a synthetic stand-in with `mtbench data synth`")
+        if not self.detect(self.root):
+            raise DataFormatError(self.root, f"not a {self.title} folder", expected=self.describe(),
+                                  found=", ".join(sorted(p.name for p in self.root.iterdir())[:10]) or "an empty folder",
+                                  fix="point --root at the top folder of the data set")
+
+    # --- what subclasses provide -------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def detect(cls, root: Path) -> bool:
+        """Whether ``root`` looks like this layout (cheap: folder names only)."""
+
+    @classmethod
+    @abstractmethod
+    def describe(cls) -> str:
+        """One line describing the expected folder structure."""
+
+    @abstractmethod
+    def splits(self) -> tuple[str, ...]:
+        """Split names present on disk, canonical spelling (``train``, ``val``, ``test``)."""
+
+    @abstractmethod
+    def sample_ids(self, split: str) -> list[str]:
+        """Ids of the samples of ``split`` in a fixed order."""
+
+    @abstractmethod
+    def _read_image(self, split: str, index: int) -> np.ndarray:
+        """Canonical image of one sample."""
+
+    @abstractmethod
+    def _read_target(self, split: str, index: int, target: str) -> np.ndarray:
+        """Canonical array of one target of one sample."""
+
+    def locate(self, split: str, index: int, target: str) -> str:
+        """Where ``target`` of a sample is stored (a file, or a row and column), for error messages."""
+        return f"{self.root} ({split} sample {self.sample_ids(split)[index]}, {target})"
+
+    @abstractmethod
+    def files(self) -> Iterable[Path]:
+        """Every data file of the set (for fingerprints)."""
+
+    # --- shared behaviour --------------------------------------------------------------------
+    def targets(self) -> tuple[str, ...]:
+        return tuple(self.target_sources)
+
+    def num_samples(self, split: str) -> int:
+        return len(self.sample_ids(split))
+
+    def check_split(self, split: str) -> None:
+        if split not in self.splits():
+            raise DatasetNotFoundError(f"split {split!r} not found in {self.root}",
+                                       expected=" or ".join(self.splits()), found=repr(split))
+
+    def read(self, split: str, index: int, targets: Collection[str] = ()) -> Sample:
+        """The image and the requested targets of sample ``index`` of ``split``; nothing else is read."""
+        unknown = [t for t in targets if t not in self.target_sources]
+        if unknown:
+            raise DataFormatError(self.root, f"the {self.title} layout has no target {unknown[0]!r}",
+                                  expected=", ".join(self.targets()), found=", ".join(unknown))
+        sample: Sample = {"image": self._read_image(split, index)}
+        height, width = sample["image"].shape[1:]
+        for target in targets:
+            value = self._read_target(split, index, target)
+            if value.ndim >= 2 and value.shape[-2:] != (height, width):
+                raise DataFormatError(
+                    self.locate(split, index, target), f"{target} of sample {self.sample_ids(split)[index]} "
+                    f"({split}) does not match its image size", expected=f"{height}×{width}",
+                    found="×".join(map(str, value.shape[-2:])))
+            sample[target] = value
+        return sample
+
+    def synthetic_manifest(self) -> dict[str, Any] | None:
+        path = self.root / SYNTH_MANIFEST
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataFormatError(path, f"unreadable synthetic-data manifest: {exc}") from None
+
+    def fingerprint(self, *, content: bool = True) -> str:
+        return fingerprint_files(self.root, self.files(), content=content)
+
+    def identity(self, *, fingerprint: str | None = None, content: bool = True) -> DatasetIdentity:
+        """Identity of this data set; computes a fingerprint unless one is given."""
+        manifest = self.synthetic_manifest()
+        kind = "given" if fingerprint else ("sha256-content" if content else "sha256-listing")
+        return DatasetIdentity(
+            dataset=manifest["dataset"] if manifest else self.family,
+            family=self.family, layout=self.layout, root=str(self.root.resolve()),
+            synthetic=manifest is not None, generator=manifest,
+            fingerprint=fingerprint or self.fingerprint(content=content), fingerprint_kind=kind)
+
+
+def to_chw_image(array: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 or float -> contiguous float32 (3, H, W) in [0, 1]."""
+    if array.dtype == np.uint8:
+        array = array.astype(np.float32) / 255.0
+    return np.ascontiguousarray(np.moveaxis(array.astype(np.float32, copy=False), -1, 0))
+
+
+def label_edges(labels: np.ndarray) -> np.ndarray:
+    """Semantic boundaries: 1 where a pixel's label differs from its right or lower neighbour.
+
+    Ignore pixels (-1) never create a boundary. Returns float32 (1, H, W).
+    """
+    edge = np.zeros(labels.shape, dtype=bool)
+    valid = labels >= 0
+    horizontal = (labels[:, 1:] != labels[:, :-1]) & valid[:, 1:] & valid[:, :-1]
+    vertical = (labels[1:, :] != labels[:-1, :]) & valid[1:, :] & valid[:-1, :]
+    edge[:, :-1] |= horizontal
+    edge[:-1, :] |= vertical
+    return edge[None].astype(np.float32)

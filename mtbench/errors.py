@@ -1,0 +1,71 @@
+"""Typed errors. Each says what was expected, what was found, and what to do about it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MtbenchError(Exception):
+    """Base class of every error mtbench raises on purpose.
+
+    Args:
+        problem: one line saying what went wrong.
+        expected: what mtbench expected.
+        found: what it found instead.
+        fix: what the user can do.
+    """
+
+    def __init__(self, problem: str, *, expected: str | None = None, found: str | None = None,
+                 fix: str | None = None) -> None:
+        self.problem, self.expected, self.found, self.fix = problem, expected, found, fix
+        lines = [problem]
+        if expected is not None:
+            lines.append(f"  expected: {expected}")
+        if found is not None:
+            lines.append(f"  found:    {found}")
+        if fix is not None:
+            lines.append(f"  fix:      {fix}")
+        super().__init__("\n".join(lines))
+
+
+class RegistryError(MtbenchError):
+    """A registry lookup or registration failed."""
+
+
+class UnknownNameError(RegistryError, KeyError):
+    """A name is not registered; the message lists close matches."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return Exception.__str__(self)
+
+
+class DuplicateNameError(RegistryError):
+    """A name was registered twice."""
+
+
+class PluginError(MtbenchError):
+    """A method plugin could not be loaded or is malformed."""
+
+
+class ConfigError(MtbenchError):
+    """A configuration value or combination is invalid."""
+
+
+class DatasetNotFoundError(MtbenchError):
+    """A data set is not where it was looked for."""
+
+
+class DataFormatError(MtbenchError):
+    """A file or folder of a data set does not have the expected format.
+
+    Attributes:
+        path: the offending file or folder.
+    """
+
+    def __init__(self, path: str | Path, problem: str, **kwargs: str | None) -> None:
+        self.path = Path(path)
+        super().__init__(f"{self.path}: {problem}", **kwargs)
+
+
+class HeldOutTargetError(MtbenchError):
+    """Code tried to read the targets of a task held out from training."""

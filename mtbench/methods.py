@@ -1,0 +1,146 @@
+"""Method plugins: the method interface and the registry of built-in and third-party methods.
+
+Methods come from three places, and every result records which:
+
+* built-ins: the modules of ``baselines/`` (installed as ``mtbench_baselines``);
+* installed packages advertising the entry-point group ``mtbench.methods`` (the entry point's
+  object is a `MethodInfo`, or a module defining ``METHOD``);
+* files or folders named explicitly with ``--plugins PATH`` (never an implicit scan of the
+  working directory).
+
+A plugin module defines ``METHOD = MethodInfo(...)`` (or ``METHODS = [...]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import pkgutil
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from mtbench.errors import PluginError
+from mtbench.registry import Registry
+
+ENTRY_POINT_GROUP = "mtbench.methods"
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What a method is, for the registry, ``mtbench ls methods`` and result provenance.
+
+    Attributes:
+        name: registry name, used on the command line (``meta-sparsity``).
+        summary: one line.
+        method: the class implementing it (the engine instantiates it with its config).
+        config: the method's config dataclass (``--set key=value`` is checked against it).
+        paper: citation of the paper it reproduces ("" for our own variants).
+        link: where the paper is.
+        deviations: where mtbench's implementation differs from the paper, in plain words.
+    """
+
+    name: str
+    summary: str
+    method: type
+    config: type
+    paper: str = ""
+    link: str = ""
+    deviations: str = ""
+
+    def __post_init__(self) -> None:
+        if not dataclasses.is_dataclass(self.config):
+            raise PluginError(f"method {self.name!r}: config must be a dataclass",
+                              expected="a @dataclass with defaults", found=repr(self.config))
+
+
+METHODS: Registry[MethodInfo] = Registry("method")
+_loaded_builtins = False
+
+
+def _infos_of(module: ModuleType) -> list[MethodInfo]:
+    infos = list(getattr(module, "METHODS", ())) + ([module.METHOD] if hasattr(module, "METHOD") else [])
+    for info in infos:
+        if not isinstance(info, MethodInfo):
+            raise PluginError(f"{module.__name__}: METHOD(S) must hold MethodInfo objects",
+                              expected="mtbench.methods.MethodInfo", found=type(info).__name__)
+    return infos
+
+
+def _register_all(infos: Iterable[MethodInfo], source: str) -> list[str]:
+    return [METHODS.register(info.name, info, source=source).name for info in infos]
+
+
+def load_builtins() -> None:
+    """Register the methods of ``baselines/`` and of installed entry points (once)."""
+    global _loaded_builtins
+    if _loaded_builtins:
+        return
+    _loaded_builtins = True
+    package = importlib.import_module("mtbench_baselines")
+    for module_info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if not module_info.name.startswith("_"):
+            module = importlib.import_module(f"mtbench_baselines.{module_info.name}")
+            _register_all(_infos_of(module), "builtin")
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = entry.load()
+        except Exception as exc:
+            raise PluginError(f"entry point {entry.name!r} ({entry.value}) failed to load: {exc}",
+                              fix=f"fix or uninstall the package providing it ({entry.dist.name if entry.dist else '?'})") from exc
+        infos = _infos_of(loaded) if isinstance(loaded, ModuleType) else [loaded]
+        dist = entry.dist.name if entry.dist else "unknown package"
+        _register_all(_infos_of_checked(infos, entry.name), f"entry point {entry.name} ({dist})")
+
+
+def _infos_of_checked(infos: list[Any], where: str) -> list[MethodInfo]:
+    for info in infos:
+        if not isinstance(info, MethodInfo):
+            raise PluginError(f"entry point {where!r} does not point at a MethodInfo",
+                              expected="mtbench.methods.MethodInfo or a module defining METHOD",
+                              found=type(info).__name__)
+    return infos
+
+
+def load_plugin_path(path: str | Path) -> list[str]:
+    """Load method plugins from one ``.py`` file or every ``.py`` file of a folder; returns their names."""
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise PluginError(f"plugin path {path} does not exist", expected="a .py file or a folder of them",
+                          found="nothing", fix="check the --plugins argument")
+    files = sorted(p for p in path.glob("*.py") if not p.name.startswith("_")) if path.is_dir() else [path]
+    if path.is_file() and path.suffix != ".py":
+        raise PluginError(f"plugin {path} is not a Python file", expected="a .py file", found=path.suffix or "no suffix")
+    names: list[str] = []
+    for file in files:
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        module_name = f"mtbench_plugin_{file.stem}_{digest[:8]}"
+        spec = importlib.util.spec_from_file_location(module_name, file)
+        if spec is None or spec.loader is None:
+            raise PluginError(f"cannot import plugin {file}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(module_name, None)
+            raise PluginError(f"plugin {file} failed to import: {exc}", fix="run it with python to see the traceback") from exc
+        infos = _infos_of(module)
+        if not infos:
+            raise PluginError(f"plugin {file} defines no method", expected="METHOD = MethodInfo(...)", found="neither METHOD nor METHODS")
+        names += _register_all(infos, f"file {file} (sha256 {digest[:12]})")
+    return names
+
+
+def methods(plugins: Iterable[str | Path] = ()) -> Registry[MethodInfo]:
+    """The method registry with built-ins, entry points and the named plugin paths loaded."""
+    load_builtins()
+    for path in plugins:
+        load_plugin_path(path)
+    return METHODS

@@ -1,0 +1,78 @@
+"""`mtbench data prepare`: the Arrow cache reproduces the raw reader exactly and is fingerprinted."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mtbench.data.cache import CACHE_META, ArrowCacheReader, find_prepared, prepare, read_index
+from mtbench.data.celebamask import CelebaOfficialReader
+from mtbench.data.layouts import open_reader
+from mtbench.data.nyuv2 import MtanReader, NyudMtReader
+
+
+@pytest.mark.parametrize("fixture,reader_cls", [("nyu_mtan", MtanReader), ("nyu_nyudmt", NyudMtReader),
+                                                ("face_official", CelebaOfficialReader)])
+def test_cache_equals_raw_reader(request, tmp_path, fixture, reader_cls):
+    raw = reader_cls(request.getfixturevalue(fixture))
+    prepared = prepare(raw, cache_root=tmp_path)
+    cache = ArrowCacheReader(prepared.path)
+    assert cache.splits() == raw.splits() and cache.targets() == raw.targets()
+    for split in raw.splits():
+        assert cache.num_samples(split) == raw.num_samples(split)
+        assert cache.sample_ids(split) == raw.sample_ids(split)
+        for index in (0, raw.num_samples(split) - 1):
+            a, b = raw.read(split, index, raw.targets()), cache.read(split, index, raw.targets())
+            assert a.keys() == b.keys()
+            for key in a:
+                assert a[key].dtype == b[key].dtype, key
+                np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    batch = cache.read_batch(raw.splits()[0], [0, 1], raw.targets()[:1])
+    assert batch["image"].shape[0] == 2
+
+
+def test_cache_identity_fingerprint_and_index(nyu_mtan, copy_of, tmp_path):
+    root = copy_of(nyu_mtan)
+    first = prepare(MtanReader(root), cache_root=tmp_path)
+    assert first.identity.synthetic and first.identity.dataset == "nyuv2-synth"
+    assert len(first.identity.fingerprint) == 64
+    meta = json.loads((first.path / CACHE_META).read_text())
+    assert meta["identity"]["generator"]["generator"] == "mtbench.data.synth_nyuv2"
+    assert find_prepared("nyuv2-synth", tmp_path) == first.path
+    assert find_prepared("nyuv2", tmp_path) is None  # synthetic never passes for the real data set
+    cache_identity = ArrowCacheReader(first.path).identity()
+    assert cache_identity.fingerprint == first.identity.fingerprint and cache_identity.synthetic
+
+    again = prepare(MtanReader(root), cache_root=tmp_path)
+    assert again.identity.fingerprint == first.identity.fingerprint  # deterministic
+    depth = root / "train" / "depth" / "0.npy"
+    array = np.load(depth)
+    array[0, 0, 0] += 0.5
+    np.save(depth, array)
+    changed = prepare(MtanReader(root), cache_root=tmp_path)
+    assert changed.identity.fingerprint != first.identity.fingerprint
+    assert read_index(tmp_path)["nyuv2-synth"]["fingerprint"] == changed.identity.fingerprint
+
+
+def test_failed_prepare_leaves_nothing_behind(nyu_mtan, copy_of, tmp_path):
+    root = copy_of(nyu_mtan)
+    (root / "val" / "depth" / "2.npy").write_bytes(b"garbage")
+    cache_root = tmp_path / "cache"
+    with pytest.raises(Exception, match="2.npy"):
+        prepare(MtanReader(root), cache_root=cache_root)
+    leftovers = [p for p in (cache_root / "data").rglob("*") if p.is_dir()]
+    assert leftovers == [cache_root / "data" / "nyuv2-synth"]  # the parent only; no partial cache
+    assert find_prepared("nyuv2-synth", cache_root) is None
+
+
+def test_prepare_cli_then_open_cache_by_detection(cli, nyu_mtan, tmp_path):
+    code, text = cli("data", "prepare", "nyuv2", "--from", nyu_mtan, "--cache", tmp_path)
+    assert code == 0, text
+    assert "synthetic" in text and "never as the real nyuv2" in text
+    path = find_prepared("nyuv2-synth", tmp_path)
+    reader = open_reader("nyuv2", path)
+    assert isinstance(reader, ArrowCacheReader) and reader.identity().synthetic
+    code, text = cli("data", "verify", "nyuv2", "--root", path)
+    assert code == 0, text
