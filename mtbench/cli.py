@@ -106,9 +106,11 @@ def ls(kind: Annotated[Listing, typer.Argument(help="What to list.")],
         for column in ("task", "family", "title", "head", "loss", "metrics (↑ higher / ↓ lower is better)",
                        "--unseen", "v"):
             table.add_column(column, no_wrap=column in ("task", "family", "head"))
-        registry = catalog.tasks()
-        for key in registry.names(pattern):
-            spec = registry.get(key)
+        from mtbench.registry import matches
+
+        for _, spec in catalog.tasks().items():
+            if not (matches(spec.key, pattern) or matches(spec.name, pattern)):
+                continue
             metrics = ", ".join(f"{m.name} {m.arrow}" for m in spec.metrics)
             table.add_row(spec.name, spec.family, spec.title, f"{spec.head}×{spec.out_channels}", spec.loss, metrics,
                           "yes" if spec.may_hold_out else "no", spec.version)

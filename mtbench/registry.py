@@ -12,6 +12,14 @@ from mtbench.errors import DuplicateNameError, UnknownNameError
 T = TypeVar("T")
 
 
+def matches(name: str, pattern: str | None) -> bool:
+    """Case-insensitive glob match; a pattern without wildcards matches as a substring."""
+    if not pattern:
+        return True
+    glob = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+    return fnmatch.fnmatch(name.lower(), glob.lower())
+
+
 class Registry(Generic[T]):
     """A name -> object mapping that refuses duplicates and suggests close matches.
 
@@ -69,10 +77,7 @@ class Registry(Generic[T]):
 
     def names(self, pattern: str | None = None) -> list[str]:
         """Registered names in registration order, optionally filtered by a glob or substring."""
-        if not pattern:
-            return list(self._items)
-        glob = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
-        return [n for n in self._items if fnmatch.fnmatch(n.lower(), glob.lower())]
+        return [n for n in self._items if matches(n, pattern)]
 
     def items(self) -> Iterator[tuple[str, T]]:
         return iter(self._items.items())
