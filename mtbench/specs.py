@@ -9,6 +9,7 @@ from typing import Literal
 
 HeadKind = Literal["dense", "image"]
 LossName = Literal["cross_entropy", "l1", "cosine", "weighted_bce", "bce"]
+EvaluatorName = Literal["segmentation", "depth", "normals", "edges", "binary"]
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,9 @@ class TaskSpec:
         target: the sample key it reads (``depth``, ``semantic13``, ``attr:Smiling``).
         head: ``dense`` (per-pixel output) or ``image`` (one output per image).
         out_channels: output channels of the head (classes, 1, 3 ...).
-        loss: training loss name, implemented once in the engine.
-        metrics: evaluation metrics with directions.
+        loss: training loss name, implemented once in `mtbench.losses`.
+        evaluator: metric accumulator, implemented once in `mtbench.metrics`.
+        metrics: evaluation metrics with directions (names match what the evaluator returns).
         may_hold_out: whether ``--unseen`` may name it.
         version: bump when target, loss or metrics change; results record it.
         notes: anything a user comparing numbers must know.
@@ -55,6 +57,7 @@ class TaskSpec:
     head: HeadKind
     out_channels: int
     loss: LossName
+    evaluator: EvaluatorName
     metrics: tuple[MetricSpec, ...]
     may_hold_out: bool = True
     version: str = "1"

@@ -25,11 +25,11 @@ register_dataset(DatasetSpec(
 
 register_task(TaskSpec(
     name="faceseg", family=FAMILY, title="face parsing (19 classes)", target="faceseg19", head="dense",
-    out_channels=19, loss="cross_entropy", metrics=SEGMENTATION,
+    out_channels=19, loss="cross_entropy", evaluator="segmentation", metrics=SEGMENTATION,
     notes="parts combined in the official order, later parts overwrite earlier ones"))
 register_task(TaskSpec(
     name="faceseg3", family=FAMILY, title="face segmentation (background / hair / skin)", target="faceseg3",
-    head="dense", out_channels=3, loss="cross_entropy", metrics=SEGMENTATION,
+    head="dense", out_channels=3, loss="cross_entropy", evaluator="segmentation", metrics=SEGMENTATION,
     notes="skin = facial parts (skin, nose, eyes, brows, ears, mouth, lips); our reading of the fixed-λ paper"))
 
 _ATTRIBUTES = {
@@ -40,6 +40,6 @@ _ATTRIBUTES = {
 for _name, _attribute in _ATTRIBUTES.items():
     register_task(TaskSpec(
         name=_name, family=FAMILY, title=f"attribute {_attribute}", target=f"attr:{_attribute}", head="image",
-        out_channels=1, loss="bce", metrics=BINARY,
+        out_channels=1, loss="bce", evaluator="binary", metrics=BINARY,
         notes="official release only (the parquet mirror has no attributes)"
               + ("; strongly imbalanced, read balancedAcc" if _attribute in ("Eyeglasses", "Wearing_Hat", "Bald") else "")))

@@ -24,20 +24,20 @@ register_dataset(DatasetSpec(
 
 register_task(TaskSpec(
     name="semseg", family=FAMILY, title="semantic segmentation (13 classes)", target="semantic13",
-    head="dense", out_channels=13, loss="cross_entropy", metrics=SEGMENTATION,
+    head="dense", out_channels=13, loss="cross_entropy", evaluator="segmentation", metrics=SEGMENTATION,
     notes="MTAN layout and parquet mirror; label -1 is ignored"))
 register_task(TaskSpec(
     name="semseg40", family=FAMILY, title="semantic segmentation (40 classes)", target="semantic40",
-    head="dense", out_channels=40, loss="cross_entropy", metrics=SEGMENTATION,
+    head="dense", out_channels=40, loss="cross_entropy", evaluator="segmentation", metrics=SEGMENTATION,
     notes="NYUD-MT layout only; 0 (unlabeled) is ignored"))
 register_task(TaskSpec(
     name="depth", family=FAMILY, title="depth estimation", target="depth", head="dense", out_channels=1,
-    loss="l1", metrics=DEPTH, notes="L1 over valid pixels (depth > 0)"))
+    loss="l1", evaluator="depth", metrics=DEPTH, notes="L1 over valid pixels (depth > 0)"))
 register_task(TaskSpec(
     name="normal", family=FAMILY, title="surface normal estimation", target="normal", head="dense",
-    out_channels=3, loss="cosine", metrics=NORMALS, notes="1 − cosine similarity over valid pixels"))
+    out_channels=3, loss="cosine", evaluator="normals", metrics=NORMALS, notes="1 − cosine similarity over valid pixels"))
 register_task(TaskSpec(
     name="edge", family=FAMILY, title="edge detection", target="edge", head="dense", out_channels=1,
-    loss="weighted_bce", metrics=EDGES,
+    loss="weighted_bce", evaluator="edges", metrics=EDGES,
     notes="NYUD-MT: edge maps from files. MTAN/parquet: derived from semantic-label boundaries, so "
           "edge and semseg read the same files and cannot be split between seen and unseen"))

@@ -21,12 +21,56 @@ Conventions:
       equals the visible label map. Facial hair (mustache, goatee, stubble) is drawn on skin
       and labelled ``skin``; sideburns are labelled ``hair``; a necktie is labelled ``cloth``.
     * ``mouth`` is the mouth interior (teeth/cavity); it is present iff
-      ``Mouth_Slightly_Open``.
+      ``Mouth_Slightly_Open``. ``eye_g`` iff Eyeglasses, ``hat`` iff Wearing_Hat, ``ear_r``
+      iff Wearing_Earrings, ``neck_l`` iff Wearing_Necklace, ``hair`` iff not Bald. Ears
+      may be hidden by hair (then absent).
+    * The thickness floors use the coarser of the two grids, so features get slightly
+      chunkier at very small sizes (e.g. 64/32). Sizes must be >= 8.
+    * Some attributes can be partly occluded in a given face (hair texture under a hat, a
+      receding hairline under a beanie), as in real photos. The number of random draws
+      depends on the attributes, so flipping one attribute for the same rng state is not
+      a counterfactual edit.
 
-Attribute priors (marginals, approximately CelebA's): see ``_sample_attributes``. The
-eyeglasses rate is raised to 0.20 (CelebA: ~0.065) and the hat rate is 0.08 to keep those
-classes learnable. The attributes ``Attractive``, ``Double_Chin``, ``High_Cheekbones`` and
-``Oval_Face`` are sampled (correlated with others) but do not drive the pixels.
+Attribute priors: see ``_sample_attributes`` (marginals close to CelebA's). The eyeglasses
+rate is raised to 0.20 (CelebA: ~0.065) and the hat rate is 0.08 to keep those classes
+learnable. ``Attractive``, ``Double_Chin``, ``High_Cheekbones`` and ``Oval_Face`` are sampled
+(correlated with Young/Male/Smiling/Chubby) but do NOT drive the pixels; every other
+attribute is in ``VISUAL_ATTRIBUTES`` and changes the image (``No_Beard`` through being the
+complement of Goatee/Mustache/5_o_Clock_Shadow). What each visual attribute changes:
+
+    Male: squarer, less tapered jaw; wider neck; lower, thicker brows; mostly short hair
+        (priors); enables facial hair; no lipstick/makeup; more Big_Nose/Bushy_Eyebrows.
+    Young: no forehead lines, crow's feet or resting nasolabial folds; smoother skin
+        (less skin noise); Gray_Hair and Bags_Under_Eyes far less likely.
+    Smiling: lip corners lifted (lip line curvature), mouth 15% wider, raised-cheek
+        highlight, nasolabial folds, slightly narrower eyes, teeth when the mouth is open.
+    Mouth_Slightly_Open: gap between the lips -> ``mouth`` part (dark cavity, maybe teeth).
+    Eyeglasses: lenses (light tint, glare) + frames, bridge and arms -> ``eye_g`` part;
+        brows are kept above the frames.
+    Wearing_Hat: beanie or brimmed hat over the top of the head -> ``hat`` part.
+    Black/Brown/Blond/Gray_Hair: hair (and brow) colour; none of them -> auburn, copper,
+        burgundy or violet ("other").
+    Bald: no ``hair`` part at all (implies Male; no hair colour, bangs or sideburns).
+    Bangs: fringe over the forehead down to just above the brows.
+    Receding_Hairline: hairline higher, with recessed temples.
+    Straight_Hair / Wavy_Hair: fine vertical streaks / wavy streaks and wavy, fuller outline;
+        neither -> curly low-contrast texture.
+    Sideburns: hair strips in front of the ears (labelled ``hair``).
+    Arched_Eyebrows: brow curvature with an outward peak (vs. almost straight brows).
+    Bushy_Eyebrows: thicker brows.  Narrow_Eyes: eye height ~0.55x.
+    Big_Lips: lips 1.5x thicker.  Big_Nose: nose 1.25x wider.  Pointy_Nose: longer nose
+        with a narrower tip.  Chubby: face 8% wider.
+    Wearing_Lipstick: saturated red/pink/berry/coral lips (natural tint otherwise).
+    Heavy_Makeup: eye shadow, stronger lash line, light blush.
+    Rosy_Cheeks: strong red blush on the cheeks.  Pale_Skin: very light, desaturated tone.
+    Bags_Under_Eyes: dark crescents below the eyes.
+    Mustache / Goatee / 5_o_Clock_Shadow (No_Beard = none of them): hair-coloured mustache
+        above the upper lip / chin beard / stubble over the lower face (drawn on skin,
+        labelled ``skin``; goatee and mustache also add light stubble).
+    Wearing_Earrings: hoops or round drops below the ear lobes -> ``ear_r`` part.
+    Wearing_Necklace: chain around the neck base, maybe a pendant -> ``neck_l`` part.
+    Wearing_Necktie: white collar and a tie on the cloth (labelled ``cloth``).
+    Blurry: two passes of a box blur over the whole image.
 """
 
 from __future__ import annotations
@@ -78,16 +122,16 @@ class FaceSynthSample:
 def _sample_attributes(rng: np.random.Generator) -> dict[str, bool]:
     """Draws the 40 attributes from a CelebA-like prior with a few correlations.
 
-    Approximate marginals: Male .42, Young .78, Smiling .48, Mouth_Slightly_Open .48,
-    High_Cheekbones .45, Eyeglasses .20, Wearing_Hat .08, Bald .021, Bangs .16,
-    Receding_Hairline .08, Black_Hair .24, Brown_Hair .20, Blond_Hair .16, Gray_Hair .05
-    (hair colours exclusive; the rest is "other", e.g. auburn), Wavy_Hair .31,
+    Marginals implied by the conditionals below: Male .42, Young .78, Smiling .48,
+    Mouth_Slightly_Open .48, High_Cheekbones .45, Eyeglasses .20, Wearing_Hat .08,
+    Bald .021, Bangs .16, Receding_Hairline .068, Black_Hair .24, Brown_Hair .21,
+    Blond_Hair .16, Gray_Hair .05 (hair colours exclusive; the rest is "other"), Wavy_Hair .32,
     Straight_Hair .20, Sideburns .05, No_Beard .82, 5_o_Clock_Shadow .09, Goatee .08,
     Mustache .05, Wearing_Lipstick .46, Heavy_Makeup .35, Arched_Eyebrows .27,
     Bushy_Eyebrows .16, Narrow_Eyes .12, Big_Lips .24, Big_Nose .23, Pointy_Nose .28,
     Rosy_Cheeks .06, Pale_Skin .05, Wearing_Earrings .18, Wearing_Necklace .12,
     Wearing_Necktie .07, Chubby .06, Double_Chin .05, Bags_Under_Eyes .20, Blurry .05,
-    Attractive .51, Oval_Face .28.
+    Attractive .51, Oval_Face .27.
     """
 
     def b(p: float) -> bool:
