@@ -138,10 +138,18 @@ def ls(kind: Annotated[Listing, typer.Argument(help="What to list.")],
         registry = methods(plugins or ())
         for name in registry.names(pattern):
             info = registry.get(name)
-            table.add_row(name, info.summary, info.paper or "—", registry.source(name))
+            table.add_row(name, info.summary, info.paper or "—", _short_source(registry.source(name)))
     console.print(table)
     if not table.row_count:
         console.print(f"no {kind.value} match {pattern!r}" if pattern else f"no {kind.value} registered")
+
+
+def _short_source(source: str) -> str:
+    """``file /long/path/x.py (sha256 …)`` -> ``file x.py (sha256 …)``; results keep the full path."""
+    if source.startswith("file "):
+        path, _, rest = source[5:].partition(" (")
+        return f"file {Path(path).name} ({rest}"
+    return source
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -339,28 +347,117 @@ def bench_data(dataset: Annotated[str, typer.Argument(help="Data set name.")] = 
 
 # --- run --------------------------------------------------------------------------------------------
 
+def _format_lam(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, list):
+        return "[" + ", ".join(f"{v:.3g}" for v in value) + "]"
+    return f"{value:.4g}"
+
+
+def _sparkline(values: list[float]) -> str:
+    if not values:
+        return ""
+    bars = "▁▂▃▄▅▆▇█"
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    step = max(1, len(values) // 40)
+    return "".join(bars[int((v - low) / span * (len(bars) - 1))] for v in values[::step])
+
+
+def print_run(payload: dict[str, Any]) -> None:
+    """The tables a user reads after a run."""
+    data = payload["dataset"]
+    kind = "[yellow]SYNTHETIC[/]" if data["synthetic"] else "real"
+    protocol = payload["protocol"]
+    console.print(f"[bold]{payload['method']['name']}[/] on {data['name']} ({kind}), budget {protocol['budget']}, "
+                  f"seed {payload['seed']}; seen: {', '.join(protocol['seen'])}; "
+                  f"held out: {', '.join(protocol['unseen']) or 'none'}")
+    for role, seen in (("seen tasks", True), ("held-out tasks", False)):
+        rows = [(name, task) for name, task in payload["tasks"].items() if task["seen"] is seen]
+        if not rows:
+            continue
+        console.print(f"[bold]{role}[/] — meta-test: each task fine-tuned {protocol['finetune_steps']} steps from "
+                      f"the trained backbone (mask kept), evaluated on the {data['test_split']} split")
+        table = Table()
+        table.add_column("task")
+        table.add_column("metric")
+        table.add_column("", justify="center")
+        table.add_column("value", justify="right")
+        for name, task in rows:
+            for index, (metric, entry) in enumerate(task["metrics"].items()):
+                table.add_row(name if index == 0 else "", metric, "↑" if entry["higher_is_better"] else "↓",
+                              f"{entry['value']:.4f}", end_section=index == len(task["metrics"]) - 1)
+        console.print(table)
+    lam = payload["lambda"]
+    if lam["trajectory"]:
+        first = lam["trajectory"][0][1]
+        values = [v if not isinstance(v, list) else sum(v) / len(v) for _, v in lam["trajectory"]]
+        console.print(f"λ: start {_format_lam(lam['start'])} → end {_format_lam(lam['end'])}   "
+                      f"{_sparkline(values)}" + ("   (per-layer mean shown)" if isinstance(first, list) else ""))
+    else:
+        console.print("λ: — (this method has no sparsity penalty)")
+    sparsity = payload["sparsity"]
+    if sparsity is not None:
+        history = [h["group_sparsity"] for h in payload["history"]]
+        console.print(f"final sparsity of the shared backbone: {100 * sparsity['group_sparsity']:.1f} % of channel "
+                      f"groups, {100 * sparsity['param_sparsity']:.1f} % of conv parameters   {_sparkline(history)}")
+    timings = payload["timings"]
+    console.print(f"wall time: training {timings['train_seconds']:.1f} s, meta-test {timings['meta_test_seconds']:.1f} s, "
+                  f"total {timings['total_seconds']:.1f} s on {payload['environment']['device']}")
+    console.print(f"result: {payload['_path']}")
+
+
+@contextmanager
+def run_progress(description: str) -> Iterator[Callable[..., None]]:
+    """Progress bar with the latest loss, λ and sparsity."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=err_console) as progress:
+        task = progress.add_task(description, total=None, info="")
+
+        def update(done: int, total: int, info: dict[str, Any] | None = None) -> None:
+            fields = []
+            if info:
+                if "loss" in info:
+                    fields.append(f"loss {info['loss']:.3f}")
+                if "lambda" in info:
+                    fields.append(f"λ {_format_lam(info['lambda'])}")
+                if "group_sparsity" in info:
+                    fields.append(f"sparsity {100 * info['group_sparsity']:.0f}%")
+            progress.update(task, completed=done, total=total, info="  ".join(fields))
+
+        yield update
+
+
 @app.command("run")
 @reports_errors
 def run(method: Annotated[str, typer.Argument(help="Method name (`mtbench ls methods`).")],
-        dataset: Annotated[str, typer.Option(help="Data set (default: nyuv2, or nyuv2-synth when no real copy is prepared).")] = "nyuv2",
+        dataset: Annotated[str | None, typer.Option(
+            help="Data set. Default: a prepared real nyuv2, else the synthetic nyuv2-synth (with a notice).")] = None,
+        data_root: Annotated[Path | None, typer.Option(help="Read this folder (any supported layout) directly.")] = None,
         unseen: Annotated[list[str] | None, typer.Option(help="Task held out from training (repeatable).")] = None,
-        seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+        tasks: Annotated[list[str] | None, typer.Option(help="Seen tasks (repeatable); default: the data set's.")] = None,
+        seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and episodes.")] = 0,
+        budget: Annotated[str, typer.Option(help="smoke (seconds) | quick (CPU minutes) | paper (GPU).")] = "quick",
+        set_: Annotated[list[str] | None, typer.Option("--set", help="Method option key=value (repeatable).")] = None,
+        out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<run id>).")] = None,
+        device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
         plugins: PluginsOption = None) -> None:
-    """(Meta-)train METHOD on the seen tasks, then evaluate seen and held-out tasks.
+    """(Meta-)train METHOD on the seen tasks, then meta-test every seen and held-out task.
 
-    Example: `mtbench run meta-sparsity --unseen depth`
+    Examples: `mtbench run meta-sparsity --unseen depth`,
+    `mtbench run fixed-lambda --unseen depth --set lam=0.5`,
+    `mtbench run meta-sparsity --dataset celebamask-synth --unseen smiling --budget smoke`
     """
-    from mtbench.methods import methods
+    from mtbench.runner import RunRequest, execute, parse_set
 
-    info = methods(plugins or ()).get(method)
-    spec = catalog.dataset(dataset)
-    held_out = [catalog.task(spec.family, name) for name in unseen or ()]
-    for task in held_out:
-        if not task.may_hold_out:
-            raise ConfigError(f"task {task.name!r} may not be held out", found=task.name)
-    raise ConfigError(f"`mtbench run {info.name}` is not available yet: the training engine is the next milestone",
-                      expected="a release with the engine", found=f"mtbench {__import__('mtbench').__version__}",
-                      fix="use `mtbench data ...` and `mtbench ls ...` meanwhile")
+    request = RunRequest(method=method, dataset=dataset, data_root=data_root, unseen=tuple(unseen or ()),
+                         tasks=tuple(tasks) if tasks else None, seed=seed, budget=budget,
+                         overrides=parse_set(set_ or ()), out=out, device=device, plugins=tuple(plugins or ()))
+    payload = execute(request, notice=lambda text: err_console.print(f"[yellow]notice:[/] {_escape(text)}"),
+                      progress=run_progress)
+    print_run(payload)
 
 
 def main() -> None:

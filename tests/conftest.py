@@ -53,13 +53,13 @@ def nyu_parquet(synth_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def face_official(synth_root: Path) -> Path:
     return _once(synth_root, "face-official",
-                 lambda p: generate_celebamask(p, n=12, seed=5, layout="celebamask-official", **FACE_SIZE))
+                 lambda p: generate_celebamask(p, n=20, seed=5, layout="celebamask-official", **FACE_SIZE))
 
 
 @pytest.fixture(scope="session")
 def face_parquet(synth_root: Path) -> Path:
     return _once(synth_root, "face-parquet",
-                 lambda p: generate_celebamask(p, n=12, seed=5, layout="celebamask-parquet", **FACE_SIZE))
+                 lambda p: generate_celebamask(p, n=20, seed=5, layout="celebamask-parquet", **FACE_SIZE))
 
 
 @pytest.fixture

@@ -163,7 +163,7 @@ def test_celeba_official_reader_on_synthetic_release(face_official):
     reader = CelebaOfficialReader(face_official)
     manifest = json.loads((face_official / SYNTH_MANIFEST).read_text())
     assert reader.size == manifest["mask_size"] == 16
-    assert sum(reader.num_samples(s) for s in reader.splits()) == 12
+    assert sum(reader.num_samples(s) for s in reader.splits()) == 20
     assert set(reader.splits()) == {"train", "val", "test"}
     sample = reader.read("train", 0, ("faceseg19", "attr:Eyeglasses"))
     assert sample["image"].shape == (3, 16, 16) and sample["faceseg19"].shape == (16, 16)

@@ -60,7 +60,8 @@ def test_plugin_file_is_loaded_only_when_named(fresh_methods, tmp_path, monkeypa
     assert "my-method" not in methods_module.methods()
     code, text = cli("ls", "methods", "--plugins", plugin)
     assert code == 0, text
-    assert "my-method" in text and "Nobody et al. 2026" in text and str(plugin) in text.replace("\n", "")
+    assert "my-method" in text and "Nobody et al. 2026" in text and "my_method.py" in text
+    assert methods_module.METHODS.source("my-method").startswith(f"file {plugin} (sha256 ")
 
 
 def test_plugin_folder_duplicate_and_broken_plugins(fresh_methods, tmp_path):

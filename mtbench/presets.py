@@ -1,0 +1,73 @@
+"""Budgets (``--budget smoke|quick|paper``): network size, data size and step counts of a run.
+
+Every method runs the same budget, so numbers in one table are comparable: the same number of
+outer updates (training steps, or meta-iterations for the meta-learning methods), the same batch
+size (support and query batches each of ``batch_size`` samples), and the same meta-test fine-tuning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mtbench.errors import ConfigError
+from mtbench.models import ArchSpec
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One preset.
+
+    Attributes:
+        name: ``smoke`` (seconds, for tests), ``quick`` (CPU default, minutes) or ``paper`` (GPU).
+        arch: the network.
+        synth_samples: size of the synthetic set generated when a run uses a synthetic stand-in.
+        synth_options: generator size options per synthetic data set (overrides its defaults).
+        resolution: resize inputs and dense targets to ``(H, W)``; None keeps the data's size.
+        max_train_samples / max_test_samples: caps on the splits (None = all).
+        steps: outer updates (training steps or meta-iterations).
+        batch_size: training batch; for meta-learning, the support and the query batch size each.
+        lr: Adam learning rate of the (outer) optimiser.
+        finetune_steps / finetune_lr / finetune_batch: the meta-test fine-tuning of every task.
+        eval_batch: evaluation batch size.
+        log_every: history is recorded every this many steps.
+    """
+
+    name: str
+    arch: ArchSpec
+    synth_samples: int
+    synth_options: dict[str, dict[str, int]] = field(default_factory=dict)
+    resolution: tuple[int, int] | None = None
+    max_train_samples: int | None = None
+    max_test_samples: int | None = None
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 1e-3
+    finetune_steps: int = 100
+    finetune_lr: float = 1e-3
+    finetune_batch: int = 8
+    eval_batch: int = 32
+    log_every: int = 10
+
+
+BUDGETS: dict[str, Budget] = {
+    "smoke": Budget(
+        name="smoke", arch=ArchSpec("small", widths=(8, 8, 16), blocks=1, norm="group", head_hidden=8),
+        synth_samples=32, synth_options={"nyuv2-synth": {"height": 24, "width": 32},
+                                         "celebamask-synth": {"image_size": 32, "mask_size": 16}},
+        max_train_samples=24, max_test_samples=8, steps=3, batch_size=4, finetune_steps=2, finetune_batch=4,
+        eval_batch=8, log_every=1),
+    "quick": Budget(
+        name="quick", arch=ArchSpec("small", widths=(16, 32, 64), blocks=1, norm="group", head_hidden=32),
+        synth_samples=1000, steps=600, batch_size=8, lr=1e-3, finetune_steps=150, finetune_lr=1e-3,
+        finetune_batch=8, eval_batch=50, log_every=10),
+    "paper": Budget(
+        name="paper", arch=ArchSpec("resnet50", norm="batch"), synth_samples=2000, resolution=(256, 256),
+        steps=20000, batch_size=8, lr=1e-4, finetune_steps=2000, finetune_lr=1e-4, finetune_batch=8,
+        eval_batch=16, log_every=50),
+}
+
+
+def budget(name: str) -> Budget:
+    if name not in BUDGETS:
+        raise ConfigError(f"unknown budget {name!r}", expected=" | ".join(BUDGETS), found=name)
+    return BUDGETS[name]

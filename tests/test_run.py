@@ -1,0 +1,134 @@
+"""`mtbench run` end to end on small synthetic fixtures with the smoke budget."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mtbench.methods import methods
+from mtbench.runner import RunRequest, build_config, execute
+from mtbench.errors import ConfigError
+
+ALL_METHODS = sorted(methods().names())
+REQUIRED = {"stl", "ew", "uw", "dwa", "gradnorm", "pcgrad", "mgda", "cagrad", "famo", "fixed-lambda", "meta-dense",
+            "meta-sparsity"}
+
+
+def _run(root, method: str, tmp_path, **kwargs) -> dict:
+    request = RunRequest(method=method, data_root=root, budget="smoke", out=tmp_path / method, **kwargs)
+    return execute(request)
+
+
+def test_every_required_method_is_registered():
+    assert REQUIRED <= set(ALL_METHODS)
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory, nyu_mtan):
+    """One smoke run per registered method (unseen depth), with the final backbone parameters."""
+    out = tmp_path_factory.mktemp("smoke")
+    results = {}
+    for name in ALL_METHODS:
+        payload = _run(nyu_mtan, name, out, unseen=("depth",))
+        state = torch.load(out / name / "checkpoint.pt", weights_only=True)
+        key = "model" if "model" in state else sorted(k for k in state if k.startswith("model/"))[0]
+        vector = torch.cat([v.flatten().float() for k, v in state[key].items() if k.startswith("backbone.")])
+        results[name] = (payload, vector)
+    return results
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_smoke_run_of_every_method(method, smoke_results):
+    payload, _ = smoke_results[method]
+    assert payload["schema_version"] == 1
+    assert payload["dataset"]["synthetic"] is True and payload["dataset"]["identity"]["fingerprint"]
+    assert payload["method"]["name"] == method and payload["method"]["source"] == "builtin"
+    assert payload["protocol"]["unseen"] == ["depth"] and "depth" not in payload["protocol"]["seen"]
+    assert payload["tasks"]["depth"]["seen"] is False and payload["tasks"]["semseg"]["seen"] is True
+    for task in payload["tasks"].values():
+        for entry in task["metrics"].values():
+            assert np.isfinite(entry["value"]) and isinstance(entry["higher_is_better"], bool)
+    assert payload["environment"]["torch"] == torch.__version__ and payload["seed"] == 0
+    assert json.loads(open(payload["_path"]).read())["run_id"] == payload["run_id"]
+
+
+def test_no_two_methods_share_a_parameter_trajectory(smoke_results):
+    names = sorted(smoke_results)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            va, vb = smoke_results[a][1], smoke_results[b][1]
+            assert va.shape != vb.shape or not torch.equal(va, vb), f"{a} and {b} trained identical backbones"
+
+
+def test_same_seed_same_metrics_and_other_seed_differs(nyu_mtan, tmp_path):
+    first = _run(nyu_mtan, "meta-sparsity", tmp_path / "a", unseen=("depth",), seed=3)
+    again = _run(nyu_mtan, "meta-sparsity", tmp_path / "b", unseen=("depth",), seed=3)
+    other = _run(nyu_mtan, "meta-sparsity", tmp_path / "c", unseen=("depth",), seed=4)
+    assert _metrics(first) == _metrics(again)
+    assert _metrics(first) != _metrics(other)
+
+
+def _metrics(payload: dict) -> dict:
+    return {t: {m: e["value"] for m, e in task["metrics"].items()} for t, task in payload["tasks"].items()}
+
+
+def test_held_out_targets_are_never_read_during_meta_training(nyu_mtan, copy_of, tmp_path, monkeypatch):
+    """Spy on the reader: no depth read may happen before the meta-test starts."""
+    from mtbench import training
+    from mtbench.data.nyuv2 import MtanReader
+
+    events: list[str] = []
+    original_read, original_meta_test = MtanReader._read_target, training.meta_test
+
+    def spy_read(self, split, index, target):
+        events.append(f"read:{target}")
+        return original_read(self, split, index, target)
+
+    def spy_meta_test(*args, **kwargs):
+        events.append("meta-test")
+        return original_meta_test(*args, **kwargs)
+
+    monkeypatch.setattr(MtanReader, "_read_target", spy_read)
+    monkeypatch.setattr("mtbench.runner.meta_test", spy_meta_test)
+    payload = _run(nyu_mtan, "meta-sparsity", tmp_path, unseen=("depth",))
+    boundary = events.index("meta-test")
+    assert "read:depth" not in events[:boundary]
+    assert "read:depth" in events[boundary:]  # the held-out task is evaluated afterwards
+    assert {"read:semantic13", "read:normal"} <= set(events[:boundary])
+    assert "depth" in payload["tasks"]
+
+
+def test_celebamask_attribute_can_be_held_out(face_official, tmp_path):
+    payload = _run(face_official, "meta-sparsity", tmp_path, dataset="celebamask-synth", unseen=("smiling",))
+    assert payload["protocol"]["seen"] == ["faceseg3", "male"]
+    assert payload["tasks"]["smiling"]["seen"] is False
+    assert set(payload["tasks"]["smiling"]["metrics"]) == {"acc", "f1", "balancedAcc"}
+
+
+def test_set_is_type_checked_against_the_method_config():
+    info = methods().get("meta-sparsity")
+    config = build_config(info.config, {"inner_steps": "2", "first_order": "false", "combinations": "all"})
+    assert config.inner_steps == 2 and config.first_order is False and config.combinations == "all"
+    with pytest.raises(ConfigError, match="unknown option"):
+        build_config(info.config, {"inner_stepz": "2"})
+    with pytest.raises(ConfigError, match="not a valid int"):
+        build_config(info.config, {"inner_steps": "two"})
+    with pytest.raises(ConfigError, match="not a boolean"):
+        build_config(info.config, {"first_order": "maybe"})
+    with pytest.raises(ConfigError, match="not an allowed value"):
+        build_config(info.config, {"combinations": "pairs"})
+
+
+def test_run_cli_prints_seen_and_unseen_tables_lambda_and_sparsity(cli, nyu_mtan, tmp_path):
+    code, text = cli("run", "meta-sparsity", "--data-root", nyu_mtan, "--unseen", "depth", "--budget", "smoke",
+                     "--out", tmp_path / "run")
+    assert code == 0, text
+    assert "SYNTHETIC" in text and "seen tasks" in text and "held-out tasks" in text
+    assert "absErr" in text and "mIoU" in text and "odsF" in text and "within11.25" in text
+    assert "λ: start" in text and "final sparsity" in text
+    assert (tmp_path / "run" / "result.json").is_file()
+    code, text = cli("run", "meta-sparsity", "--data-root", nyu_mtan, "--budget", "smoke", "--set", "nope=1")
+    assert code == 1 and "unknown option" in text
