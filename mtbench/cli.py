@@ -402,10 +402,21 @@ def print_run(payload: dict[str, Any]) -> None:
         history = [h["group_sparsity"] for h in payload["history"]]
         console.print(f"final sparsity of the shared backbone: {100 * sparsity['group_sparsity']:.1f} % of channel "
                       f"groups, {100 * sparsity['param_sparsity']:.1f} % of conv parameters   {_sparkline(history)}")
+    delta = payload.get("delta_m")
+    if delta and "unavailable" in delta:
+        console.print(f"Δm: not available ({delta['unavailable'].splitlines()[0]})")
+    elif delta:
+        from mtbench.scoring import ALL_METRICS, PER_TASK
+
+        console.print(f"Δm vs {delta['reference_method']} (same data, protocol and seed; positive = better than the "
+                      f"reference; conventions: {ALL_METRICS} | {PER_TASK}):")
+        for role, label in (("seen", "seen tasks"), ("unseen", "held-out tasks")):
+            if role in delta:
+                console.print(f"  {label}: {delta[role][ALL_METRICS]:+.2f} % | {delta[role][PER_TASK]:+.2f} %")
     timings = payload["timings"]
     console.print(f"wall time: training {timings['train_seconds']:.1f} s, meta-test {timings['meta_test_seconds']:.1f} s, "
                   f"total {timings['total_seconds']:.1f} s on {payload['environment']['device']}")
-    console.print(f"result: {payload['_path']}")
+    console.print(f"result: {payload['_path']} (stored as {payload['_stored']})")
 
 
 @contextmanager
@@ -443,6 +454,8 @@ def run(method: Annotated[str, typer.Argument(help="Method name (`mtbench ls met
         set_: Annotated[list[str] | None, typer.Option("--set", help="Method option key=value (repeatable).")] = None,
         out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<run id>).")] = None,
         device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
+        results: Annotated[Path | None, typer.Option(help="Results store (default $MTBENCH_RESULTS or ./results).")] = None,
+        reference: Annotated[bool, typer.Option(help="Train (once) and use the stl reference for Δm.")] = True,
         plugins: PluginsOption = None) -> None:
     """(Meta-)train METHOD on the seen tasks, then meta-test every seen and held-out task.
 
@@ -454,7 +467,8 @@ def run(method: Annotated[str, typer.Argument(help="Method name (`mtbench ls met
 
     request = RunRequest(method=method, dataset=dataset, data_root=data_root, unseen=tuple(unseen or ()),
                          tasks=tuple(tasks) if tasks else None, seed=seed, budget=budget,
-                         overrides=parse_set(set_ or ()), out=out, device=device, plugins=tuple(plugins or ()))
+                         overrides=parse_set(set_ or ()), out=out, device=device, plugins=tuple(plugins or ()),
+                         results=results, reference=reference)
     payload = execute(request, notice=lambda text: err_console.print(f"[yellow]notice:[/] {_escape(text)}"),
                       progress=run_progress)
     print_run(payload)

@@ -1,18 +1,22 @@
 """Hard-parameter-sharing multi-task networks: one shared backbone, one head per task.
 
-Presets (``smoke``, ``quick``, ``paper``) pick the backbone and its normalisation:
+Presets (``smoke``, ``quick``, ``paper``) pick the backbone:
 
 * ``smoke`` / ``quick``: a small residual backbone of the same structure as the paper's (a deep
-  3×3 stem, residual stages, the last stage dilated instead of strided) with GroupNorm, so that
-  MAML clones carry no running statistics and a run fits in minutes on two CPU cores.
+  3×3 stem, residual stages, the last stage dilated instead of strided), so that a run fits in
+  minutes on two CPU cores.
 * ``paper``: dilated ResNet-50 (ResNet-D stem of three 3×3 convs; layer3/layer4 dilated 2/4, output
-  stride 8) with BatchNorm, one DeepLabV3 ASPP head (rates 12/24/36) per dense task and a
-  conv + pool + MLP head per image-level task, trained from scratch.
+  stride 8), one DeepLabV3 ASPP head (rates 12/24/36) per dense task and a conv + pool + MLP head per
+  image-level task, trained from scratch.
 
-BatchNorm under MAML (paper preset): every forward pass runs in training mode and normalises with
-batch statistics; learn2learn clones share the running-statistics buffers with the meta-model, so
-they track all inner and outer forwards. Before evaluation the meta-test fine-tuning runs in
-training mode on the task's own data, which re-estimates them. GroupNorm presets avoid the question.
+All presets use BatchNorm (GroupNorm is available through ``ArchSpec(norm="group")``). BatchNorm is
+per-channel, so a pruned channel can be removed exactly at export time (issue: compact export).
+
+BatchNorm under MAML — our policy: every training forward (inner and outer loop, ordinary training,
+fine-tuning) runs in training mode and normalises with the batch's own statistics. learn2learn's
+``clone()`` shares the running-statistics buffers with the meta-model, so they track every forward;
+they are only used in evaluation, after the meta-test fine-tuning has re-estimated them on the
+task's own training data (momentum 0.1 over the fine-tuning steps).
 """
 
 from __future__ import annotations

@@ -51,13 +51,13 @@ class Budget:
 
 BUDGETS: dict[str, Budget] = {
     "smoke": Budget(
-        name="smoke", arch=ArchSpec("small", widths=(8, 8, 16), blocks=1, norm="group", head_hidden=8),
+        name="smoke", arch=ArchSpec("small", widths=(8, 8, 16), blocks=1, norm="batch", head_hidden=8),
         synth_samples=32, synth_options={"nyuv2-synth": {"height": 24, "width": 32},
                                          "celebamask-synth": {"image_size": 32, "mask_size": 16}},
         max_train_samples=24, max_test_samples=8, steps=3, batch_size=4, finetune_steps=2, finetune_batch=4,
         eval_batch=8, log_every=1),
     "quick": Budget(
-        name="quick", arch=ArchSpec("small", widths=(16, 32, 64), blocks=1, norm="group", head_hidden=32),
+        name="quick", arch=ArchSpec("small", widths=(16, 32, 64), blocks=1, norm="batch", head_hidden=32),
         synth_samples=1000, steps=600, batch_size=8, lr=1e-3, finetune_steps=150, finetune_lr=1e-3,
         finetune_batch=8, eval_batch=50, log_every=10),
     "paper": Budget(

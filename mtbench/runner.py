@@ -28,11 +28,14 @@ from mtbench.episodes import TaskView
 from mtbench.errors import ConfigError, DatasetNotFoundError
 from mtbench.methods import MethodInfo, methods
 from mtbench.presets import Budget, budget as get_budget
+from mtbench.results import default_results_dir, find_reference, store
+from mtbench.scoring import ScoringError, run_delta_m
 from mtbench.sparsity import sparsity_stats
 from mtbench.specs import DatasetSpec, TaskSpec
 from mtbench.training import TensorSet, TrainContext, meta_test, train
 
 SCHEMA_VERSION = 1
+REFERENCE_METHOD = "stl"
 
 Notice = Callable[[str], None]
 ProgressFactory = Callable[[str], AbstractContextManager[Callable[..., None]]]
@@ -53,6 +56,8 @@ class RunRequest:
     out: Path | None = None
     device: str = "auto"
     plugins: tuple[Path, ...] = ()
+    results: Path | None = None
+    reference: bool = True
 
 
 # --- configuration ------------------------------------------------------------------------------------
@@ -218,6 +223,18 @@ def execute(request: RunRequest, notice: Notice | None = None,
     on_cuda = device.type == "cuda"
 
     identity = reader.identity()
+    results_dir = request.results or default_results_dir()
+    signature = {"dataset": {"name": spec.name, "synthetic": identity.synthetic, "identity": identity.to_dict()},
+                 "protocol": protocol_dict(plan, seen, held_out)}
+    reference = None
+    if request.reference and info.name != REFERENCE_METHOD:
+        reference = find_reference(results_dir, {**signature, "seed": request.seed})
+        if reference is None:
+            if notice:
+                notice(f"no {REFERENCE_METHOD} reference for this data set, protocol and seed yet: training it first "
+                       f"(stored in {results_dir} and reused by later runs)")
+            reference = execute(dataclasses.replace(request, method=REFERENCE_METHOD, overrides={}, out=None,
+                                                    reference=False), notice, progress)
     view = TaskView(reader, train_split, seen, held_out)
     count = len(view) if plan.max_train_samples is None else min(len(view), plan.max_train_samples)
     load_start = time.perf_counter()
@@ -257,12 +274,34 @@ def execute(request: RunRequest, notice: Notice | None = None,
     payload = result_payload(request, info, registry.source(info.name), config, spec, identity, plan, seen, held_out,
                              outcome, results, shared_stats, device, time.perf_counter() - started,
                              time.perf_counter() - load_start)
+    payload["delta_m"] = None
+    if reference is not None or info.name == REFERENCE_METHOD:
+        try:
+            payload["delta_m"] = run_delta_m(payload, reference if reference is not None else payload)
+        except ScoringError as error:  # e.g. a reference metric of exactly 0 after a tiny budget
+            payload["delta_m"] = {"unavailable": str(error)}
+            if notice:
+                notice(f"Δm not computed: {error.problem}")
     out = request.out or Path("runs") / payload["run_id"]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "result.json", payload)
     torch.save(method.state_dict(), out / "checkpoint.pt")
+    stored, replaced = store(payload, results_dir)
+    if replaced and notice:
+        notice(f"this configuration and seed were run before: {stored} now holds the new result (not counted twice)")
     payload["_path"] = str(out / "result.json")
+    payload["_stored"] = str(stored)
     return payload
+
+
+def protocol_dict(plan: Budget, seen: Sequence[TaskSpec], held_out: Sequence[TaskSpec]) -> dict[str, Any]:
+    """The protocol part of a result: what every compared run must share."""
+    return {"budget": plan.name, "seen": [t.name for t in seen], "unseen": [t.name for t in held_out],
+            "task_versions": {t.name: t.version for t in (*seen, *held_out)},
+            "steps": plan.steps, "batch_size": plan.batch_size, "lr": plan.lr,
+            "finetune_steps": plan.finetune_steps, "finetune_lr": plan.finetune_lr,
+            "resolution": list(plan.resolution) if plan.resolution else None, "arch": dataclasses.asdict(plan.arch),
+            "max_train_samples": plan.max_train_samples, "max_test_samples": plan.max_test_samples}
 
 
 def result_payload(request: RunRequest, info: MethodInfo, source: str, config: Any, spec: DatasetSpec, identity: Any,
@@ -283,11 +322,7 @@ def result_payload(request: RunRequest, info: MethodInfo, source: str, config: A
                    "config": dataclasses.asdict(config)},
         "dataset": {"name": spec.name, "family": spec.family, "synthetic": identity.synthetic,
                     "identity": identity.to_dict(), "train_split": spec.train_split, "test_split": spec.test_split},
-        "protocol": {"budget": plan.name, "seen": [t.name for t in seen], "unseen": [t.name for t in held_out],
-                     "steps": plan.steps, "batch_size": plan.batch_size, "lr": plan.lr,
-                     "finetune_steps": plan.finetune_steps, "finetune_lr": plan.finetune_lr,
-                     "resolution": plan.resolution, "arch": dataclasses.asdict(plan.arch),
-                     "max_train_samples": plan.max_train_samples, "max_test_samples": plan.max_test_samples},
+        "protocol": protocol_dict(plan, seen, held_out),
         "seed": request.seed,
         "overrides": request.overrides,
         "environment": environment(device),

@@ -19,6 +19,7 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     """Never touch the user's ~/.cache/mtbench or Hugging Face caches from tests."""
     home = tmp_path_factory.getbasetemp() / "mtbench-home"
     monkeypatch.setenv("MTBENCH_HOME", str(home))
+    monkeypatch.setenv("MTBENCH_RESULTS", str(home / "results"))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(home / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 

@@ -1,0 +1,79 @@
+"""Results store and Δm references: stl produced once and reused; re-runs replace, never double-count."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+
+from mtbench.results import config_key, find_reference, load_results, store
+from mtbench.runner import RunRequest, execute
+from mtbench.scoring import ALL_METRICS, PER_TASK
+
+
+def test_first_run_produces_the_stl_reference_then_reuses_it(nyu_mtan, tmp_path):
+    results = tmp_path / "results"
+    notices: list[str] = []
+    request = RunRequest(method="ew", data_root=nyu_mtan, budget="smoke", unseen=("depth",), results=results,
+                         out=tmp_path / "ew")
+    first = execute(request, notice=notices.append)
+    assert any("training it first" in n for n in notices)
+    stored = {p["method"]["name"] for _, p in load_results(results)}
+    assert stored == {"stl", "ew"}
+    delta = first["delta_m"]
+    assert delta["reference_method"] == "stl" and delta["positive_is_better"] is True
+    assert set(delta) >= {"seen", "unseen"} or "unavailable" in delta
+    notices.clear()
+    execute(RunRequest(method="fixed-lambda", data_root=nyu_mtan, budget="smoke", unseen=("depth",), results=results,
+                       out=tmp_path / "fl"), notice=notices.append)
+    assert not any("training it first" in n for n in notices)  # the stored reference is reused
+    assert len([1 for _, p in load_results(results) if p["method"]["name"] == "stl"]) == 1
+
+
+def test_delta_m_against_the_reference_is_recomputable(nyu_mtan, tmp_path):
+    from mtbench.scoring import run_delta_m
+
+    results = tmp_path / "results"
+    payload = execute(RunRequest(method="uw", data_root=nyu_mtan, budget="smoke", unseen=("depth",),
+                                 results=results, out=tmp_path / "uw"))
+    reference = find_reference(results, payload)
+    assert reference is not None and reference["run_id"] == payload["delta_m"]["reference_run"]
+    if "unavailable" not in payload["delta_m"]:
+        again = run_delta_m(payload, reference)
+        for role in ("seen", "unseen"):
+            assert again[role][ALL_METRICS] == payload["delta_m"][role][ALL_METRICS]
+            assert again[role][PER_TASK] == payload["delta_m"][role][PER_TASK]
+
+
+def _fake(method: str, seed: int, value: float) -> dict:
+    return {"schema_version": 1, "run_id": f"{method}-{seed}-{value}", "method": {"name": method, "config": {}},
+            "seed": seed, "dataset": {"name": "nyuv2-synth", "synthetic": True, "identity": {"fingerprint": "f"}},
+            "protocol": {"budget": "quick", "seen": ["semseg"], "unseen": []},
+            "tasks": {"semseg": {"seen": True, "metrics": {"mIoU": {"value": value, "higher_is_better": True}}}}}
+
+
+def test_rerun_replaces_and_different_configs_coexist(tmp_path):
+    path, replaced = store(_fake("ew", 0, 0.5), tmp_path)
+    assert not replaced
+    again, replaced = store(_fake("ew", 0, 0.6), tmp_path)
+    assert replaced and again == path
+    assert json.loads(path.read_text())["tasks"]["semseg"]["metrics"]["mIoU"]["value"] == 0.6
+    store(_fake("ew", 1, 0.7), tmp_path)
+    assert len(list(load_results(tmp_path))) == 2
+    assert config_key(_fake("ew", 0, 0.1)) == config_key(_fake("ew", 0, 0.9))  # metrics are not configuration
+
+
+def _writer(args: tuple) -> None:
+    directory, method, seeds = args
+    for seed in seeds:
+        for value in range(20):
+            store(_fake(method, seed, float(value)), directory)
+
+
+def test_concurrent_writers_never_lose_or_corrupt_results(tmp_path):
+    jobs = [(tmp_path, m, range(5)) for m in ("ew", "uw", "dwa", "mgda")]
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.map(_writer, jobs)
+    loaded = [p for _, p in load_results(tmp_path)]
+    assert len(loaded) == 4 * 5
+    assert all(p["tasks"]["semseg"]["metrics"]["mIoU"]["value"] == 19.0 for p in loaded)
+    assert not [p for p in tmp_path.rglob("*.tmp")]

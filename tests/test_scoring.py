@@ -1,0 +1,47 @@
+"""Δm: the Nash-MTL golden number, a hand-worked per-task example, and the error cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from mtbench.scoring import ScoringError, delta_m
+
+NAMES = ["mIoU", "pixAcc", "absErr", "relErr", "mean", "median", "within11.25", "within22.5", "within30"]
+HIGHER = dict(zip(NAMES, [True, True, False, False, False, False, True, True, True]))
+STL = dict(zip(NAMES, [0.3830, 0.6376, 0.6754, 0.2780, 25.01, 19.21, 0.3014, 0.5720, 0.6915]))
+LINEAR_SCALARISATION = dict(zip(NAMES, [0.3929, 0.6533, 0.5493, 0.2263, 28.15, 23.96, 0.2209, 0.4750, 0.6108]))
+TASK_OF = {"mIoU": "seg", "pixAcc": "seg", "absErr": "depth", "relErr": "depth", "mean": "normal", "median": "normal",
+           "within11.25": "normal", "within22.5": "normal", "within30": "normal"}
+
+
+def test_golden_nash_mtl_linear_scalarisation():
+    """Nash-MTL (Navon et al. 2022), NYU-v2: LS reports a +5.59 % drop, i.e. Δm = −5.59 % here."""
+    assert delta_m(LINEAR_SCALARISATION, STL, HIGHER) == pytest.approx(-5.59, abs=0.005)
+
+
+def test_reference_against_itself_is_zero():
+    assert delta_m(STL, STL, HIGHER) == 0.0
+    assert delta_m(STL, STL, HIGHER, TASK_OF) == 0.0
+
+
+def test_per_task_average_hand_worked():
+    # task a: acc 0.6 vs 0.5 (↑) -> +20 %, err 0.9 vs 1.0 (↓) -> +10 %; mean +15 %
+    # task b: f1 0.4 vs 0.5 (↑) -> −20 %
+    # per task: (15 − 20) / 2 = −2.5 %; all metrics at once: (20 + 10 − 20) / 3 = +3.33 %
+    values, reference = {"acc": 0.6, "err": 0.9, "f1": 0.4}, {"acc": 0.5, "err": 1.0, "f1": 0.5}
+    higher = {"acc": True, "err": False, "f1": True}
+    assert delta_m(values, reference, higher, {"acc": "a", "err": "a", "f1": "b"}) == pytest.approx(-2.5)
+    assert delta_m(values, reference, higher) == pytest.approx(10 / 3)
+
+
+def test_errors():
+    with pytest.raises(ScoringError, match="missing from values"):
+        delta_m({"a": 1.0}, {"a": 1.0, "b": 2.0}, {"a": True, "b": True})
+    with pytest.raises(ScoringError, match="missing from reference"):
+        delta_m({"a": 1.0, "b": 1.0}, {"a": 1.0}, {"a": True, "b": True})
+    with pytest.raises(ScoringError, match="missing from higher_is_better"):
+        delta_m({"a": 1.0}, {"a": 1.0}, {})
+    with pytest.raises(ScoringError, match="zero"):
+        delta_m({"a": 1.0}, {"a": 0.0}, {"a": True})
+    with pytest.raises(ScoringError, match="no task in groups"):
+        delta_m({"a": 1.0, "b": 1.0}, {"a": 1.0, "b": 1.0}, {"a": True, "b": True}, {"a": "t"})
