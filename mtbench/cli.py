@@ -40,8 +40,11 @@ data_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
                        help="Create, check and prepare data sets.")
 bench_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
                         help="Benchmarks that print measured ratios.")
+leaderboard_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
+                              help="Build and publish the leaderboard tables.")
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+app.add_typer(leaderboard_app, name="leaderboard")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -405,6 +408,8 @@ def print_run(payload: dict[str, Any]) -> None:
     delta = payload.get("delta_m")
     if delta and "unavailable" in delta:
         console.print(f"Δm: not available ({delta['unavailable'].splitlines()[0]})")
+    elif delta and delta["reference_run"] == payload["run_id"]:
+        console.print(f"Δm: this run is the {delta['reference_method']} reference (Δm = 0 by definition)")
     elif delta:
         from mtbench.scoring import ALL_METRICS, PER_TASK
 
@@ -472,6 +477,40 @@ def run(method: Annotated[str, typer.Argument(help="Method name (`mtbench ls met
     payload = execute(request, notice=lambda text: err_console.print(f"[yellow]notice:[/] {_escape(text)}"),
                       progress=run_progress)
     print_run(payload)
+
+
+# --- leaderboard ------------------------------------------------------------------------------------
+
+LeaderboardDir = Annotated[Path, typer.Option("--out", help="Leaderboard folder.")]
+
+
+@leaderboard_app.command("build")
+@reports_errors
+def leaderboard_build(results: Annotated[Path | None, typer.Option(
+                          help="Result files to tabulate (default: leaderboard/results).")] = None,
+                      out: LeaderboardDir = Path("leaderboard")) -> None:
+    """Regenerate the Markdown, CSV and HTML tables, one per data set and protocol.
+
+    Example: `mtbench leaderboard build`
+    """
+    from mtbench.leaderboard import build
+
+    written = build(results or out / "results", out)
+    console.print(f"wrote {len(written)} files under {out}/ (index: {out / 'README.md'})")
+
+
+@leaderboard_app.command("publish")
+@reports_errors
+def leaderboard_publish(runs: Annotated[list[Path], typer.Argument(help="Run folders (or result.json files).")],
+                        out: LeaderboardDir = Path("leaderboard")) -> None:
+    """Copy selected runs' result files into leaderboard/results/ and rebuild the tables.
+
+    Example: `mtbench leaderboard publish runs/2026*-meta-sparsity-*`
+    """
+    from mtbench.leaderboard import publish
+
+    stored = publish(runs, out)
+    console.print(f"published {len(stored)} result(s) into {out / 'results'} and rebuilt the tables")
 
 
 def main() -> None:

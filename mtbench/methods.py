@@ -62,6 +62,7 @@ class MethodInfo:
 
 METHODS: Registry[MethodInfo] = Registry("method")
 _loaded_builtins = False
+_loaded_files: dict[tuple[Path, str], list[str]] = {}  # (file, sha256) -> method names: loading twice is a no-op
 
 
 def _infos_of(module: ModuleType) -> list[MethodInfo]:
@@ -120,6 +121,9 @@ def load_plugin_path(path: str | Path) -> list[str]:
     names: list[str] = []
     for file in files:
         digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        if (file, digest) in _loaded_files and all(n in METHODS for n in _loaded_files[(file, digest)]):
+            names += _loaded_files[(file, digest)]
+            continue
         module_name = f"mtbench_plugin_{file.stem}_{digest[:8]}"
         spec = importlib.util.spec_from_file_location(module_name, file)
         if spec is None or spec.loader is None:
@@ -134,7 +138,8 @@ def load_plugin_path(path: str | Path) -> list[str]:
         infos = _infos_of(module)
         if not infos:
             raise PluginError(f"plugin {file} defines no method", expected="METHOD = MethodInfo(...)", found="neither METHOD nor METHODS")
-        names += _register_all(infos, f"file {file} (sha256 {digest[:12]})")
+        _loaded_files[(file, digest)] = _register_all(infos, f"file {file} (sha256 {digest[:12]})")
+        names += _loaded_files[(file, digest)]
     return names
 
 

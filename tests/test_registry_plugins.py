@@ -101,3 +101,10 @@ def test_entry_point_plugins_are_discovered(fresh_methods, tmp_path, monkeypatch
 def test_methodinfo_requires_a_dataclass_config():
     with pytest.raises(PluginError, match="dataclass"):
         methods_module.MethodInfo(name="x", summary="", method=object, config=dict)
+
+
+def test_loading_the_same_plugin_twice_is_a_no_op(fresh_methods, tmp_path):
+    plugin = tmp_path / "twice.py"
+    plugin.write_text(PLUGIN.format(name="twice"))
+    assert methods_module.load_plugin_path(plugin) == ["twice"]
+    assert methods_module.load_plugin_path(plugin) == ["twice"]
