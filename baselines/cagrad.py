@@ -16,8 +16,8 @@ from mtbench.training import TrainContext
 @dataclass
 class CAGradConfig:
     """Attributes:
-        c: radius of the ball around the mean gradient g₀, in units of ‖g₀‖ (0 gives plain averaging).
-        rescale: divide the update by 1 + c² (the default of the authors' code).
+    c: radius of the ball around the mean gradient g₀, in units of ‖g₀‖ (0 gives plain averaging).
+    rescale: divide the update by 1 + c² (the default of the authors' code).
     """
 
     c: float = 0.5
@@ -46,11 +46,14 @@ class CAGrad(MTLMethod):
 
 
 METHOD = MethodInfo(
-    name="cagrad", summary="CAGrad: conflict-averse update within c‖g₀‖ of the mean gradient g₀",
-    method=CAGrad, config=CAGradConfig,
+    name="cagrad",
+    summary="CAGrad: conflict-averse update within c‖g₀‖ of the mean gradient g₀",
+    method=CAGrad,
+    config=CAGradConfig,
     paper="Liu, Liu, Jin, Stone & Liu, Conflict-Averse Gradient Descent for Multi-task Learning (2021)",
     link="https://arxiv.org/abs/2110.14048",
     deviations="the dual over w ∈ Δ is solved with SLSQP on the K weights (Gram matrix only); the update is "
-               "divided by 1 + c² (rescale, the authors' code default; the paper's Algorithm 1 does not); "
-               "applied to the shared backbone only, heads get their own task's gradient; the mean-gradient "
-               "scale (not the sum) as in the paper")
+    "divided by 1 + c² (rescale, the authors' code default; the paper's Algorithm 1 does not); "
+    "applied to the shared backbone only, heads get their own task's gradient; the mean-gradient "
+    "scale (not the sum) as in the paper",
+)

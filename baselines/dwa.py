@@ -17,9 +17,9 @@ from mtbench.training import TrainContext
 @dataclass
 class DWAConfig:
     """Attributes:
-        temperature: T of the softmax over loss ratios (the paper's 2); larger T, more even weights.
-        window: steps averaged into each of L_k(t−1) and L_k(t−2) (the paper averages whole epochs;
-            1 uses the previous two steps' losses).
+    temperature: T of the softmax over loss ratios (the paper's 2); larger T, more even weights.
+    window: steps averaged into each of L_k(t−1) and L_k(t−2) (the paper averages whole epochs;
+        1 uses the previous two steps' losses).
     """
 
     temperature: float = 2.0
@@ -35,7 +35,7 @@ def dwa_weights(history: Sequence[Sequence[float]], window: int, temperature: fl
     losses = np.asarray(history, dtype=np.float64)
     if len(losses) < 2 * window:
         raise ValueError(f"DWA needs {2 * window} steps of losses, got {len(losses)}")
-    ratios = losses[-window:].mean(axis=0) / losses[-2 * window:-window].mean(axis=0)
+    ratios = losses[-window:].mean(axis=0) / losses[-2 * window : -window].mean(axis=0)
     logits = ratios / temperature
     weights = np.exp(logits - logits.max())
     return len(ratios) * weights / weights.sum()
@@ -65,10 +65,13 @@ class DynamicWeightAverage(MTLMethod):
 
 
 METHOD = MethodInfo(
-    name="dwa", summary="dynamic weight average: w_k ∝ exp(r_k/T) of the loss ratios r_k = L_k(t−1)/L_k(t−2)",
-    method=DynamicWeightAverage, config=DWAConfig,
+    name="dwa",
+    summary="dynamic weight average: w_k ∝ exp(r_k/T) of the loss ratios r_k = L_k(t−1)/L_k(t−2)",
+    method=DynamicWeightAverage,
+    config=DWAConfig,
     paper="Liu, Johns & Davison, End-to-End Multi-Task Learning with Attention (2019)",
     link="https://arxiv.org/abs/1803.10704",
     deviations="loss ratios from the training losses of the previous steps (sliding means over `window` steps, "
-               "default 1) instead of epoch-averaged losses, since the budget counts steps; equal weights "
-               "until 2·window steps have been seen (the paper: the first two epochs)")
+    "default 1) instead of epoch-averaged losses, since the budget counts steps; equal weights "
+    "until 2·window steps have been seen (the paper: the first two epochs)",
+)

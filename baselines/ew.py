@@ -11,5 +11,11 @@ class EqualWeighting(MTLMethod):
 
 
 METHOD = MethodInfo(
-    name="ew", summary="equal weighting of the task losses (linear scalarisation)",
-    method=EqualWeighting, config=MTLConfig, paper="", link="", deviations="")
+    name="ew",
+    summary="equal weighting of the task losses (linear scalarisation)",
+    method=EqualWeighting,
+    config=MTLConfig,
+    paper="",
+    link="",
+    deviations="",
+)

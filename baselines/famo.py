@@ -16,11 +16,11 @@ from mtbench.training import TrainContext
 @dataclass
 class FAMOConfig:
     """Attributes:
-        logit_lr: β, the step size of the weight logits ξ (the paper's 0.025).
-        weight_decay: γ, the decay of ξ towards 0 (uniform weights) (the paper's 1e-3).
-        optimizer: ``adam`` (the authors' code: Adam on ξ with lr β and L2 decay γ) or ``sgd``
-            (the paper's Algorithm 1: ξ ← ξ − β(δ + γξ)).
-        eps: the offset of the log losses, log(L_k − L_k* + ε), with the minimum losses L_k* = 0.
+    logit_lr: β, the step size of the weight logits ξ (the paper's 0.025).
+    weight_decay: γ, the decay of ξ towards 0 (uniform weights) (the paper's 1e-3).
+    optimizer: ``adam`` (the authors' code: Adam on ξ with lr β and L2 decay γ) or ``sgd``
+        (the paper's Algorithm 1: ξ ← ξ − β(δ + γξ)).
+    eps: the offset of the log losses, log(L_k − L_k* + ε), with the minimum losses L_k* = 0.
     """
 
     logit_lr: float = 0.025
@@ -55,10 +55,12 @@ class FAMO(MTLMethod):
         self.logits = nn.Parameter(torch.zeros(len(ctx.task_names), device=ctx.device))
         if self.config.optimizer == "adam":
             self.logit_optimizer: torch.optim.Optimizer = torch.optim.Adam(
-                [self.logits], lr=self.config.logit_lr, weight_decay=self.config.weight_decay)
+                [self.logits], lr=self.config.logit_lr, weight_decay=self.config.weight_decay
+            )
         else:
-            self.logit_optimizer = torch.optim.SGD([self.logits], lr=self.config.logit_lr,
-                                                   weight_decay=self.config.weight_decay)
+            self.logit_optimizer = torch.optim.SGD(
+                [self.logits], lr=self.config.logit_lr, weight_decay=self.config.weight_decay
+            )
         self.losses_before: Tensor | None = None
 
     @property
@@ -96,11 +98,14 @@ class FAMO(MTLMethod):
 
 
 METHOD = MethodInfo(
-    name="famo", summary="FAMO: softmax weights on the log losses, adapted to equalise the log-loss decrease",
-    method=FAMO, config=FAMOConfig,
+    name="famo",
+    summary="FAMO: softmax weights on the log losses, adapted to equalise the log-loss decrease",
+    method=FAMO,
+    config=FAMOConfig,
     paper="Liu, Feng, Stone & Liu, FAMO: Fast Adaptive Multitask Optimization (2023)",
     link="https://arxiv.org/abs/2306.03792",
     deviations="ξ is updated with Adam (lr 0.025, weight decay 1e-3) as in the authors' code, not the plain "
-               "step of the paper's Algorithm 1 (optimizer=sgd gives that); the loss after the update is "
-               "measured with one extra forward on the same batch in training mode (BatchNorm running "
-               "statistics see that forward too); minimum losses L* = 0")
+    "step of the paper's Algorithm 1 (optimizer=sgd gives that); the loss after the update is "
+    "measured with one extra forward on the same batch in training mode (BatchNorm running "
+    "statistics see that forward too); minimum losses L* = 0",
+)

@@ -14,9 +14,9 @@ from mtbench.training import TrainContext
 @dataclass
 class FixedLambdaConfig:
     """Attributes:
-        lam: the group-lasso strength λ (hand-tuned; the authors searched 1e-7 … 1e-2 under their
-            loss scaling and Adam-preconditioned prox, so their values do not transfer directly).
-        axis: group axis, ``in`` (input channels, the authors') or ``out``.
+    lam: the group-lasso strength λ (hand-tuned; the authors searched 1e-7 … 1e-2 under their
+        loss scaling and Adam-preconditioned prox, so their values do not transfer directly).
+    axis: group axis, ``in`` (input channels, the authors') or ``out``.
     """
 
     lam: float = 0.3
@@ -35,9 +35,12 @@ class FixedLambda(MTLMethod):
 
 
 METHOD = MethodInfo(
-    name="fixed-lambda", summary="group-lasso sparsity of the shared convs with a fixed, hand-tuned λ",
-    method=FixedLambda, config=FixedLambdaConfig,
+    name="fixed-lambda",
+    summary="group-lasso sparsity of the shared convs with a fixed, hand-tuned λ",
+    method=FixedLambda,
+    config=FixedLambdaConfig,
     paper="Upadhyay et al., Less is More — towards parsimonious multi-task models using structured sparsity (2023)",
     link="https://arxiv.org/abs/2308.12114",
     deviations="plain block soft-thresholding after each Adam step (the authors precondition the prox by "
-               "Adam's denominator); equal task weights")
+    "Adam's denominator); equal task weights",
+)

@@ -16,12 +16,12 @@ from mtbench.training import TrainContext
 @dataclass
 class GradNormConfig:
     """Attributes:
-        alpha: asymmetry α; the target norm of task k is Ḡ·r_k^α (the paper's NYUv2 value 1.5).
-        weight_lr_scale: the task weights' Adam learning rate, as a multiple of the budget's learning rate.
-        layer: name (in ``model.backbone``) of the conv whose weight gradients are balanced; "" picks
-            the last shared conv of the main path (skipping residual ``project``/``downsample``
-            shortcuts): ``stage3.<last>.conv2`` of the small backbone, ``4.<last>.conv3`` of ResNet-50.
-        min_weight: floor applied to the weights before renormalising (keeps them positive).
+    alpha: asymmetry α; the target norm of task k is Ḡ·r_k^α (the paper's NYUv2 value 1.5).
+    weight_lr_scale: the task weights' Adam learning rate, as a multiple of the budget's learning rate.
+    layer: name (in ``model.backbone``) of the conv whose weight gradients are balanced; "" picks
+        the last shared conv of the main path (skipping residual ``project``/``downsample``
+        shortcuts): ``stage3.<last>.conv2`` of the small backbone, ``4.<last>.conv3`` of ResNet-50.
+    min_weight: floor applied to the weights before renormalising (keeps them positive).
     """
 
     alpha: float = 1.5
@@ -42,8 +42,7 @@ def last_shared_conv(model: nn.Module, name: str = "") -> tuple[str, nn.Paramete
     return main_path[-1]
 
 
-def gradnorm_loss(weights: Tensor, grad_norms: Tensor, losses: Tensor, initial_losses: Tensor,
-                  alpha: float) -> Tensor:
+def gradnorm_loss(weights: Tensor, grad_norms: Tensor, losses: Tensor, initial_losses: Tensor, alpha: float) -> Tensor:
     """L_grad = Σ_k |G_k − Ḡ·r_k^α| with G_k = w_k‖∇_W L_k‖, r_k = L̃_k / mean(L̃), L̃_k = L_k / L_k(0).
 
     ``grad_norms`` are the unweighted ‖∇_W L_k‖ (constants), so G_k is linear in w_k and the
@@ -69,8 +68,9 @@ class GradNorm(MTLMethod):
 
     def backward(self, ctx: TrainContext, step: int, losses: dict[str, Tensor]) -> None:
         current = torch.stack([losses[t] for t in ctx.task_names])
-        grad_norms = torch.stack([torch.autograd.grad(loss, self.layer, retain_graph=True)[0].norm()
-                                  for loss in current]).detach()
+        grad_norms = torch.stack(
+            [torch.autograd.grad(loss, self.layer, retain_graph=True)[0].norm() for loss in current]
+        ).detach()
         if self.initial_losses is None:
             self.initial_losses = current.detach().clone()
         (self.weights.detach() * current).sum().backward()
@@ -96,12 +96,15 @@ class GradNorm(MTLMethod):
 
 
 METHOD = MethodInfo(
-    name="gradnorm", summary="GradNorm: task weights trained to equalise gradient norms at the last shared conv",
-    method=GradNorm, config=GradNormConfig,
+    name="gradnorm",
+    summary="GradNorm: task weights trained to equalise gradient norms at the last shared conv",
+    method=GradNorm,
+    config=GradNormConfig,
     paper="Chen, Badrinarayanan, Lee & Rabinovich, GradNorm: Gradient Normalization for Adaptive Loss "
-          "Balancing in Deep Multitask Networks (2018)",
+    "Balancing in Deep Multitask Networks (2018)",
     link="https://arxiv.org/abs/1711.02257",
     deviations="gradient norms taken w.r.t. the last main-path conv kernel of the shared backbone (stage3's "
-               "conv2 of the small nets, layer4's last conv3 of ResNet-50); L_k(0) is the first training "
-               "step's batch loss; the weights have their own Adam (the budget's learning rate times "
-               "weight_lr_scale) and are floored at min_weight before renormalising to Σ w = K")
+    "conv2 of the small nets, layer4's last conv3 of ResNet-50); L_k(0) is the first training "
+    "step's batch loss; the weights have their own Adam (the budget's learning rate times "
+    "weight_lr_scale) and are floored at min_weight before renormalising to Σ w = K",
+)

@@ -21,7 +21,11 @@ class MetaDense(EpisodicMetaLearner):
 
 
 METHOD = MethodInfo(
-    name="meta-dense", summary="the meta-sparsity loop with λ = 0 (dense ablation)",
-    method=MetaDense, config=MetaDenseConfig,
-    paper="Upadhyay et al., Meta-Sparsity (2025), ablation", link="https://arxiv.org/abs/2501.12115",
-    deviations="see meta-sparsity")
+    name="meta-dense",
+    summary="the meta-sparsity loop with λ = 0 (dense ablation)",
+    method=MetaDense,
+    config=MetaDenseConfig,
+    paper="Upadhyay et al., Meta-Sparsity (2025), ablation",
+    link="https://arxiv.org/abs/2501.12115",
+    deviations="see meta-sparsity",
+)

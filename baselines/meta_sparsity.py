@@ -21,11 +21,14 @@ class MetaSparsity(EpisodicMetaLearner):
 
 
 METHOD = MethodInfo(
-    name="meta-sparsity", summary="MAML over task episodes that learns λ and prunes shared channel groups",
-    method=MetaSparsity, config=MetaSparsityConfig,
+    name="meta-sparsity",
+    summary="MAML over task episodes that learns λ and prunes shared channel groups",
+    method=MetaSparsity,
+    config=MetaSparsityConfig,
     paper="Upadhyay et al., Meta-Sparsity: learning optimal sparse structures in multi-task networks "
-          "through meta-learning (2025)",
+    "through meta-learning (2025)",
     link="https://arxiv.org/abs/2501.12115",
     deviations="our formulation from the abstract and the authors' fixed-λ code (the algorithm box was not "
-               "available): no penalty in the query loss, first-order meta-gradients by default on CPU with "
-               "λ's path kept exact, plain block soft-thresholding on the meta-parameters")
+    "available): no penalty in the query loss, first-order meta-gradients by default on CPU with "
+    "λ's path kept exact, plain block soft-thresholding on the meta-parameters",
+)

@@ -18,14 +18,14 @@ from mtbench.training import TrainContext
 @dataclass
 class MGDAConfig:
     """Attributes:
-        upper_bound: MGDA-UB: solve for the weights with the gradients w.r.t. the shared representation
-            (the backbone's output on the batch) — one backbone backward in all; False: exact MGDA on
-            the per-task gradients of every shared parameter (K backbone backwards).
-        scale_by_tasks: multiply the min-norm combination Σ α_k g_k (α on the simplex) by K, which puts
-            the shared update on the scale of equal weighting's Σ_k ∇L_k (the heads get their own
-            task's unweighted gradient either way).
-        max_iter: Frank–Wolfe iterations (with away steps) of the min-norm solver for K > 2 (closed form
-            for K = 2).
+    upper_bound: MGDA-UB: solve for the weights with the gradients w.r.t. the shared representation
+        (the backbone's output on the batch) — one backbone backward in all; False: exact MGDA on
+        the per-task gradients of every shared parameter (K backbone backwards).
+    scale_by_tasks: multiply the min-norm combination Σ α_k g_k (α on the simplex) by K, which puts
+        the shared update on the scale of equal weighting's Σ_k ∇L_k (the heads get their own
+        task's unweighted gradient either way).
+    max_iter: Frank–Wolfe iterations (with away steps) of the min-norm solver for K > 2 (closed form
+        for K = 2).
     """
 
     upper_bound: bool = True
@@ -65,8 +65,7 @@ class MGDA(MTLMethod):
             alphas = min_norm_weights(Z, self.config.max_iter)
             combined = sum(float(a) * loss for a, loss in zip(alphas, current))
             grads = torch.autograd.grad(combined, shared, allow_unused=True)
-            flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                              for g, p in zip(grads, shared)])
+            flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, shared)])
         else:
             G = task_gradients(current, shared)
             alphas = min_norm_weights(G, self.config.max_iter)
@@ -82,11 +81,15 @@ class MGDA(MTLMethod):
 
 
 METHOD = MethodInfo(
-    name="mgda", summary="MGDA-UB: min-norm convex combination of the task gradients (Frank–Wolfe / closed form)",
-    method=MGDA, config=MGDAConfig,
+    name="mgda",
+    summary="MGDA-UB: min-norm convex combination of the task gradients (Frank–Wolfe / closed form)",
+    method=MGDA,
+    config=MGDAConfig,
     paper="Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization (2018)",
     link="https://arxiv.org/abs/1810.04650",
     deviations="the min-norm solver adds away steps to the paper's Frank–Wolfe (linear convergence, exact "
-               "zeros) and has a closed form for K = 2; the shared update is scaled by K (scale_by_tasks) to match equal weighting's loss sum; no "
-               "gradient normalisation before the solve (the authors' code offers l2/loss normalisations); "
-               "upper_bound=False gives exact MGDA on the shared parameters' gradients")
+    "zeros) and has a closed form for K = 2; the shared update is scaled by K (scale_by_tasks) to match "
+    "equal weighting's loss sum; no "
+    "gradient normalisation before the solve (the authors' code offers l2/loss normalisations); "
+    "upper_bound=False gives exact MGDA on the shared parameters' gradients",
+)

@@ -30,10 +30,13 @@ class PCGrad(MTLMethod):
 
 
 METHOD = MethodInfo(
-    name="pcgrad", summary="PCGrad: project conflicting task gradients of the shared backbone, then sum",
-    method=PCGrad, config=PCGradConfig,
+    name="pcgrad",
+    summary="PCGrad: project conflicting task gradients of the shared backbone, then sum",
+    method=PCGrad,
+    config=PCGradConfig,
     paper="Yu, Kumar, Gupta, Levine, Hausman & Finn, Gradient Surgery for Multi-Task Learning (2020)",
     link="https://arxiv.org/abs/2001.06782",
     deviations="surgery on the shared backbone's parameters only (heads get their own task's gradient, as in "
-               "the paper's multi-head setting); the random task order is drawn from (seed, step), so runs "
-               "are reproducible")
+    "the paper's multi-head setting); the random task order is drawn from (seed, step), so runs "
+    "are reproducible",
+)

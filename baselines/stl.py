@@ -50,6 +50,11 @@ class SingleTask(Method):
 
 
 METHOD = MethodInfo(
-    name="stl", summary="single-task learning: one network per task (the Δm reference)",
-    method=SingleTask, config=STLConfig, paper="", link="",
-    deviations="held-out tasks start from a random network (the no-transfer reference)")
+    name="stl",
+    summary="single-task learning: one network per task (the Δm reference)",
+    method=SingleTask,
+    config=STLConfig,
+    paper="",
+    link="",
+    deviations="held-out tasks start from a random network (the no-transfer reference)",
+)

@@ -23,6 +23,7 @@ def gram(G: Tensor) -> np.ndarray:
 
 # --- minimum-norm point of the convex hull (MGDA) ------------------------------------------------------
 
+
 def min_norm_two(M: np.ndarray) -> np.ndarray:
     """Exact min-norm weights for two tasks: argmin_γ ‖γ g₁ + (1−γ) g₂‖², γ ∈ [0, 1].
 
@@ -86,6 +87,7 @@ def min_norm_weights(G: Tensor, max_iter: int = 1000) -> Tensor:
 
 # --- PCGrad --------------------------------------------------------------------------------------------
 
+
 def pcgrad(G: Tensor, rng: np.random.Generator) -> Tensor:
     """Projecting conflicting gradients (Yu et al. 2020), summed.
 
@@ -108,6 +110,7 @@ def pcgrad(G: Tensor, rng: np.random.Generator) -> Tensor:
 
 
 # --- CAGrad --------------------------------------------------------------------------------------------
+
 
 def cagrad_objective(w: np.ndarray, M: np.ndarray, c: float) -> float:
     """``wᵀ G g₀ + c ‖g₀‖ ‖Gᵀw‖`` with ``g₀ = Gᵀ1/K``, written with the Gram matrix only."""
@@ -134,9 +137,15 @@ def cagrad_weights(M: np.ndarray, c: float) -> np.ndarray:
         return mean_row + c * g0_norm * (M @ w) / np.sqrt(w @ M @ w + 1e-12)
 
     start = np.full(K, 1.0 / K)
-    result = minimize(objective, start, jac=jacobian, method="SLSQP", bounds=[(0.0, 1.0)] * K,
-                      constraints=({"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)},),
-                      options={"ftol": 1e-12, "maxiter": 200})
+    result = minimize(
+        objective,
+        start,
+        jac=jacobian,
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * K,
+        constraints=({"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)},),
+        options={"ftol": 1e-12, "maxiter": 200},
+    )
     w = np.clip(result.x, 0.0, None)
     w = w / w.sum() if w.sum() > 0 else start
     return w if objective(w) <= objective(start) else start
@@ -158,5 +167,13 @@ def cagrad(G: Tensor, c: float = 0.5, rescale: bool = True) -> tuple[Tensor, Ten
     return (d / (1.0 + c**2) if rescale else d), w
 
 
-__all__ = ["cagrad", "cagrad_objective", "cagrad_weights", "frank_wolfe_min_norm", "gram", "min_norm_two",
-           "min_norm_weights", "pcgrad"]
+__all__ = [
+    "cagrad",
+    "cagrad_objective",
+    "cagrad_weights",
+    "frank_wolfe_min_norm",
+    "gram",
+    "min_norm_two",
+    "min_norm_weights",
+    "pcgrad",
+]

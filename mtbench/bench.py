@@ -27,8 +27,9 @@ def _time_reads(reader: Reader, split: str, targets: tuple[str, ...], count: int
     return time.perf_counter() - start
 
 
-def bench_loaders(raw: Reader, cache: ArrowCacheReader, *, split: str, count: int, batch: int = 16,
-                  repeats: int = 2) -> list[LoaderTiming]:
+def bench_loaders(
+    raw: Reader, cache: ArrowCacheReader, *, split: str, count: int, batch: int = 16, repeats: int = 2
+) -> list[LoaderTiming]:
     """Samples/s reading ``count`` samples with every target: raw layout, cache one by one, cache in batches.
 
     Each reader is warmed up once on a few samples (file-system cache, Arrow memory maps) and then
@@ -48,6 +49,8 @@ def bench_loaders(raw: Reader, cache: ArrowCacheReader, *, split: str, count: in
         return time.perf_counter() - start
 
     batch_time = min(batched() for _ in range(repeats))
-    return [LoaderTiming(f"raw layout ({raw.layout})", count, raw_time),
-            LoaderTiming("Arrow cache, one sample at a time", count, cache_time),
-            LoaderTiming(f"Arrow cache, batches of {batch}", count, batch_time)]
+    return [
+        LoaderTiming(f"raw layout ({raw.layout})", count, raw_time),
+        LoaderTiming("Arrow cache, one sample at a time", count, cache_time),
+        LoaderTiming(f"Arrow cache, batches of {batch}", count, batch_time),
+    ]

@@ -60,5 +60,16 @@ def task(family: str, name: str) -> TaskSpec:
     raise local.unknown(name.split("/")[-1]) from None
 
 
-__all__ = ["TASKS", "DATASETS", "UnknownNameError", "dataset", "datasets", "family_tasks",
-           "load_builtins", "register_dataset", "register_task", "task", "tasks"]
+__all__ = [
+    "TASKS",
+    "DATASETS",
+    "UnknownNameError",
+    "dataset",
+    "datasets",
+    "family_tasks",
+    "load_builtins",
+    "register_dataset",
+    "register_task",
+    "task",
+    "tasks",
+]

@@ -25,7 +25,10 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 app = typer.Typer(
-    name="mtbench", no_args_is_help=True, rich_markup_mode="markdown", add_completion=False,
+    name="mtbench",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    add_completion=False,
     help="""Benchmark suite for multi-task learning with learned structured sparsity.
 
 Examples:
@@ -35,13 +38,15 @@ Examples:
 * `mtbench data verify nyuv2 --root data/nyu-synth` — read every sample through the real reader
 * `mtbench data prepare nyuv2 --from /data/nyuv2` — convert a real copy into the local Arrow cache
 * `mtbench run meta-sparsity --unseen depth` — meta-train, then evaluate seen and held-out tasks
-""")
-data_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
-                       help="Create, check and prepare data sets.")
-bench_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
-                        help="Benchmarks that print measured ratios.")
-leaderboard_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
-                              help="Build and publish the leaderboard tables.")
+""",
+)
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Create, check and prepare data sets.")
+bench_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode="markdown", help="Benchmarks that print measured ratios."
+)
+leaderboard_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode="markdown", help="Build and publish the leaderboard tables."
+)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 app.add_typer(leaderboard_app, name="leaderboard")
@@ -72,8 +77,14 @@ def _escape(text: str) -> str:
 @contextmanager
 def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
     """A rich progress bar; yields ``update(done, total)``."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=err_console, transient=False) as progress:
         task = progress.add_task(description, total=None)
 
@@ -85,29 +96,42 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
 
 # --- ls ---------------------------------------------------------------------------------------------
 
+
 class Listing(str, Enum):
     tasks = "tasks"
     datasets = "datasets"
     methods = "methods"
 
 
-PluginsOption = Annotated[list[Path] | None, typer.Option(
-    "--plugins", help="A .py file or folder of method plugins to load (repeatable). Never implicit.")]
+PluginsOption = Annotated[
+    list[Path] | None,
+    typer.Option("--plugins", help="A .py file or folder of method plugins to load (repeatable). Never implicit."),
+]
 
 
 @app.command("ls")
 @reports_errors
-def ls(kind: Annotated[Listing, typer.Argument(help="What to list.")],
-       pattern: Annotated[str | None, typer.Argument(help="Glob or substring filter on names.")] = None,
-       plugins: PluginsOption = None) -> None:
+def ls(
+    kind: Annotated[Listing, typer.Argument(help="What to list.")],
+    pattern: Annotated[str | None, typer.Argument(help="Glob or substring filter on names.")] = None,
+    plugins: PluginsOption = None,
+) -> None:
     """List tasks, data sets or methods.
 
     Examples: `mtbench ls tasks`, `mtbench ls tasks depth`, `mtbench ls methods --plugins my_method.py`
     """
     if kind is Listing.tasks:
         table = Table(title="Tasks", title_justify="left")
-        for column in ("task", "family", "title", "head", "loss", "metrics (↑ higher / ↓ lower is better)",
-                       "--unseen", "v"):
+        for column in (
+            "task",
+            "family",
+            "title",
+            "head",
+            "loss",
+            "metrics (↑ higher / ↓ lower is better)",
+            "--unseen",
+            "v",
+        ):
             table.add_column(column, no_wrap=column in ("task", "family", "head"))
         from mtbench.registry import matches
 
@@ -115,8 +139,16 @@ def ls(kind: Annotated[Listing, typer.Argument(help="What to list.")],
             if not (matches(spec.key, pattern) or matches(spec.name, pattern)):
                 continue
             metrics = ", ".join(f"{m.name} {m.arrow}" for m in spec.metrics)
-            table.add_row(spec.name, spec.family, spec.title, f"{spec.head}×{spec.out_channels}", spec.loss, metrics,
-                          "yes" if spec.may_hold_out else "no", spec.version)
+            table.add_row(
+                spec.name,
+                spec.family,
+                spec.title,
+                f"{spec.head}×{spec.out_channels}",
+                spec.loss,
+                metrics,
+                "yes" if spec.may_hold_out else "no",
+                spec.version,
+            )
     elif kind is Listing.datasets:
         from mtbench.data.cache import find_prepared
 
@@ -128,10 +160,14 @@ def ls(kind: Annotated[Listing, typer.Argument(help="What to list.")],
             spec = registry.get(name)
             others = [t.name for t in catalog.family_tasks(spec.family) if t.name not in spec.default_tasks]
             prepared = find_prepared(name)
-            table.add_row(name, "[yellow]synthetic[/]" if spec.synthetic else "real",
-                          ", ".join(spec.default_tasks) + (" | " + ", ".join(others) if others else ""),
-                          "\n".join(spec.layouts), f"{spec.train_split}/{spec.test_split}",
-                          str(prepared) if prepared else "—")
+            table.add_row(
+                name,
+                "[yellow]synthetic[/]" if spec.synthetic else "real",
+                ", ".join(spec.default_tasks) + (" | " + ", ".join(others) if others else ""),
+                "\n".join(spec.layouts),
+                f"{spec.train_split}/{spec.test_split}",
+                str(prepared) if prepared else "—",
+            )
     else:
         from mtbench.methods import methods
 
@@ -163,16 +199,18 @@ LayoutOption = Annotated[str | None, typer.Option(help="On-disk layout; detected
 
 @data_app.command("synth")
 @reports_errors
-def data_synth(dataset: DatasetArg,
-               out: Annotated[Path, typer.Option("--out", help="Folder to create.")],
-               n: Annotated[int, typer.Option("--n", help="Number of samples over all splits.")] = 1000,
-               seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
-               layout: Annotated[str | None, typer.Option(help="Real layout to write (default: the first).")] = None,
-               height: Annotated[int | None, typer.Option(help="NYU-like: image height.")] = None,
-               width: Annotated[int | None, typer.Option(help="NYU-like: image width.")] = None,
-               image_size: Annotated[int | None, typer.Option(help="Faces: image side.")] = None,
-               mask_size: Annotated[int | None, typer.Option(help="Faces: mask side.")] = None,
-               overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False) -> None:
+def data_synth(
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option("--out", help="Folder to create.")],
+    n: Annotated[int, typer.Option("--n", help="Number of samples over all splits.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+    layout: Annotated[str | None, typer.Option(help="Real layout to write (default: the first).")] = None,
+    height: Annotated[int | None, typer.Option(help="NYU-like: image height.")] = None,
+    width: Annotated[int | None, typer.Option(help="NYU-like: image width.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Faces: image side.")] = None,
+    mask_size: Annotated[int | None, typer.Option(help="Faces: mask side.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+) -> None:
     """Write a synthetic stand-in in a real on-disk layout.
 
     Examples: `mtbench data synth nyuv2-synth --out D --n 1000`,
@@ -183,25 +221,34 @@ def data_synth(dataset: DatasetArg,
     spec = catalog.dataset(dataset)
     if spec.generator is None:
         synthetic = [n for n in catalog.datasets().names() if catalog.dataset(n).synthetic]
-        raise ConfigError(f"{dataset!r} is a real data set and cannot be generated",
-                          expected="a synthetic data set: " + ", ".join(synthetic), found=dataset,
-                          fix=f"use {spec.name}-synth, or prepare a real copy with `mtbench data prepare`")
+        raise ConfigError(
+            f"{dataset!r} is a real data set and cannot be generated",
+            expected="a synthetic data set: " + ", ".join(synthetic),
+            found=dataset,
+            fix=f"use {spec.name}-synth, or prepare a real copy with `mtbench data prepare`",
+        )
     sizes = {"height": height, "width": width, "image_size": image_size, "mask_size": mask_size}
     options = dict(spec.synth_options)
     for key, value in sizes.items():
         if value is not None:
             if key not in options:
-                raise ConfigError(f"--{key.replace('_', '-')} does not apply to {dataset}",
-                                  expected=", ".join("--" + k.replace("_", "-") for k in options), found=key)
+                raise ConfigError(
+                    f"--{key.replace('_', '-')} does not apply to {dataset}",
+                    expected=", ".join("--" + k.replace("_", "-") for k in options),
+                    found=key,
+                )
             options[key] = value
     start = time.perf_counter()
     with progress_bar(f"generating {dataset}") as update:
-        path = spec.generator(out, n=n, seed=seed, layout=layout or spec.layouts[0], overwrite=overwrite,
-                              progress=update, **options)
+        path = spec.generator(
+            out, n=n, seed=seed, layout=layout or spec.layouts[0], overwrite=overwrite, progress=update, **options
+        )
     seconds = time.perf_counter() - start
-    console.print(f"wrote {n} synthetic samples of [bold]{dataset}[/] ({layout or spec.layouts[0]}, "
-                  f"{', '.join(f'{k}={v}' for k, v in options.items())}, seed {seed}) to {path} "
-                  f"in {seconds:.1f} s ({n / seconds:.0f} samples/s)")
+    console.print(
+        f"wrote {n} synthetic samples of [bold]{dataset}[/] ({layout or spec.layouts[0]}, "
+        f"{', '.join(f'{k}={v}' for k, v in options.items())}, seed {seed}) to {path} "
+        f"in {seconds:.1f} s ({n / seconds:.0f} samples/s)"
+    )
 
 
 def _open(dataset: str, root: Path, layout: str | None) -> Any:
@@ -211,9 +258,12 @@ def _open(dataset: str, root: Path, layout: str | None) -> Any:
     reader = open_reader(spec.family, root, layout)
     synthetic = reader.synthetic_manifest() is not None
     if spec.synthetic and not synthetic:
-        raise ConfigError(f"{root} holds no synthetic-data manifest, so it is not {dataset}",
-                          expected="a folder written by `mtbench data synth`", found="a folder without mtbench-synthetic.json",
-                          fix=f"name the real data set instead: {spec.family}")
+        raise ConfigError(
+            f"{root} holds no synthetic-data manifest, so it is not {dataset}",
+            expected="a folder written by `mtbench data synth`",
+            found="a folder without mtbench-synthetic.json",
+            fix=f"name the real data set instead: {spec.family}",
+        )
     return reader
 
 
@@ -221,16 +271,20 @@ def _identity_line(reader: Any) -> str:
     identity = reader.identity(content=False)
     if identity.synthetic:
         gen = identity.generator or {}
-        return (f"[yellow]SYNTHETIC[/] data set {identity.dataset} (generator {gen.get('generator')} "
-                f"v{gen.get('generator_version')}, seed {gen.get('seed')}), layout {reader.layout}")
+        return (
+            f"[yellow]SYNTHETIC[/] data set {identity.dataset} (generator {gen.get('generator')} "
+            f"v{gen.get('generator_version')}, seed {gen.get('seed')}), layout {reader.layout}"
+        )
     return f"real data set {identity.dataset}, layout {reader.layout}"
 
 
 @data_app.command("verify")
 @reports_errors
-def data_verify(dataset: DatasetArg,
-                root: Annotated[Path, typer.Option("--root", help="Top folder of the data set.")],
-                layout: LayoutOption = None) -> None:
+def data_verify(
+    dataset: DatasetArg,
+    root: Annotated[Path, typer.Option("--root", help="Top folder of the data set.")],
+    layout: LayoutOption = None,
+) -> None:
     """Read every sample of every split through the real reader and report problems.
 
     Exits 1 and names each offending file on a truncated or corrupt file, a wrong shape or dtype,
@@ -263,10 +317,12 @@ def data_verify(dataset: DatasetArg,
 
 @data_app.command("prepare")
 @reports_errors
-def data_prepare(dataset: DatasetArg,
-                 source: Annotated[Path, typer.Option("--from", help="Top folder of a copy in a real layout.")],
-                 layout: LayoutOption = None,
-                 cache: Annotated[Path | None, typer.Option(help="Cache root (default $MTBENCH_HOME or ~/.cache/mtbench).")] = None) -> None:
+def data_prepare(
+    dataset: DatasetArg,
+    source: Annotated[Path, typer.Option("--from", help="Top folder of a copy in a real layout.")],
+    layout: LayoutOption = None,
+    cache: Annotated[Path | None, typer.Option(help="Cache root (default $MTBENCH_HOME or ~/.cache/mtbench).")] = None,
+) -> None:
     """Convert a real-layout folder into the local, fingerprinted Arrow cache that training reads.
 
     Example: `mtbench data prepare nyuv2 --from /data/nyuv2`
@@ -276,23 +332,29 @@ def data_prepare(dataset: DatasetArg,
     reader = _open(dataset, source, layout)
     console.print(_identity_line(reader))
     if reader.synthetic_manifest() and not catalog.dataset(dataset).synthetic:
-        console.print(f"[yellow]notice:[/] {source} is synthetic; it is prepared as "
-                      f"{reader.identity(content=False).dataset}, never as the real {dataset}")
+        console.print(
+            f"[yellow]notice:[/] {source} is synthetic; it is prepared as "
+            f"{reader.identity(content=False).dataset}, never as the real {dataset}"
+        )
     with progress_bar("preparing") as update:
         prepared = prepare(reader, cache_root=cache, progress=update)
     counts = ", ".join(f"{k} {v}" for k, v in prepared.counts.items())
-    console.print(f"prepared [bold]{prepared.identity.dataset}[/] ({counts}) at {prepared.path}\n"
-                  f"fingerprint sha256:{prepared.identity.fingerprint}")
+    console.print(
+        f"prepared [bold]{prepared.identity.dataset}[/] ({counts}) at {prepared.path}\n"
+        f"fingerprint sha256:{prepared.identity.fingerprint}"
+    )
 
 
 @data_app.command("show")
 @reports_errors
-def data_show(dataset: DatasetArg,
-              root: Annotated[Path, typer.Option("--root", help="Top folder of the data set.")],
-              out: Annotated[Path, typer.Option("--out", help="PNG file to write.")],
-              n: Annotated[int, typer.Option("--n", help="Samples to show.")] = 4,
-              split: Annotated[str | None, typer.Option(help="Split (default: the first).")] = None,
-              layout: LayoutOption = None) -> None:
+def data_show(
+    dataset: DatasetArg,
+    root: Annotated[Path, typer.Option("--root", help="Top folder of the data set.")],
+    out: Annotated[Path, typer.Option("--out", help="PNG file to write.")],
+    n: Annotated[int, typer.Option("--n", help="Samples to show.")] = 4,
+    split: Annotated[str | None, typer.Option(help="Split (default: the first).")] = None,
+    layout: LayoutOption = None,
+) -> None:
     """Write a contact sheet (PNG) of a few samples with every target.
 
     Example: `mtbench data show nyuv2-synth --root data/nyu-synth --out nyu.png`
@@ -305,12 +367,15 @@ def data_show(dataset: DatasetArg,
 
 # --- bench ------------------------------------------------------------------------------------------
 
+
 @bench_app.command("data")
 @reports_errors
-def bench_data(dataset: Annotated[str, typer.Argument(help="Data set name.")] = "nyuv2-synth",
-               root: Annotated[Path | None, typer.Option(help="Existing folder; default: a fresh synthetic set.")] = None,
-               n: Annotated[int, typer.Option("--n", help="Samples to read per loader.")] = 200,
-               layout: LayoutOption = None) -> None:
+def bench_data(
+    dataset: Annotated[str, typer.Argument(help="Data set name.")] = "nyuv2-synth",
+    root: Annotated[Path | None, typer.Option(help="Existing folder; default: a fresh synthetic set.")] = None,
+    n: Annotated[int, typer.Option("--n", help="Samples to read per loader.")] = 200,
+    layout: LayoutOption = None,
+) -> None:
     """Samples/s of the raw-layout reader and of the Arrow cache, measured side by side in one run.
 
     Example: `mtbench bench data nyuv2-synth --n 200`
@@ -323,32 +388,47 @@ def bench_data(dataset: Annotated[str, typer.Argument(help="Data set name.")] = 
     try:
         if root is None:
             if spec.generator is None:
-                raise ConfigError(f"{dataset} is real: name its folder with --root",
-                                  expected="--root DIR", found="none")
+                raise ConfigError(
+                    f"{dataset} is real: name its folder with --root", expected="--root DIR", found="none"
+                )
             root = scratch / "data"
             with progress_bar(f"generating {dataset}") as update:
-                spec.generator(root, n=max(n * 4 // 3 + 2, 8), seed=0, layout=layout or spec.layouts[0],
-                               progress=update, **spec.synth_options)
+                spec.generator(
+                    root,
+                    n=max(n * 4 // 3 + 2, 8),
+                    seed=0,
+                    layout=layout or spec.layouts[0],
+                    progress=update,
+                    **spec.synth_options,
+                )
         reader = _open(dataset, root, layout)
         with progress_bar("preparing the Arrow cache") as update:
             prepared = prepare(reader, cache_root=scratch / "cache", progress=update)
         cache = ArrowCacheReader(prepared.path)
         split = reader.splits()[0]
         timings = bench_loaders(reader, cache, split=split, count=n)
-        table = Table(title=f"Loader speed: {dataset}, split {split}, all targets "
-                            f"({', '.join(reader.targets())}), one process", title_justify="left")
+        table = Table(
+            title=f"Loader speed: {dataset}, split {split}, all targets ({', '.join(reader.targets())}), one process",
+            title_justify="left",
+        )
         for column in ("loader", "samples", "seconds", "samples/s", "× raw"):
             table.add_column(column, justify="right" if column != "loader" else "left")
         base = timings[0].per_second
         for timing in timings:
-            table.add_row(timing.name, str(timing.samples), f"{timing.seconds:.3f}", f"{timing.per_second:.0f}",
-                          f"{timing.per_second / base:.2f}")
+            table.add_row(
+                timing.name,
+                str(timing.samples),
+                f"{timing.seconds:.3f}",
+                f"{timing.per_second:.0f}",
+                f"{timing.per_second / base:.2f}",
+            )
         console.print(table)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 # --- run --------------------------------------------------------------------------------------------
+
 
 def _format_lam(value: Any) -> str:
     if value is None:
@@ -373,15 +453,19 @@ def print_run(payload: dict[str, Any]) -> None:
     data = payload["dataset"]
     kind = "[yellow]SYNTHETIC[/]" if data["synthetic"] else "real"
     protocol = payload["protocol"]
-    console.print(f"[bold]{payload['method']['name']}[/] on {data['name']} ({kind}), budget {protocol['budget']}, "
-                  f"seed {payload['seed']}; seen: {', '.join(protocol['seen'])}; "
-                  f"held out: {', '.join(protocol['unseen']) or 'none'}")
+    console.print(
+        f"[bold]{payload['method']['name']}[/] on {data['name']} ({kind}), budget {protocol['budget']}, "
+        f"seed {payload['seed']}; seen: {', '.join(protocol['seen'])}; "
+        f"held out: {', '.join(protocol['unseen']) or 'none'}"
+    )
     for role, seen in (("seen tasks", True), ("held-out tasks", False)):
         rows = [(name, task) for name, task in payload["tasks"].items() if task["seen"] is seen]
         if not rows:
             continue
-        console.print(f"[bold]{role}[/] — meta-test: each task fine-tuned {protocol['finetune_steps']} steps from "
-                      f"the trained backbone (mask kept), evaluated on the {data['test_split']} split")
+        console.print(
+            f"[bold]{role}[/] — meta-test: each task fine-tuned {protocol['finetune_steps']} steps from "
+            f"the trained backbone (mask kept), evaluated on the {data['test_split']} split"
+        )
         table = Table()
         table.add_column("task")
         table.add_column("metric")
@@ -389,22 +473,31 @@ def print_run(payload: dict[str, Any]) -> None:
         table.add_column("value", justify="right")
         for name, task in rows:
             for index, (metric, entry) in enumerate(task["metrics"].items()):
-                table.add_row(name if index == 0 else "", metric, "↑" if entry["higher_is_better"] else "↓",
-                              f"{entry['value']:.4f}", end_section=index == len(task["metrics"]) - 1)
+                table.add_row(
+                    name if index == 0 else "",
+                    metric,
+                    "↑" if entry["higher_is_better"] else "↓",
+                    f"{entry['value']:.4f}",
+                    end_section=index == len(task["metrics"]) - 1,
+                )
         console.print(table)
     lam = payload["lambda"]
     if lam["trajectory"]:
         first = lam["trajectory"][0][1]
         values = [v if not isinstance(v, list) else sum(v) / len(v) for _, v in lam["trajectory"]]
-        console.print(f"λ: start {_format_lam(lam['start'])} → end {_format_lam(lam['end'])}   "
-                      f"{_sparkline(values)}" + ("   (per-layer mean shown)" if isinstance(first, list) else ""))
+        console.print(
+            f"λ: start {_format_lam(lam['start'])} → end {_format_lam(lam['end'])}   "
+            f"{_sparkline(values)}" + ("   (per-layer mean shown)" if isinstance(first, list) else "")
+        )
     else:
         console.print("λ: — (this method has no sparsity penalty)")
     sparsity = payload["sparsity"]
     if sparsity is not None:
         history = [h["group_sparsity"] for h in payload["history"]]
-        console.print(f"final sparsity of the shared backbone: {100 * sparsity['group_sparsity']:.1f} % of channel "
-                      f"groups, {100 * sparsity['param_sparsity']:.1f} % of conv parameters   {_sparkline(history)}")
+        console.print(
+            f"final sparsity of the shared backbone: {100 * sparsity['group_sparsity']:.1f} % of channel "
+            f"groups, {100 * sparsity['param_sparsity']:.1f} % of conv parameters   {_sparkline(history)}"
+        )
     delta = payload.get("delta_m")
     if delta and "unavailable" in delta:
         console.print(f"Δm: not available ({delta['unavailable'].splitlines()[0]})")
@@ -413,22 +506,33 @@ def print_run(payload: dict[str, Any]) -> None:
     elif delta:
         from mtbench.scoring import ALL_METRICS, PER_TASK
 
-        console.print(f"Δm vs {delta['reference_method']} (same data, protocol and seed; positive = better than the "
-                      f"reference; conventions: {ALL_METRICS} | {PER_TASK}):")
+        console.print(
+            f"Δm vs {delta['reference_method']} (same data, protocol and seed; positive = better than the "
+            f"reference; conventions: {ALL_METRICS} | {PER_TASK}):"
+        )
         for role, label in (("seen", "seen tasks"), ("unseen", "held-out tasks")):
             if role in delta:
                 console.print(f"  {label}: {delta[role][ALL_METRICS]:+.2f} % | {delta[role][PER_TASK]:+.2f} %")
     timings = payload["timings"]
-    console.print(f"wall time: training {timings['train_seconds']:.1f} s, meta-test {timings['meta_test_seconds']:.1f} s, "
-                  f"total {timings['total_seconds']:.1f} s on {payload['environment']['device']}")
+    console.print(
+        f"wall time: training {timings['train_seconds']:.1f} s, meta-test {timings['meta_test_seconds']:.1f} s, "
+        f"total {timings['total_seconds']:.1f} s on {payload['environment']['device']}"
+    )
     console.print(f"result: {payload['_path']} (stored as {payload['_stored']})")
 
 
 @contextmanager
 def run_progress(description: str) -> Iterator[Callable[..., None]]:
     """Progress bar with the latest loss, λ and sparsity."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=err_console) as progress:
         task = progress.add_task(description, total=None, info="")
 
@@ -448,20 +552,24 @@ def run_progress(description: str) -> Iterator[Callable[..., None]]:
 
 @app.command("run")
 @reports_errors
-def run(method: Annotated[str, typer.Argument(help="Method name (`mtbench ls methods`).")],
-        dataset: Annotated[str | None, typer.Option(
-            help="Data set. Default: a prepared real nyuv2, else the synthetic nyuv2-synth (with a notice).")] = None,
-        data_root: Annotated[Path | None, typer.Option(help="Read this folder (any supported layout) directly.")] = None,
-        unseen: Annotated[list[str] | None, typer.Option(help="Task held out from training (repeatable).")] = None,
-        tasks: Annotated[list[str] | None, typer.Option(help="Seen tasks (repeatable); default: the data set's.")] = None,
-        seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and episodes.")] = 0,
-        budget: Annotated[str, typer.Option(help="smoke (seconds) | quick (CPU minutes) | paper (GPU).")] = "quick",
-        set_: Annotated[list[str] | None, typer.Option("--set", help="Method option key=value (repeatable).")] = None,
-        out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<run id>).")] = None,
-        device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
-        results: Annotated[Path | None, typer.Option(help="Results store (default $MTBENCH_RESULTS or ./results).")] = None,
-        reference: Annotated[bool, typer.Option(help="Train (once) and use the stl reference for Δm.")] = True,
-        plugins: PluginsOption = None) -> None:
+def run(
+    method: Annotated[str, typer.Argument(help="Method name (`mtbench ls methods`).")],
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Data set. Default: a prepared real nyuv2, else the synthetic nyuv2-synth (with a notice)."),
+    ] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Read this folder (any supported layout) directly.")] = None,
+    unseen: Annotated[list[str] | None, typer.Option(help="Task held out from training (repeatable).")] = None,
+    tasks: Annotated[list[str] | None, typer.Option(help="Seen tasks (repeatable); default: the data set's.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and episodes.")] = 0,
+    budget: Annotated[str, typer.Option(help="smoke (seconds) | quick (CPU minutes) | paper (GPU).")] = "quick",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Method option key=value (repeatable).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<run id>).")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
+    results: Annotated[Path | None, typer.Option(help="Results store (default $MTBENCH_RESULTS or ./results).")] = None,
+    reference: Annotated[bool, typer.Option(help="Train (once) and use the stl reference for Δm.")] = True,
+    plugins: PluginsOption = None,
+) -> None:
     """(Meta-)train METHOD on the seen tasks, then meta-test every seen and held-out task.
 
     Examples: `mtbench run meta-sparsity --unseen depth`,
@@ -470,12 +578,24 @@ def run(method: Annotated[str, typer.Argument(help="Method name (`mtbench ls met
     """
     from mtbench.runner import RunRequest, execute, parse_set
 
-    request = RunRequest(method=method, dataset=dataset, data_root=data_root, unseen=tuple(unseen or ()),
-                         tasks=tuple(tasks) if tasks else None, seed=seed, budget=budget,
-                         overrides=parse_set(set_ or ()), out=out, device=device, plugins=tuple(plugins or ()),
-                         results=results, reference=reference)
-    payload = execute(request, notice=lambda text: err_console.print(f"[yellow]notice:[/] {_escape(text)}"),
-                      progress=run_progress)
+    request = RunRequest(
+        method=method,
+        dataset=dataset,
+        data_root=data_root,
+        unseen=tuple(unseen or ()),
+        tasks=tuple(tasks) if tasks else None,
+        seed=seed,
+        budget=budget,
+        overrides=parse_set(set_ or ()),
+        out=out,
+        device=device,
+        plugins=tuple(plugins or ()),
+        results=results,
+        reference=reference,
+    )
+    payload = execute(
+        request, notice=lambda text: err_console.print(f"[yellow]notice:[/] {_escape(text)}"), progress=run_progress
+    )
     print_run(payload)
 
 
@@ -486,9 +606,12 @@ LeaderboardDir = Annotated[Path, typer.Option("--out", help="Leaderboard folder.
 
 @leaderboard_app.command("build")
 @reports_errors
-def leaderboard_build(results: Annotated[Path | None, typer.Option(
-                          help="Result files to tabulate (default: leaderboard/results).")] = None,
-                      out: LeaderboardDir = Path("leaderboard")) -> None:
+def leaderboard_build(
+    results: Annotated[
+        Path | None, typer.Option(help="Result files to tabulate (default: leaderboard/results).")
+    ] = None,
+    out: LeaderboardDir = Path("leaderboard"),
+) -> None:
     """Regenerate the Markdown, CSV and HTML tables, one per data set and protocol.
 
     Example: `mtbench leaderboard build`
@@ -501,8 +624,10 @@ def leaderboard_build(results: Annotated[Path | None, typer.Option(
 
 @leaderboard_app.command("publish")
 @reports_errors
-def leaderboard_publish(runs: Annotated[list[Path], typer.Argument(help="Run folders (or result.json files).")],
-                        out: LeaderboardDir = Path("leaderboard")) -> None:
+def leaderboard_publish(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (or result.json files).")],
+    out: LeaderboardDir = Path("leaderboard"),
+) -> None:
     """Copy selected runs' result files into leaderboard/results/ and rebuild the tables.
 
     Example: `mtbench leaderboard publish runs/2026*-meta-sparsity-*`

@@ -53,15 +53,25 @@ class EpisodeSampler:
         combinations: how task combinations are drawn (`task_combinations`).
     """
 
-    def __init__(self, num_samples: int, tasks: Sequence[str], *, support_size: int, query_size: int,
-                 seed: int, combinations: Combinations = "subsets") -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        tasks: Sequence[str],
+        *,
+        support_size: int,
+        query_size: int,
+        seed: int,
+        combinations: Combinations = "subsets",
+    ) -> None:
         if not tasks:
             raise ConfigError("no tasks to draw episodes from", expected="at least one seen task", found="none")
         if support_size < 1 or query_size < 1 or support_size + query_size > num_samples:
-            raise ConfigError("support and query batches do not fit in the training split",
-                              expected=f"1 ≤ support, 1 ≤ query, support + query ≤ {num_samples}",
-                              found=f"support={support_size}, query={query_size}",
-                              fix="use smaller batches or more training samples")
+            raise ConfigError(
+                "support and query batches do not fit in the training split",
+                expected=f"1 ≤ support, 1 ≤ query, support + query ≤ {num_samples}",
+                found=f"support={support_size}, query={query_size}",
+                fix="use smaller batches or more training samples",
+            )
         self.num_samples, self.tasks, self.seed = num_samples, tuple(tasks), seed
         self.support_size, self.query_size = support_size, query_size
         self.combinations = task_combinations(self.tasks, combinations)
@@ -70,8 +80,12 @@ class EpisodeSampler:
         rng = np.random.default_rng([self.seed, index])
         combo = self.combinations[int(rng.integers(len(self.combinations)))]
         drawn = rng.choice(self.num_samples, size=self.support_size + self.query_size, replace=False)
-        return Episode(index, combo, tuple(int(i) for i in drawn[:self.support_size]),
-                       tuple(int(i) for i in drawn[self.support_size:]))
+        return Episode(
+            index,
+            combo,
+            tuple(int(i) for i in drawn[: self.support_size]),
+            tuple(int(i) for i in drawn[self.support_size :]),
+        )
 
     def __iter__(self) -> Iterator[Episode]:
         return (self.episode(i) for i in itertools.count())
@@ -93,10 +107,13 @@ class TaskView:
         self.allowed = {t.target for t in seen}
         for task in (*seen, *unseen):
             if task.target not in reader.target_sources:
-                raise ConfigError(f"task {task.name!r} needs target {task.target!r}, which the "
-                                  f"{reader.layout} layout does not provide",
-                                  expected=", ".join(reader.targets()), found=task.target,
-                                  fix="choose tasks this layout provides (mtbench ls tasks)")
+                raise ConfigError(
+                    f"task {task.name!r} needs target {task.target!r}, which the "
+                    f"{reader.layout} layout does not provide",
+                    expected=", ".join(reader.targets()),
+                    found=task.target,
+                    fix="choose tasks this layout provides (mtbench ls tasks)",
+                )
         seen_sources = {reader.target_sources[t.target]: t.name for t in seen}
         for task in unseen:
             source = reader.target_sources[task.target]
@@ -106,7 +123,8 @@ class TaskView:
                     f"{seen_sources[source]!r} in the {reader.layout} layout",
                     expected="held-out targets that no seen task reads",
                     found=f"{task.name} and {seen_sources[source]} share '{source}'",
-                    fix=f"hold out {seen_sources[source]!r} too, or use a layout where they are separate files")
+                    fix=f"hold out {seen_sources[source]!r} too, or use a layout where they are separate files",
+                )
         self.forbidden = {t.target: t.name for t in unseen}
 
     def __len__(self) -> int:
@@ -115,11 +133,16 @@ class TaskView:
     def read(self, index: int, targets: Sequence[str]) -> Sample:
         for target in targets:
             if target in self.forbidden:
-                raise HeldOutTargetError(f"refused to read {target!r}: task {self.forbidden[target]!r} is held out",
-                                         fix="this is a bug in the caller; held-out targets are never read in training")
+                raise HeldOutTargetError(
+                    f"refused to read {target!r}: task {self.forbidden[target]!r} is held out",
+                    fix="this is a bug in the caller; held-out targets are never read in training",
+                )
             if target not in self.allowed:
-                raise HeldOutTargetError(f"refused to read {target!r}: not a target of the seen tasks",
-                                         expected=", ".join(sorted(self.allowed)), found=target)
+                raise HeldOutTargetError(
+                    f"refused to read {target!r}: not a target of the seen tasks",
+                    expected=", ".join(sorted(self.allowed)),
+                    found=target,
+                )
         return self.reader.read(self.split, index, targets)
 
     def batch(self, indices: Sequence[int], tasks: Sequence[str]) -> dict[str, np.ndarray]:

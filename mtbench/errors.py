@@ -15,8 +15,9 @@ class MtbenchError(Exception):
         fix: what the user can do.
     """
 
-    def __init__(self, problem: str, *, expected: str | None = None, found: str | None = None,
-                 fix: str | None = None) -> None:
+    def __init__(
+        self, problem: str, *, expected: str | None = None, found: str | None = None, fix: str | None = None
+    ) -> None:
         self.problem, self.expected, self.found, self.fix = problem, expected, found, fix
         lines = [problem]
         if expected is not None:

@@ -90,8 +90,12 @@ class _Conv:
         conv = self.conv
         if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(f"compact export supports plain zero-padded convs, got {conv}")
-        if len({*conv.kernel_size}) != 1 or len({*conv.stride}) != 1 or len({*conv.padding}) != 1 \
-                or len({*conv.dilation}) != 1:
+        if (
+            len({*conv.kernel_size}) != 1
+            or len({*conv.stride}) != 1
+            or len({*conv.padding}) != 1
+            or len({*conv.dilation}) != 1
+        ):
             raise ValueError(f"compact export supports square convs only, got {conv}")
         if self.bn is not None and not isinstance(self.bn, nn.BatchNorm2d):
             raise ValueError(f"compact export needs BatchNorm (GroupNorm mixes channels), got {self.bn}")
@@ -187,8 +191,9 @@ class _Block:
             self.shortcut_reads = keep_out & shortcut_const.isnan()
             reads = reads | self.shortcut_reads
         # constant sides of the add: fold into the other side's BN shift, else into add_bias
-        total = torch.where(keep_out, branch_const.nan_to_num(0.0) + shortcut_const.nan_to_num(0.0),
-                            torch.zeros_like(branch_const))
+        total = torch.where(
+            keep_out, branch_const.nan_to_num(0.0) + shortcut_const.nan_to_num(0.0), torch.zeros_like(branch_const)
+        )
         last = self.branch[-1]
         into_branch = last.keep_out
         last.extra = torch.where(into_branch, total, torch.zeros_like(total))
@@ -260,12 +265,21 @@ def _parse_backbone(backbone: nn.Module) -> list[_Conv | _Pool | _Block]:
             units.append(_Pool(module))
         elif isinstance(module, BasicBlock):
             shortcut = None if module.project is None else _Conv(module.project[0], module.project[1], False)
-            units.append(_block([_Conv(module.conv1, module.norm1, True), _Conv(module.conv2, module.norm2, False)],
-                                shortcut))
+            units.append(
+                _block([_Conv(module.conv1, module.norm1, True), _Conv(module.conv2, module.norm2, False)], shortcut)
+            )
         elif isinstance(module, Bottleneck):
             shortcut = None if module.downsample is None else _Conv(module.downsample[0], module.downsample[1], False)
-            units.append(_block([_Conv(module.conv1, module.bn1, True), _Conv(module.conv2, module.bn2, True),
-                                 _Conv(module.conv3, module.bn3, False)], shortcut))
+            units.append(
+                _block(
+                    [
+                        _Conv(module.conv1, module.bn1, True),
+                        _Conv(module.conv2, module.bn2, True),
+                        _Conv(module.conv3, module.bn3, False),
+                    ],
+                    shortcut,
+                )
+            )
         elif not isinstance(module, nn.Identity):
             raise TypeError(f"compact export does not know backbone layer {type(module).__name__}")
         i += 1
@@ -297,7 +311,7 @@ def _conv_size(size: int, kernel: int, stride: int, padding: int, dilation: int)
 
 
 class ConvBN(nn.Module):
-    """``relu?(bn?(conv(x)))`` from a config (zero output channels allowed: returns an empty tensor)."""
+    """``relu?(bn?(conv(x)))`` from a config (zero input or output channels allowed)."""
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__()
@@ -308,17 +322,29 @@ class ConvBN(nn.Module):
         if cfg["out"] > 0:
             with warnings.catch_warnings():  # zero input channels: "initializing zero-element tensors"
                 warnings.simplefilter("ignore")
-                self.conv = nn.Conv2d(cfg["in"], cfg["out"], cfg["kernel"], cfg["stride"], cfg["padding"],
-                                      cfg["dilation"], bias=cfg["bias"])
+                self.conv = nn.Conv2d(
+                    cfg["in"],
+                    cfg["out"],
+                    cfg["kernel"],
+                    cfg["stride"],
+                    cfg["padding"],
+                    cfg["dilation"],
+                    bias=cfg["bias"],
+                )
             if cfg["bn"]:
                 self.bn = nn.BatchNorm2d(cfg["out"], eps=cfg["eps"])
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.conv is None:
-            c = self.cfg
+        c = self.cfg
+        if self.conv is None or c["in"] == 0:  # empty output, or no input: torch's conv2d mishandles both
             h, w = (_conv_size(s, c["kernel"], c["stride"], c["padding"], c["dilation"]) for s in x.shape[-2:])
-            return x.new_zeros(x.shape[0], 0, h, w)
-        y = self.conv(x)
+            y = x.new_zeros(x.shape[0], c["out"], h, w)
+            if self.conv is None:
+                return y
+            if self.conv.bias is not None:
+                y = y + self.conv.bias.view(1, -1, 1, 1)
+        else:
+            y = self.conv(x)
         if self.bn is not None:
             y = self.bn(y)
         return F.relu(y) if self.relu else y
@@ -332,8 +358,14 @@ class MaxPool(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         c = self.cfg
         if x.shape[1] == 0:  # max_pool2d rejects empty channel dims
-            return F.max_pool2d(x.new_zeros(x.shape[0], 1, *x.shape[-2:]), c["kernel"], c["stride"], c["padding"],
-                                c["dilation"], c["ceil_mode"])[:, :0]
+            return F.max_pool2d(
+                x.new_zeros(x.shape[0], 1, *x.shape[-2:]),
+                c["kernel"],
+                c["stride"],
+                c["padding"],
+                c["dilation"],
+                c["ceil_mode"],
+            )[:, :0]
         return F.max_pool2d(x, c["kernel"], c["stride"], c["padding"], c["dilation"], c["ceil_mode"])
 
 
@@ -461,7 +493,9 @@ class CompactNet(nn.Module):
             units: list[nn.Module] = []
             for cfg in config["backbone"]:
                 kind = cfg["type"]
-                units.append(ConvBN(cfg) if kind == "conv" else MaxPool(cfg) if kind == "maxpool" else CompactBlock(cfg))
+                units.append(
+                    ConvBN(cfg) if kind == "conv" else MaxPool(cfg) if kind == "maxpool" else CompactBlock(cfg)
+                )
             self.backbone = nn.Sequential(*units)
             self.heads = nn.ModuleDict({task: _HEADS[cfg["kind"]](cfg) for task, cfg in config["heads"].items()})
         self.to_empty(device="cpu")
@@ -469,8 +503,9 @@ class CompactNet(nn.Module):
             if isinstance(module, _Indexed):
                 module.attach_indices()
         index = config["input_index"]
-        self.register_buffer("input_index", None if index is None else torch.tensor(index, dtype=torch.long),
-                             persistent=False)
+        self.register_buffer(
+            "input_index", None if index is None else torch.tensor(index, dtype=torch.long), persistent=False
+        )
 
     def forward(self, images: Tensor, tasks: Sequence[str]) -> dict[str, Tensor]:
         x = images if self.input_index is None else images.index_select(1, self.input_index)
@@ -496,11 +531,20 @@ def _indices(mask: Tensor) -> list[int]:
 
 def _conv_config(node: _Conv, space_in: Tensor, fold_bn: bool) -> dict[str, Any]:
     conv = node.conv
-    return {"type": "conv", "in": int(space_in.sum()), "out": int(node.keep_out.sum()),
-            "kernel": conv.kernel_size[0], "stride": conv.stride[0], "padding": conv.padding[0],
-            "dilation": conv.dilation[0], "bias": fold_bn or conv.bias is not None,
-            "bn": node.bn is not None and not fold_bn, "eps": node.bn.eps if node.bn is not None else 0.0,
-            "relu": node.relu, "channels": _indices(node.keep_out)}
+    return {
+        "type": "conv",
+        "in": int(space_in.sum()),
+        "out": int(node.keep_out.sum()),
+        "kernel": conv.kernel_size[0],
+        "stride": conv.stride[0],
+        "padding": conv.padding[0],
+        "dilation": conv.dilation[0],
+        "bias": fold_bn or conv.bias is not None,
+        "bn": node.bn is not None and not fold_bn,
+        "eps": node.bn.eps if node.bn is not None else 0.0,
+        "relu": node.relu,
+        "channels": _indices(node.keep_out),
+    }
 
 
 def _conv_tensors(node: _Conv, space_in: Tensor, fold_bn: bool, dtype: torch.dtype) -> dict[str, Tensor]:
@@ -515,8 +559,10 @@ def _conv_tensors(node: _Conv, space_in: Tensor, fold_bn: bool, dtype: torch.dty
     extra = node.extra[keep]
     if fold_bn:
         scale, shift = node.affine()
-        return {"conv.weight": (weight * scale[keep].view(-1, 1, 1, 1)).to(dtype),
-                "conv.bias": (shift[keep] + scale[keep] * delta + extra).to(dtype)}
+        return {
+            "conv.weight": (weight * scale[keep].view(-1, 1, 1, 1)).to(dtype),
+            "conv.bias": (shift[keep] + scale[keep] * delta + extra).to(dtype),
+        }
     out = {"conv.weight": weight.to(dtype)}
     n = int(keep.sum())
     if node.conv.bias is not None:
@@ -529,10 +575,15 @@ def _conv_tensors(node: _Conv, space_in: Tensor, fold_bn: bool, dtype: torch.dty
     bn = node.bn
     gamma = bn.weight.detach().cpu().double()[keep] if bn.weight is not None else torch.ones(n).double()
     beta = bn.bias.detach().cpu().double()[keep] if bn.bias is not None else torch.zeros(n).double()
-    out.update({"bn.weight": gamma.to(dtype), "bn.bias": (beta + extra).to(dtype),
-                "bn.running_mean": (bn.running_mean.detach().cpu().double()[keep] - delta).to(dtype),
-                "bn.running_var": bn.running_var.detach().cpu()[keep].to(dtype),
-                "bn.num_batches_tracked": bn.num_batches_tracked.detach().cpu().clone()})
+    out.update(
+        {
+            "bn.weight": gamma.to(dtype),
+            "bn.bias": (beta + extra).to(dtype),
+            "bn.running_mean": (bn.running_mean.detach().cpu().double()[keep] - delta).to(dtype),
+            "bn.running_var": bn.running_var.detach().cpu()[keep].to(dtype),
+            "bn.num_batches_tracked": bn.num_batches_tracked.detach().cpu().clone(),
+        }
+    )
     return out
 
 
@@ -574,11 +625,15 @@ def _head_parts(head: _Head, space: Tensor, fold_bn: bool, dtype: torch.dtype) -
     project = _plain(aspp.project[0], aspp.project[1], True)
     tail = _plain(conv, bn, True)
     branches = head.consumers[:-1]
-    cfg = {"kind": "aspp", "channels": tail.out_channels, "out": last.out_channels,
-           "branches": [_conv_config(node, space, fold_bn) for node in branches],
-           "pool": _conv_config(head.consumers[-1], space, fold_bn),
-           "project": _conv_config(project, project.reads, fold_bn),
-           "conv": _conv_config(tail, tail.reads, fold_bn)}
+    cfg = {
+        "kind": "aspp",
+        "channels": tail.out_channels,
+        "out": last.out_channels,
+        "branches": [_conv_config(node, space, fold_bn) for node in branches],
+        "pool": _conv_config(head.consumers[-1], space, fold_bn),
+        "project": _conv_config(project, project.reads, fold_bn),
+        "conv": _conv_config(tail, tail.reads, fold_bn),
+    }
     for i, node in enumerate(branches):
         _put(state, f"branches.{i}", _conv_tensors(node, space, fold_bn, dtype))
     _put(state, "pool", _conv_tensors(head.consumers[-1], space, fold_bn, dtype))
@@ -634,9 +689,17 @@ def compact(model: nn.Module, fold_bn: bool = False) -> CompactNet:
         if isinstance(unit, _Pool):
             pool = unit.pool
             pair = lambda v: v if isinstance(v, int) else v[0]  # noqa: E731
-            backbone_cfg.append({"type": "maxpool", "kernel": pair(pool.kernel_size), "stride": pair(pool.stride),
-                                 "padding": pair(pool.padding), "dilation": pair(pool.dilation),
-                                 "ceil_mode": pool.ceil_mode, "channels": _indices(keep_out)})
+            backbone_cfg.append(
+                {
+                    "type": "maxpool",
+                    "kernel": pair(pool.kernel_size),
+                    "stride": pair(pool.stride),
+                    "padding": pair(pool.padding),
+                    "dilation": pair(pool.dilation),
+                    "ceil_mode": pool.ceil_mode,
+                    "channels": _indices(keep_out),
+                }
+            )
         elif isinstance(unit, _Conv):
             backbone_cfg.append(_conv_config(unit, space, fold_bn))
             _put(state, prefix, _conv_tensors(unit, space, fold_bn, dtype))
@@ -649,25 +712,36 @@ def compact(model: nn.Module, fold_bn: bool = False) -> CompactNet:
         _put(state, f"heads.{head.task}", head_state)
     in_channels = first.conv.in_channels
     config = {
-        "format": FORMAT, "version": FORMAT_VERSION, "fold_bn": fold_bn, "dtype": str(dtype).replace("torch.", ""),
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "fold_bn": fold_bn,
+        "dtype": str(dtype).replace("torch.", ""),
         "input_channels": in_channels,
         "input_index": None if bool(image_keep.all()) else _indices(image_keep),
-        "feature_channels": int(feature_keep.sum()), "feature_index": _indices(feature_keep),
-        "backbone": backbone_cfg, "heads": head_cfg,
-        "source": {"arch": _jsonable(getattr(model, "arch", None)),
-                   "heads": {head.task: head.kind for head in heads}},
+        "feature_channels": int(feature_keep.sum()),
+        "feature_index": _indices(feature_keep),
+        "backbone": backbone_cfg,
+        "heads": head_cfg,
+        "source": {"arch": _jsonable(getattr(model, "arch", None)), "heads": {head.task: head.kind for head in heads}},
     }
     net = CompactNet(config)
     net.load_state_dict(state, strict=True)
     return net.to(device).eval()
 
 
-def _block_config(block: _Block, space: Tensor, fold_bn: bool, dtype: torch.dtype, prefix: str,
-                  state: dict[str, Tensor]) -> dict[str, Any]:
+def _block_config(
+    block: _Block, space: Tensor, fold_bn: bool, dtype: torch.dtype, prefix: str, state: dict[str, Tensor]
+) -> dict[str, Any]:
     keep_out = block.keep_out
     last = block.branch[-1]
-    cfg: dict[str, Any] = {"type": "block", "in": int(space.sum()), "out": int(keep_out.sum()),
-                           "stride": block.stride, "channels": _indices(keep_out), "branch": []}
+    cfg: dict[str, Any] = {
+        "type": "block",
+        "in": int(space.sum()),
+        "out": int(keep_out.sum()),
+        "stride": block.stride,
+        "channels": _indices(keep_out),
+        "branch": [],
+    }
     if last.keep_out.any():
         branch_space = space
         for j, node in enumerate(block.branch):
@@ -696,9 +770,18 @@ def _block_config(block: _Block, space: Tensor, fold_bn: bool, dtype: torch.dtyp
 # Save / load: safetensors (the package when installed, else the same format written here) + JSON.
 # --------------------------------------------------------------------------------------------------
 
-_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-           torch.bool: "BOOL"}
+_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 _FROM_NAME = {name: dtype for dtype, name in _DTYPES.items()}
 
 
@@ -719,8 +802,11 @@ def write_safetensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str
     for name in sorted(tensors):
         tensor = tensors[name].detach().cpu().contiguous()
         data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
-        header[name] = {"dtype": _DTYPES[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": _DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         offset += len(data)
         blobs.append(data)
     if metadata:
@@ -746,7 +832,7 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
         raise RuntimeError("safetensors fallback reader needs a little-endian host")
     data = Path(path).read_bytes()
     (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + length])
+    header = json.loads(data[8 : 8 + length])
     base = 8 + length
     tensors = {}
     for name, info in header.items():
@@ -755,7 +841,7 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
         dtype = _FROM_NAME[info["dtype"]]
         begin, end = info["data_offsets"]
         if end > begin:
-            tensor = torch.frombuffer(bytearray(data[base + begin:base + end]), dtype=dtype)
+            tensor = torch.frombuffer(bytearray(data[base + begin : base + end]), dtype=dtype)
         else:
             tensor = torch.empty(0, dtype=dtype)
         tensors[name] = tensor.reshape(info["shape"])
@@ -772,8 +858,11 @@ def _json_path(path: Path) -> Path:
 def save_compact(net: CompactNet, path: Path) -> None:
     """Write ``path`` (safetensors: every parameter and BN buffer) and ``path.with_suffix('.json')``."""
     config_path = _json_path(path)
-    write_safetensors(Path(path), {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                      {"format": FORMAT, "version": str(FORMAT_VERSION)})
+    write_safetensors(
+        Path(path),
+        {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        {"format": FORMAT, "version": str(FORMAT_VERSION)},
+    )
     config_path.write_text(json.dumps(net.config, indent=1) + "\n")
 
 
@@ -830,5 +919,14 @@ def latency(module: nn.Module, images: Tensor, tasks: Sequence[str], repeats: in
     return statistics.median(times)
 
 
-__all__ = ["CompactNet", "compact", "count_flops", "count_params", "latency", "load_compact", "read_safetensors",
-           "save_compact", "write_safetensors"]
+__all__ = [
+    "CompactNet",
+    "compact",
+    "count_flops",
+    "count_params",
+    "latency",
+    "load_compact",
+    "read_safetensors",
+    "save_compact",
+    "write_safetensors",
+]

@@ -41,7 +41,11 @@ class Cell:
         if not self.values or not self.complete:
             return None
         mean = sum(self.values) / len(self.values)
-        return math.sqrt(sum((v - mean) ** 2 for v in self.values) / (len(self.values) - 1)) if len(self.values) > 1 else 0.0
+        return (
+            math.sqrt(sum((v - mean) ** 2 for v in self.values) / (len(self.values) - 1))
+            if len(self.values) > 1
+            else 0.0
+        )
 
     def text(self, digits: int = 4) -> str:
         mean, std = self.mean, self.std
@@ -86,8 +90,9 @@ def collect(results_dir: Path) -> list[Group]:
     for _, payload in load_results(results_dir):
         signature = protocol_signature(payload)
         slug = _slug(payload["dataset"]["name"], payload["protocol"], signature)
-        group = groups.setdefault(slug, Group(slug, payload["dataset"]["name"], payload["dataset"]["synthetic"],
-                                              payload["protocol"]))
+        group = groups.setdefault(
+            slug, Group(slug, payload["dataset"]["name"], payload["dataset"]["synthetic"], payload["protocol"])
+        )
         seeds = group.runs.setdefault(payload["method"]["name"], {})
         seed = payload["seed"]
         if seed not in seeds or payload["created"] > seeds[seed]["created"]:
@@ -135,13 +140,24 @@ def rows(group: Group) -> list[Row]:
         seeds = group.runs[method]
         metrics = {}
         for task, metric, _, _ in columns:
-            values = [p["tasks"][task]["metrics"][metric]["value"] for p in seeds.values()
-                      if task in p["tasks"] and metric in p["tasks"][task]["metrics"]]
+            values = [
+                p["tasks"][task]["metrics"][metric]["value"]
+                for p in seeds.values()
+                if task in p["tasks"] and metric in p["tasks"][task]["metrics"]
+            ]
             metrics[(task, metric)] = Cell(values, complete=len(values) == len(seeds))
         sparsity = [p["sparsity"]["group_sparsity"] for p in seeds.values() if p.get("sparsity")]
         delta_seen, delta_unseen = _delta_cells(group, method)
-        table.append(Row(method, sorted(seeds), metrics, delta_seen, delta_unseen,
-                         Cell([100 * s for s in sparsity], complete=len(sparsity) == len(seeds))))
+        table.append(
+            Row(
+                method,
+                sorted(seeds),
+                metrics,
+                delta_seen,
+                delta_unseen,
+                Cell([100 * s for s in sparsity], complete=len(sparsity) == len(seeds)),
+            )
+        )
     _rank(table, columns)
     return sorted(table, key=lambda r: (r.rank is None, r.rank if r.rank is not None else 0, r.method))
 
@@ -150,8 +166,11 @@ def _rank(table: list[Row], columns: list[tuple[str, str, bool, bool]]) -> None:
     """Mean rank over all metric columns (1 = best); blank for a method with any blank metric."""
     ranks: dict[str, list[float]] = {row.method: [] for row in table}
     for task, metric, higher, _ in columns:
-        scored = [(row.metrics[(task, metric)].mean, row.method) for row in table
-                  if row.metrics[(task, metric)].mean is not None]
+        scored = [
+            (row.metrics[(task, metric)].mean, row.method)
+            for row in table
+            if row.metrics[(task, metric)].mean is not None
+        ]
         scored.sort(key=lambda item: -item[0] if higher else item[0])
         for position, (_, method) in enumerate(scored, start=1):
             ranks[method].append(position)
@@ -161,11 +180,17 @@ def _rank(table: list[Row], columns: list[tuple[str, str, bool, bool]]) -> None:
 
 # --- rendering ----------------------------------------------------------------------------------------
 
+
 def _title(group: Group) -> str:
-    kind = "SYNTHETIC data (procedurally generated stand-in; not comparable with published numbers)" if group.synthetic \
+    kind = (
+        "SYNTHETIC data (procedurally generated stand-in; not comparable with published numbers)"
+        if group.synthetic
         else "real data"
-    return (f"{group.dataset} — budget {group.protocol['budget']}, seen: {', '.join(group.protocol['seen'])}; "
-            f"held out: {', '.join(group.protocol['unseen']) or 'none'} — {kind}")
+    )
+    return (
+        f"{group.dataset} — budget {group.protocol['budget']}, seen: {', '.join(group.protocol['seen'])}; "
+        f"held out: {', '.join(group.protocol['unseen']) or 'none'} — {kind}"
+    )
 
 
 def _header(group: Group) -> list[str]:
@@ -180,10 +205,13 @@ def _cells(group: Group, row: Row) -> list[str]:
     return out + [row.delta_seen.text(2), row.delta_unseen.text(2), row.sparsity.text(1)]
 
 
-NOTES = ("Values are mean ± std over seeds (sample std; a single seed shows its value alone). Δm: all-metric average against stl of the "
-         "same seed and protocol, positive = better than stl (the Nash-MTL/CAGrad papers report −Δm). Held-out tasks: "
-         "fine-tuned from the trained backbone only, never seen in training; stl's held-out numbers come from a "
-         "random backbone (no transfer). Rank: mean over metric columns. A blank cell means an input is missing.")
+NOTES = (
+    "Values are mean ± std over seeds (sample std; a single seed shows its value alone). "
+    "Δm: all-metric average against stl of the same seed and protocol, positive = better than stl "
+    "(the Nash-MTL/CAGrad papers report −Δm). Held-out tasks: "
+    "fine-tuned from the trained backbone only, never seen in training; stl's held-out numbers come from a "
+    "random backbone (no transfer). Rank: mean over metric columns. A blank cell means an input is missing."
+)
 
 
 def render_markdown(group: Group) -> str:
@@ -200,29 +228,64 @@ def render_markdown(group: Group) -> str:
 def render_csv(group: Group) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["dataset", "synthetic", "budget", "unseen", "method", "seeds", "rank", *[
-        f"{t}/{m}" for t, m, _, _ in group.metric_columns], "delta_m_seen", "delta_m_unseen", "group_sparsity_pct",
-        *[f"{t}/{m}_std" for t, m, _, _ in group.metric_columns], "delta_m_seen_std", "delta_m_unseen_std"])
+    writer.writerow(
+        [
+            "dataset",
+            "synthetic",
+            "budget",
+            "unseen",
+            "method",
+            "seeds",
+            "rank",
+            *[f"{t}/{m}" for t, m, _, _ in group.metric_columns],
+            "delta_m_seen",
+            "delta_m_unseen",
+            "group_sparsity_pct",
+            *[f"{t}/{m}_std" for t, m, _, _ in group.metric_columns],
+            "delta_m_seen_std",
+            "delta_m_unseen_std",
+        ]
+    )
     for row in rows(group):
+
         def num(value: float | None) -> str:
             return "" if value is None else repr(round(value, 6))
 
         cells = [row.metrics[(t, m)] for t, m, _, _ in group.metric_columns]
-        writer.writerow([group.dataset, group.synthetic, group.protocol["budget"], "+".join(group.protocol["unseen"]),
-                         row.method, len(row.seeds), num(row.rank), *[num(c.mean) for c in cells],
-                         num(row.delta_seen.mean), num(row.delta_unseen.mean), num(row.sparsity.mean),
-                         *[num(c.std) for c in cells], num(row.delta_seen.std), num(row.delta_unseen.std)])
+        writer.writerow(
+            [
+                group.dataset,
+                group.synthetic,
+                group.protocol["budget"],
+                "+".join(group.protocol["unseen"]),
+                row.method,
+                len(row.seeds),
+                num(row.rank),
+                *[num(c.mean) for c in cells],
+                num(row.delta_seen.mean),
+                num(row.delta_unseen.mean),
+                num(row.sparsity.mean),
+                *[num(c.std) for c in cells],
+                num(row.delta_seen.std),
+                num(row.delta_unseen.std),
+            ]
+        )
     return buffer.getvalue()
 
 
 def _scatter_svg(table: list[Row]) -> str:
     """Δm (seen) against group sparsity, one labelled point per method; plain inline SVG."""
-    points = [(r.sparsity.mean, r.delta_seen.mean, r.method) for r in table
-              if r.sparsity.mean is not None and r.delta_seen.mean is not None]
+    points = [
+        (r.sparsity.mean, r.delta_seen.mean, r.method)
+        for r in table
+        if r.sparsity.mean is not None and r.delta_seen.mean is not None
+    ]
     width, height, pad = 560, 340, 50
     if not points:
-        return (f'<svg id="plot" width="{width}" height="60" role="img"><text x="10" y="30">No method has both a Δm '
-                f'and a sparsity value yet.</text></svg>')
+        return (
+            f'<svg id="plot" width="{width}" height="60" role="img"><text x="10" y="30">No method has both a Δm '
+            f"and a sparsity value yet.</text></svg>"
+        )
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x_low, x_high = 0.0, max(100.0, max(xs))
     y_low, y_high = min(min(ys), 0.0), max(max(ys), 0.0)
@@ -235,20 +298,28 @@ def _scatter_svg(table: list[Row]) -> str:
     def sy(v: float) -> float:
         return height - pad - (v - y_low) / (y_high - y_low) * (height - 2 * pad)
 
-    parts = [f'<svg id="plot" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-             f'aria-label="Δm against sparsity">',
-             f'<line x1="{pad}" y1="{sy(0):.1f}" x2="{width - pad}" y2="{sy(0):.1f}" stroke="#999" stroke-dasharray="4"/>',
-             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#333"/>',
-             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#333"/>',
-             f'<text x="{width / 2}" y="{height - 12}" text-anchor="middle">group sparsity of the shared backbone (%)</text>',
-             f'<text x="14" y="{height / 2}" text-anchor="middle" transform="rotate(-90 14 {height / 2})">Δm seen (%)</text>']
+    parts = [
+        f'<svg id="plot" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="Δm against sparsity">',
+        f'<line x1="{pad}" y1="{sy(0):.1f}" x2="{width - pad}" y2="{sy(0):.1f}" stroke="#999" stroke-dasharray="4"/>',
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#333"/>',
+        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#333"/>',
+        f'<text x="{width / 2}" y="{height - 12}" text-anchor="middle">'
+        "group sparsity of the shared backbone (%)</text>",
+        f'<text x="14" y="{height / 2}" text-anchor="middle" transform="rotate(-90 14 {height / 2})">'
+        "Δm seen (%)</text>",
+    ]
     for tick in (0, 25, 50, 75, 100):
-        parts.append(f'<text x="{sx(tick):.1f}" y="{height - pad + 16}" text-anchor="middle" font-size="11">{tick}</text>')
+        parts.append(
+            f'<text x="{sx(tick):.1f}" y="{height - pad + 16}" text-anchor="middle" font-size="11">{tick}</text>'
+        )
     for tick in (y_low, 0.0, y_high):
         parts.append(f'<text x="{pad - 6}" y="{sy(tick) + 4:.1f}" text-anchor="end" font-size="11">{tick:.1f}</text>')
     for x, y, name in points:
-        parts.append(f'<circle class="point" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="#1f77b4">'
-                     f'<title>{html.escape(name)}: Δm {y:+.2f} %, sparsity {x:.1f} %</title></circle>')
+        parts.append(
+            f'<circle class="point" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="#1f77b4">'
+            f"<title>{html.escape(name)}: Δm {y:+.2f} %, sparsity {x:.1f} %</title></circle>"
+        )
         parts.append(f'<text x="{sx(x) + 7:.1f}" y="{sy(y) - 6:.1f}" font-size="11">{html.escape(name)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
@@ -283,15 +354,27 @@ def render_html(group: Group) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = []
     for row in table:
-        sort_values = (["" if row.rank is None else f"{row.rank:.6f}", row.method, str(len(row.seeds))]
-                       + ["" if row.metrics[(t, m)].mean is None else f"{row.metrics[(t, m)].mean:.8g}"
-                          for t, m, _, _ in group.metric_columns]
-                       + ["" if c.mean is None else f"{c.mean:.8g}" for c in (row.delta_seen, row.delta_unseen, row.sparsity)])
-        cells = "".join(f'<td data-value="{html.escape(v)}">{html.escape(text)}</td>'
-                        for v, text in zip(sort_values, _cells(group, row)))
+        sort_values = (
+            ["" if row.rank is None else f"{row.rank:.6f}", row.method, str(len(row.seeds))]
+            + [
+                "" if row.metrics[(t, m)].mean is None else f"{row.metrics[(t, m)].mean:.8g}"
+                for t, m, _, _ in group.metric_columns
+            ]
+            + ["" if c.mean is None else f"{c.mean:.8g}" for c in (row.delta_seen, row.delta_unseen, row.sparsity)]
+        )
+        cells = "".join(
+            f'<td data-value="{html.escape(v)}">{html.escape(text)}</td>'
+            for v, text in zip(sort_values, _cells(group, row))
+        )
         body.append(f"<tr>{cells}</tr>")
-    banner = ('<p class="synthetic">SYNTHETIC DATA: these numbers come from a procedurally generated stand-in and '
-              'say nothing about the real data set.</p>') if group.synthetic else ""
+    banner = (
+        (
+            '<p class="synthetic">SYNTHETIC DATA: these numbers come from a procedurally generated stand-in and '
+            "say nothing about the real data set.</p>"
+        )
+        if group.synthetic
+        else ""
+    )
     return f"""<!DOCTYPE html>
 {GENERATED}
 <html lang="en"><head><meta charset="utf-8"><title>mtbench — {html.escape(group.slug)}</title>
@@ -328,14 +411,22 @@ def build(results_dir: Path, out_dir: Path) -> list[Path]:
             path = out_dir / f"{group.slug}.{suffix}"
             path.write_text(render(group))
             written.append(path)
-    index = [GENERATED, "", "# mtbench leaderboard", "",
-             "Generated from the result files under `results/` by `mtbench leaderboard build`. "
-             "Synthetic and real data never share a table.", ""]
+    index = [
+        GENERATED,
+        "",
+        "# mtbench leaderboard",
+        "",
+        "Generated from the result files under `results/` by `mtbench leaderboard build`. "
+        "Synthetic and real data never share a table.",
+        "",
+    ]
     for group in groups:
         kind = "synthetic" if group.synthetic else "real"
-        index.append(f"- [{group.dataset} ({kind}), budget {group.protocol['budget']}, held out: "
-                     f"{', '.join(group.protocol['unseen']) or 'none'}]({group.slug}.md) — "
-                     f"[CSV]({group.slug}.csv), [HTML]({group.slug}.html)")
+        index.append(
+            f"- [{group.dataset} ({kind}), budget {group.protocol['budget']}, held out: "
+            f"{', '.join(group.protocol['unseen']) or 'none'}]({group.slug}.md) — "
+            f"[CSV]({group.slug}.csv), [HTML]({group.slug}.html)"
+        )
     if not groups:
         index.append("No results published yet.")
     (out_dir / "README.md").write_text("\n".join(index) + "\n")

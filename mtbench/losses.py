@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -40,10 +39,12 @@ def _check_shape(name: str, pred: Tensor, target: Tensor, expected: tuple[int | 
     """Raise `ConfigError` unless ``target`` has the shape ``expected`` (None = pred's size there)."""
     want = tuple(pred.shape[i] if size is None else size for i, size in enumerate(expected))
     if tuple(target.shape) != want:
-        raise ConfigError(f"{name} loss: target shape does not match the prediction",
-                          expected=f"target of shape {want} for pred of shape {tuple(pred.shape)}",
-                          found=f"target of shape {tuple(target.shape)}",
-                          fix="check the head's out_channels and the target's canonical layout")
+        raise ConfigError(
+            f"{name} loss: target shape does not match the prediction",
+            expected=f"target of shape {want} for pred of shape {tuple(pred.shape)}",
+            found=f"target of shape {tuple(target.shape)}",
+            fix="check the head's out_channels and the target's canonical layout",
+        )
 
 
 def cross_entropy_loss(pred: Tensor, target: Tensor) -> Tensor:
@@ -57,8 +58,11 @@ def cross_entropy_loss(pred: Tensor, target: Tensor) -> Tensor:
         Scalar loss; a graph-connected zero when no pixel is labelled.
     """
     if pred.dim() != 4:
-        raise ConfigError("cross_entropy loss: prediction must be per-pixel logits",
-                          expected="pred of shape (B, C, H, W)", found=f"shape {tuple(pred.shape)}")
+        raise ConfigError(
+            "cross_entropy loss: prediction must be per-pixel logits",
+            expected="pred of shape (B, C, H, W)",
+            found=f"shape {tuple(pred.shape)}",
+        )
     _check_shape("cross_entropy", pred, target, (pred.shape[0], pred.shape[2], pred.shape[3]))
     target = target.long()
     count = (target != IGNORE_INDEX).sum().clamp_min(1)
@@ -133,8 +137,11 @@ def bce_loss(pred: Tensor, target: Tensor) -> Tensor:
         Scalar loss.
     """
     if pred.numel() != pred.shape[0]:
-        raise ConfigError("bce loss: prediction must have one logit per image",
-                          expected="pred of shape (B,) or (B, 1)", found=f"shape {tuple(pred.shape)}")
+        raise ConfigError(
+            "bce loss: prediction must have one logit per image",
+            expected="pred of shape (B,) or (B, 1)",
+            found=f"shape {tuple(pred.shape)}",
+        )
     pred = pred.reshape(-1)
     _check_shape("bce", pred, target, (None,))
     return F.binary_cross_entropy_with_logits(pred, target.to(pred.dtype), reduction="mean")
@@ -166,11 +173,24 @@ def task_loss(task: TaskSpec, pred: Tensor, target: Tensor) -> Tensor:
     try:
         loss = LOSSES[task.loss]
     except KeyError:
-        raise ConfigError(f"task {task.key!r}: unknown loss {task.loss!r}",
-                          expected="one of " + ", ".join(sorted(LOSSES)), found=repr(task.loss),
-                          fix="fix the task spec's loss field") from None
+        raise ConfigError(
+            f"task {task.key!r}: unknown loss {task.loss!r}",
+            expected="one of " + ", ".join(sorted(LOSSES)),
+            found=repr(task.loss),
+            fix="fix the task spec's loss field",
+        ) from None
     return loss(pred, target)
 
 
-__all__ = ["EDGE_POS_WEIGHT", "IGNORE_INDEX", "LOSSES", "NORMAL_EPS", "bce_loss", "cosine_loss",
-           "cross_entropy_loss", "l1_loss", "task_loss", "weighted_bce_loss"]
+__all__ = [
+    "EDGE_POS_WEIGHT",
+    "IGNORE_INDEX",
+    "LOSSES",
+    "NORMAL_EPS",
+    "bce_loss",
+    "cosine_loss",
+    "cross_entropy_loss",
+    "l1_loss",
+    "task_loss",
+    "weighted_bce_loss",
+]

@@ -40,7 +40,11 @@ from mtbench.training import Batch, Method, TrainContext
 
 def import_learn2learn() -> Any:
     """``import learn2learn`` without the deprecation banner its gym dependency prints."""
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stderr(io.StringIO()),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
         warnings.simplefilter("ignore")
         import learn2learn
     return learn2learn
@@ -89,15 +93,20 @@ class EpisodicMetaLearner(Method):
         self.model = ctx.new_model()
         # positions of the shared conv kernels in parameters(), in shared_conv_weights() order (λ_l ↔ layer l)
         param_names = [name for name, _ in self.model.named_parameters()]
-        self.shared_positions = [param_names.index(f"backbone.{name}.weight")
-                                 for name, _ in shared_conv_weights(self.model)]
+        self.shared_positions = [
+            param_names.index(f"backbone.{name}.weight") for name, _ in shared_conv_weights(self.model)
+        ]
         layers = len(self.shared_positions) if cfg.per_layer else 1
         self.penalised = cfg.lam_init > 0
         if self.penalised:
-            self.rho = torch.full((layers,), math.log(cfg.lam_init), device=ctx.device, dtype=torch.float32,
-                                  requires_grad=cfg.learn_lambda)
-        self.maml = l2l.algorithms.MAML(self.model, lr=cfg.inner_lr, first_order=cfg.first_order,
-                                        allow_unused=True)
+            self.rho = torch.full(
+                (layers,),
+                math.log(cfg.lam_init),
+                device=ctx.device,
+                dtype=torch.float32,
+                requires_grad=cfg.learn_lambda,
+            )
+        self.maml = l2l.algorithms.MAML(self.model, lr=cfg.inner_lr, first_order=cfg.first_order, allow_unused=True)
         groups = [{"params": list(self.model.parameters()), "lr": ctx.budget.lr}]
         if self.rho is not None and cfg.learn_lambda:
             groups.append({"params": [self.rho], "lr": cfg.rho_lr})

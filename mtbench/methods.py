@@ -56,8 +56,11 @@ class MethodInfo:
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.config):
-            raise PluginError(f"method {self.name!r}: config must be a dataclass",
-                              expected="a @dataclass with defaults", found=repr(self.config))
+            raise PluginError(
+                f"method {self.name!r}: config must be a dataclass",
+                expected="a @dataclass with defaults",
+                found=repr(self.config),
+            )
 
 
 METHODS: Registry[MethodInfo] = Registry("method")
@@ -69,8 +72,11 @@ def _infos_of(module: ModuleType) -> list[MethodInfo]:
     infos = list(getattr(module, "METHODS", ())) + ([module.METHOD] if hasattr(module, "METHOD") else [])
     for info in infos:
         if not isinstance(info, MethodInfo):
-            raise PluginError(f"{module.__name__}: METHOD(S) must hold MethodInfo objects",
-                              expected="mtbench.methods.MethodInfo", found=type(info).__name__)
+            raise PluginError(
+                f"{module.__name__}: METHOD(S) must hold MethodInfo objects",
+                expected="mtbench.methods.MethodInfo",
+                found=type(info).__name__,
+            )
     return infos
 
 
@@ -93,8 +99,10 @@ def load_builtins() -> None:
         try:
             loaded = entry.load()
         except Exception as exc:
-            raise PluginError(f"entry point {entry.name!r} ({entry.value}) failed to load: {exc}",
-                              fix=f"fix or uninstall the package providing it ({entry.dist.name if entry.dist else '?'})") from exc
+            raise PluginError(
+                f"entry point {entry.name!r} ({entry.value}) failed to load: {exc}",
+                fix=f"fix or uninstall the package providing it ({entry.dist.name if entry.dist else '?'})",
+            ) from exc
         infos = _infos_of(loaded) if isinstance(loaded, ModuleType) else [loaded]
         dist = entry.dist.name if entry.dist else "unknown package"
         _register_all(_infos_of_checked(infos, entry.name), f"entry point {entry.name} ({dist})")
@@ -103,9 +111,11 @@ def load_builtins() -> None:
 def _infos_of_checked(infos: list[Any], where: str) -> list[MethodInfo]:
     for info in infos:
         if not isinstance(info, MethodInfo):
-            raise PluginError(f"entry point {where!r} does not point at a MethodInfo",
-                              expected="mtbench.methods.MethodInfo or a module defining METHOD",
-                              found=type(info).__name__)
+            raise PluginError(
+                f"entry point {where!r} does not point at a MethodInfo",
+                expected="mtbench.methods.MethodInfo or a module defining METHOD",
+                found=type(info).__name__,
+            )
     return infos
 
 
@@ -113,11 +123,17 @@ def load_plugin_path(path: str | Path) -> list[str]:
     """Load method plugins from one ``.py`` file or every ``.py`` file of a folder; returns their names."""
     path = Path(path).expanduser().resolve()
     if not path.exists():
-        raise PluginError(f"plugin path {path} does not exist", expected="a .py file or a folder of them",
-                          found="nothing", fix="check the --plugins argument")
+        raise PluginError(
+            f"plugin path {path} does not exist",
+            expected="a .py file or a folder of them",
+            found="nothing",
+            fix="check the --plugins argument",
+        )
     files = sorted(p for p in path.glob("*.py") if not p.name.startswith("_")) if path.is_dir() else [path]
     if path.is_file() and path.suffix != ".py":
-        raise PluginError(f"plugin {path} is not a Python file", expected="a .py file", found=path.suffix or "no suffix")
+        raise PluginError(
+            f"plugin {path} is not a Python file", expected="a .py file", found=path.suffix or "no suffix"
+        )
     names: list[str] = []
     for file in files:
         digest = hashlib.sha256(file.read_bytes()).hexdigest()
@@ -134,10 +150,16 @@ def load_plugin_path(path: str | Path) -> list[str]:
             spec.loader.exec_module(module)
         except Exception as exc:
             sys.modules.pop(module_name, None)
-            raise PluginError(f"plugin {file} failed to import: {exc}", fix="run it with python to see the traceback") from exc
+            raise PluginError(
+                f"plugin {file} failed to import: {exc}", fix="run it with python to see the traceback"
+            ) from exc
         infos = _infos_of(module)
         if not infos:
-            raise PluginError(f"plugin {file} defines no method", expected="METHOD = MethodInfo(...)", found="neither METHOD nor METHODS")
+            raise PluginError(
+                f"plugin {file} defines no method",
+                expected="METHOD = MethodInfo(...)",
+                found="neither METHOD nor METHODS",
+            )
         _loaded_files[(file, digest)] = _register_all(infos, f"file {file} (sha256 {digest[:12]})")
         names += _loaded_files[(file, digest)]
     return names

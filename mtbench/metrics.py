@@ -37,8 +37,11 @@ NAN = float("nan")
 
 def _check_same_shape(name: str, pred: Tensor, target: Tensor) -> None:
     if pred.shape != target.shape:
-        raise ConfigError(f"{name} evaluator: prediction and target shapes differ",
-                          expected=f"target of shape {tuple(pred.shape)}", found=f"shape {tuple(target.shape)}")
+        raise ConfigError(
+            f"{name} evaluator: prediction and target shapes differ",
+            expected=f"target of shape {tuple(pred.shape)}",
+            found=f"shape {tuple(target.shape)}",
+        )
 
 
 class Evaluator(ABC):
@@ -88,8 +91,9 @@ class SegmentationEvaluator(Evaluator):
 
     def __init__(self, num_classes: int) -> None:
         if num_classes < 1:
-            raise ConfigError("segmentation evaluator needs at least one class", expected=">= 1",
-                              found=str(num_classes))
+            raise ConfigError(
+                "segmentation evaluator needs at least one class", expected=">= 1", found=str(num_classes)
+            )
         self.num_classes = num_classes
         super().__init__()
 
@@ -106,25 +110,32 @@ class SegmentationEvaluator(Evaluator):
         """
         if pred.dim() == target.dim() + 1:
             if pred.shape[1] != self.num_classes:
-                raise ConfigError("segmentation evaluator: wrong number of logit channels",
-                                  expected=f"{self.num_classes} channels", found=f"shape {tuple(pred.shape)}")
+                raise ConfigError(
+                    "segmentation evaluator: wrong number of logit channels",
+                    expected=f"{self.num_classes} channels",
+                    found=f"shape {tuple(pred.shape)}",
+                )
             labels = pred.argmax(dim=1)
         elif not pred.is_floating_point():
             labels = pred
         else:
-            raise ConfigError("segmentation evaluator: prediction must be logits or integer labels",
-                              expected="(B, C, H, W) logits or (B, H, W) integer labels",
-                              found=f"{pred.dtype} of shape {tuple(pred.shape)}")
+            raise ConfigError(
+                "segmentation evaluator: prediction must be logits or integer labels",
+                expected="(B, C, H, W) logits or (B, H, W) integer labels",
+                found=f"{pred.dtype} of shape {tuple(pred.shape)}",
+            )
         _check_same_shape("segmentation", labels, target)
         target = target.to(labels.device, torch.int64)
         keep = target != IGNORE_INDEX
         gt, labels = target[keep], labels[keep].to(torch.int64)
         c = self.num_classes
         if gt.numel() and bool(((gt < 0) | (gt >= c)).any() | ((labels < 0) | (labels >= c)).any()):
-            raise ConfigError("segmentation evaluator: label outside the class range",
-                              expected=f"labels in [0, {c}) or {IGNORE_INDEX} (ignore)",
-                              found=f"target in [{int(gt.min())}, {int(gt.max())}], "
-                                    f"prediction in [{int(labels.min())}, {int(labels.max())}]")
+            raise ConfigError(
+                "segmentation evaluator: label outside the class range",
+                expected=f"labels in [0, {c}) or {IGNORE_INDEX} (ignore)",
+                found=f"target in [{int(gt.min())}, {int(gt.max())}], "
+                f"prediction in [{int(labels.min())}, {int(labels.max())}]",
+            )
         counts = torch.bincount(gt * c + labels, minlength=c * c)
         self.confusion += counts.reshape(c, c).cpu()
 
@@ -278,8 +289,9 @@ class EdgeEvaluator(Evaluator):
 
     def __init__(self, tolerance_px: int | None = None) -> None:
         if tolerance_px is not None and tolerance_px < 0:
-            raise ConfigError("edge evaluator: negative tolerance", expected="tolerance_px >= 0 or None",
-                              found=str(tolerance_px))
+            raise ConfigError(
+                "edge evaluator: negative tolerance", expected="tolerance_px >= 0 or None", found=str(tolerance_px)
+            )
         self.tolerance_px = tolerance_px
         super().__init__()
 
@@ -317,8 +329,11 @@ class EdgeEvaluator(Evaluator):
         """
         _check_same_shape("edge", pred, target)
         if pred.dim() != 4 or pred.shape[1] != 1:
-            raise ConfigError("edge evaluator: prediction must be one logit map per image",
-                              expected="(B, 1, H, W)", found=f"shape {tuple(pred.shape)}")
+            raise ConfigError(
+                "edge evaluator: prediction must be one logit map per image",
+                expected="(B, 1, H, W)",
+                found=f"shape {tuple(pred.shape)}",
+            )
         height, width = pred.shape[-2:]
         r = self.default_tolerance(height, width) if self.tolerance_px is None else self.tolerance_px
         prob = torch.sigmoid(pred.float())
@@ -379,8 +394,11 @@ class BinaryEvaluator(Evaluator):
             target: (B,) in {0, 1}.
         """
         if pred.numel() != pred.shape[0]:
-            raise ConfigError("binary evaluator: prediction must have one logit per image",
-                              expected="(B,) or (B, 1)", found=f"shape {tuple(pred.shape)}")
+            raise ConfigError(
+                "binary evaluator: prediction must have one logit per image",
+                expected="(B,) or (B, 1)",
+                found=f"shape {tuple(pred.shape)}",
+            )
         pred = pred.reshape(-1)
         _check_same_shape("binary", pred, target.reshape(-1))
         self.probs.append(torch.sigmoid(pred.to(torch.float64)).cpu())
@@ -396,9 +414,11 @@ class BinaryEvaluator(Evaluator):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
             balanced = balanced_accuracy_score(y_true, y_pred)
-        return {"acc": float(accuracy_score(y_true, y_pred)),
-                "f1": float(f1_score(y_true, y_pred, zero_division=0)),
-                "balancedAcc": float(balanced)}
+        return {
+            "acc": float(accuracy_score(y_true, y_pred)),
+            "f1": float(f1_score(y_true, y_pred, zero_division=0)),
+            "balancedAcc": float(balanced),
+        }
 
 
 def evaluator_for(task: TaskSpec) -> Evaluator:
@@ -418,10 +438,20 @@ def evaluator_for(task: TaskSpec) -> Evaluator:
         return EdgeEvaluator()
     if kind == "binary":
         return BinaryEvaluator()
-    raise ConfigError(f"task {task.key!r}: unknown evaluator {kind!r}",
-                      expected="one of binary, depth, edges, normals, segmentation", found=repr(kind),
-                      fix="fix the task spec's evaluator field")
+    raise ConfigError(
+        f"task {task.key!r}: unknown evaluator {kind!r}",
+        expected="one of binary, depth, edges, normals, segmentation",
+        found=repr(kind),
+        fix="fix the task spec's evaluator field",
+    )
 
 
-__all__ = ["BinaryEvaluator", "DepthEvaluator", "EdgeEvaluator", "Evaluator", "NormalsEvaluator",
-           "SegmentationEvaluator", "evaluator_for"]
+__all__ = [
+    "BinaryEvaluator",
+    "DepthEvaluator",
+    "EdgeEvaluator",
+    "Evaluator",
+    "NormalsEvaluator",
+    "SegmentationEvaluator",
+    "evaluator_for",
+]

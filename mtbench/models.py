@@ -55,8 +55,9 @@ class BasicBlock(nn.Module):
         self.norm2 = norm_layer(norm, out_channels)
         self.project: nn.Module | None = None
         if stride != 1 or in_channels != out_channels:
-            self.project = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                                         norm_layer(norm, out_channels))
+            self.project = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), norm_layer(norm, out_channels)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.norm1(self.conv1(x)))
@@ -72,14 +73,23 @@ class SmallResNet(nn.Module):
         super().__init__()
         w0, w1, w2 = widths
         self.stem = nn.Sequential(
-            conv3x3(3, w0 // 2, stride=2), norm_layer(norm, w0 // 2), nn.ReLU(inplace=True),
-            conv3x3(w0 // 2, w0 // 2), norm_layer(norm, w0 // 2), nn.ReLU(inplace=True),
-            conv3x3(w0 // 2, w0), norm_layer(norm, w0), nn.ReLU(inplace=True))
+            conv3x3(3, w0 // 2, stride=2),
+            norm_layer(norm, w0 // 2),
+            nn.ReLU(inplace=True),
+            conv3x3(w0 // 2, w0 // 2),
+            norm_layer(norm, w0 // 2),
+            nn.ReLU(inplace=True),
+            conv3x3(w0 // 2, w0),
+            norm_layer(norm, w0),
+            nn.ReLU(inplace=True),
+        )
         self.stage1 = nn.Sequential(*[BasicBlock(w0, w0, 1, 1, norm) for _ in range(blocks)])
-        self.stage2 = nn.Sequential(BasicBlock(w0, w1, 2, 1, norm),
-                                    *[BasicBlock(w1, w1, 1, 1, norm) for _ in range(blocks - 1)])
-        self.stage3 = nn.Sequential(BasicBlock(w1, w2, 1, 2, norm),
-                                    *[BasicBlock(w2, w2, 1, 2, norm) for _ in range(blocks - 1)])
+        self.stage2 = nn.Sequential(
+            BasicBlock(w0, w1, 2, 1, norm), *[BasicBlock(w1, w1, 1, 1, norm) for _ in range(blocks - 1)]
+        )
+        self.stage3 = nn.Sequential(
+            BasicBlock(w1, w2, 1, 2, norm), *[BasicBlock(w2, w2, 1, 2, norm) for _ in range(blocks - 1)]
+        )
         self.out_channels = w2
 
     def forward(self, x: Tensor) -> Tensor:
@@ -92,9 +102,17 @@ def dilated_resnet50() -> tuple[nn.Module, int]:
 
     net = resnet50(weights=None, replace_stride_with_dilation=[False, True, True])
     stem = nn.Sequential(
-        conv3x3(3, 32, stride=2), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
-        conv3x3(32, 32), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
-        conv3x3(32, 64), nn.BatchNorm2d(64), nn.ReLU(inplace=True), net.maxpool)
+        conv3x3(3, 32, stride=2),
+        nn.BatchNorm2d(32),
+        nn.ReLU(inplace=True),
+        conv3x3(32, 32),
+        nn.BatchNorm2d(32),
+        nn.ReLU(inplace=True),
+        conv3x3(32, 64),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+        net.maxpool,
+    )
     return nn.Sequential(stem, net.layer1, net.layer2, net.layer3, net.layer4), 2048
 
 
@@ -104,8 +122,12 @@ class DenseHead(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, norm: Norm, hidden: int | None = None) -> None:
         super().__init__()
         hidden = hidden or in_channels
-        self.body = nn.Sequential(conv3x3(in_channels, hidden), norm_layer(norm, hidden), nn.ReLU(inplace=True),
-                                  nn.Conv2d(hidden, out_channels, 1))
+        self.body = nn.Sequential(
+            conv3x3(in_channels, hidden),
+            norm_layer(norm, hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, out_channels, 1),
+        )
 
     def forward(self, features: Tensor, size: tuple[int, int]) -> Tensor:
         return F.interpolate(self.body(features), size=size, mode="bilinear", align_corners=False)
@@ -165,8 +187,12 @@ class MultiTaskNet(nn.Module):
 
     def make_head(self, task: TaskSpec) -> nn.Module:
         if task.head == "image":
-            return ImageHead(self.feature_channels, task.out_channels, self.arch.norm,
-                             self.arch.head_hidden or min(self.feature_channels, 256))
+            return ImageHead(
+                self.feature_channels,
+                task.out_channels,
+                self.arch.norm,
+                self.arch.head_hidden or min(self.feature_channels, 256),
+            )
         if self.arch.backbone == "resnet50":
             return ASPPHead(self.feature_channels, task.out_channels)
         return DenseHead(self.feature_channels, task.out_channels, self.arch.norm, self.arch.head_hidden)

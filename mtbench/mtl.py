@@ -31,8 +31,9 @@ def task_gradients(losses: list[Tensor], params: list[nn.Parameter]) -> Tensor:
     rows = []
     for loss in losses:
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                               for g, p in zip(grads, params)]))
+        rows.append(
+            torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+        )
     return torch.stack(rows)
 
 
@@ -41,7 +42,7 @@ def assign_gradient(params: list[nn.Parameter], flat: Tensor) -> None:
     offset = 0
     for param in params:
         count = param.numel()
-        param.grad = flat[offset:offset + count].view_as(param).clone()
+        param.grad = flat[offset : offset + count].view_as(param).clone()
         offset += count
 
 
@@ -81,5 +82,7 @@ class MTLMethod(Method):
         self.backward(ctx, step, losses)
         self.optimizer.step()
         self.after_step(ctx, step)
-        return {"loss": float(sum(l.detach() for l in losses.values())),
-                **{f"loss/{t}": float(l.detach()) for t, l in losses.items()}}
+        return {
+            "loss": float(sum(l.detach() for l in losses.values())),
+            **{f"loss/{t}": float(l.detach()) for t, l in losses.items()},
+        }

@@ -61,8 +61,11 @@ class Registry(Generic[T]):
         """The error for an unknown ``name``, with close matches."""
         close = difflib.get_close_matches(name, list(self._items), n=5, cutoff=0.5)
         close += [n for n in self._items if name.lower() in n.lower() and n not in close]
-        hint = f"did you mean {', '.join(repr(c) for c in close[:5])}?" if close else \
-            f"`mtbench ls {self.kind}s` lists them"
+        hint = (
+            f"did you mean {', '.join(repr(c) for c in close[:5])}?"
+            if close
+            else f"`mtbench ls {self.kind}s` lists them"
+        )
         return UnknownNameError(
             f"unknown {self.kind} {name!r}",
             expected=f"one of {len(self._items)} registered {self.kind}s",

@@ -27,21 +27,33 @@ def default_results_dir() -> Path:
 def protocol_signature(payload: dict[str, Any]) -> dict[str, Any]:
     """What two runs must share to be compared (and for one to be the other's reference)."""
     identity = payload["dataset"]["identity"]
-    signature = {"dataset": payload["dataset"]["name"], "fingerprint": identity["fingerprint"],
-                 "synthetic": payload["dataset"]["synthetic"], "protocol": payload["protocol"]}
+    signature = {
+        "dataset": payload["dataset"]["name"],
+        "fingerprint": identity["fingerprint"],
+        "synthetic": payload["dataset"]["synthetic"],
+        "protocol": payload["protocol"],
+    }
     return json.loads(json.dumps(signature, sort_keys=True))  # tuples and lists compare equal after a JSON trip
 
 
 def config_key(payload: dict[str, Any]) -> str:
     """SHA-256 of the configuration: protocol signature, method, method config and seed."""
-    material = {"signature": protocol_signature(payload), "method": payload["method"]["name"],
-                "config": payload["method"]["config"], "seed": payload["seed"]}
+    material = {
+        "signature": protocol_signature(payload),
+        "method": payload["method"]["name"],
+        "config": payload["method"]["config"],
+        "seed": payload["seed"],
+    }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
 def result_path(results_dir: Path, payload: dict[str, Any]) -> Path:
     key = config_key(payload)
-    return results_dir / payload["dataset"]["name"] / f"{payload['method']['name']}--seed{payload['seed']}--{key[:16]}.json"
+    return (
+        results_dir
+        / payload["dataset"]["name"]
+        / f"{payload['method']['name']}--seed{payload['seed']}--{key[:16]}.json"
+    )
 
 
 def store(payload: dict[str, Any], results_dir: Path) -> tuple[Path, bool]:
@@ -69,7 +81,10 @@ def find_reference(results_dir: Path, payload: dict[str, Any], method: str = "st
     """The ``method`` (default stl) result with the same protocol signature and seed, if stored."""
     signature = protocol_signature(payload)
     for _, candidate in load_results(results_dir):
-        if (candidate["method"]["name"] == method and candidate["seed"] == payload["seed"]
-                and protocol_signature(candidate) == signature):
+        if (
+            candidate["method"]["name"] == method
+            and candidate["seed"] == payload["seed"]
+            and protocol_signature(candidate) == signature
+        ):
             return candidate
     return None

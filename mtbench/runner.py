@@ -27,7 +27,8 @@ from mtbench.data.reader import Reader
 from mtbench.episodes import TaskView
 from mtbench.errors import ConfigError, DatasetNotFoundError
 from mtbench.methods import MethodInfo, methods
-from mtbench.presets import Budget, budget as get_budget
+from mtbench.presets import Budget
+from mtbench.presets import budget as get_budget
 from mtbench.results import default_results_dir, find_reference, store
 from mtbench.scoring import ScoringError, run_delta_m
 from mtbench.sparsity import sparsity_stats
@@ -62,6 +63,7 @@ class RunRequest:
 
 # --- configuration ------------------------------------------------------------------------------------
 
+
 def _parse_value(name: str, text: str, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     if origin is typing.Literal:
@@ -78,8 +80,9 @@ def _parse_value(name: str, text: str, annotation: Any) -> Any:
         try:
             return annotation(text)
         except ValueError:
-            raise ConfigError(f"--set {name}: not a valid {annotation.__name__}", expected=annotation.__name__,
-                              found=repr(text)) from None
+            raise ConfigError(
+                f"--set {name}: not a valid {annotation.__name__}", expected=annotation.__name__, found=repr(text)
+            ) from None
     raise ConfigError(f"--set {name}: cannot be set from the command line", found=str(annotation))
 
 
@@ -90,9 +93,13 @@ def build_config(config_cls: type, overrides: dict[str, str]) -> Any:
     values = {}
     for key, text in overrides.items():
         if key not in names:
-            raise ConfigError(f"unknown option --set {key}", expected=", ".join(names) or "no options for this method",
-                              found=key, fix="`mtbench ls methods` names the methods; their options are the "
-                                             "fields of the config dataclass in the method's file")
+            raise ConfigError(
+                f"unknown option --set {key}",
+                expected=", ".join(names) or "no options for this method",
+                found=key,
+                fix="`mtbench ls methods` names the methods; their options are the "
+                "fields of the config dataclass in the method's file",
+            )
         values[key] = _parse_value(key, text, hints[key])
     return config_cls(**values)
 
@@ -109,6 +116,7 @@ def parse_set(items: Sequence[str]) -> dict[str, str]:
 
 # --- data ---------------------------------------------------------------------------------------------
 
+
 def synthetic_cache(spec: DatasetSpec, plan: Budget, notice: Notice | None = None) -> Path:
     """The synthetic stand-in for a budget, generated once into ``$MTBENCH_HOME/synth/``."""
     options = {**spec.synth_options, **plan.synth_options.get(spec.name, {})}
@@ -123,8 +131,9 @@ def synthetic_cache(spec: DatasetSpec, plan: Budget, notice: Notice | None = Non
     return path
 
 
-def resolve_data(dataset: str | None, data_root: Path | None, plan: Budget,
-                 notice: Notice | None = None) -> tuple[DatasetSpec, Reader]:
+def resolve_data(
+    dataset: str | None, data_root: Path | None, plan: Budget, notice: Notice | None = None
+) -> tuple[DatasetSpec, Reader]:
     """The data set a run uses. With no ``dataset``: a prepared real NYU-v2, else ``nyuv2-synth`` (said loudly)."""
     if data_root is not None:
         spec = catalog.dataset(dataset or "nyuv2")
@@ -138,31 +147,39 @@ def resolve_data(dataset: str | None, data_root: Path | None, plan: Budget,
         if prepared is not None:
             return catalog.dataset("nyuv2"), ArrowCacheReader(prepared)
         if notice:
-            notice("no prepared real NYU-v2 found (`mtbench data prepare nyuv2 --from DIR` makes one): this run "
-                   "uses the SYNTHETIC stand-in nyuv2-synth, and its result is tagged synthetic")
+            notice(
+                "no prepared real NYU-v2 found (`mtbench data prepare nyuv2 --from DIR` makes one): this run "
+                "uses the SYNTHETIC stand-in nyuv2-synth, and its result is tagged synthetic"
+            )
         dataset = "nyuv2-synth"
     spec = catalog.dataset(dataset)
     if spec.synthetic:
         return spec, open_reader(spec.family, synthetic_cache(spec, plan, notice))
     prepared = find_prepared(spec.name)
     if prepared is None:
-        raise DatasetNotFoundError(f"no prepared copy of {spec.name}", expected="a prepared Arrow cache",
-                                   found="none", fix=f"run `mtbench data prepare {spec.name} --from /path/to/it` once, "
-                                                     f"or use {spec.name}-synth")
+        raise DatasetNotFoundError(
+            f"no prepared copy of {spec.name}",
+            expected="a prepared Arrow cache",
+            found="none",
+            fix=f"run `mtbench data prepare {spec.name} --from /path/to/it` once, or use {spec.name}-synth",
+        )
     return spec, ArrowCacheReader(prepared)
 
 
 def _split_name(reader: Reader, wanted: str) -> str:
     if wanted in reader.splits():
         return wanted
-    raise DatasetNotFoundError(f"split {wanted!r} missing from {reader.root}", expected=wanted,
-                               found=", ".join(reader.splits()))
+    raise DatasetNotFoundError(
+        f"split {wanted!r} missing from {reader.root}", expected=wanted, found=", ".join(reader.splits())
+    )
 
 
 # --- the run ------------------------------------------------------------------------------------------
 
-def resolve_tasks(spec: DatasetSpec, reader: Reader, tasks: Sequence[str] | None,
-                  unseen: Sequence[str]) -> tuple[list[TaskSpec], list[TaskSpec]]:
+
+def resolve_tasks(
+    spec: DatasetSpec, reader: Reader, tasks: Sequence[str] | None, unseen: Sequence[str]
+) -> tuple[list[TaskSpec], list[TaskSpec]]:
     held_out = [catalog.task(spec.family, name) for name in unseen]
     for task in held_out:
         if not task.may_hold_out:
@@ -170,13 +187,19 @@ def resolve_tasks(spec: DatasetSpec, reader: Reader, tasks: Sequence[str] | None
     names = tasks if tasks else [t for t in spec.default_tasks]
     seen = [catalog.task(spec.family, n) for n in names if n not in {t.name for t in held_out}]
     if not seen:
-        raise ConfigError("no seen task left to train on", expected="at least one task not held out",
-                          found=f"tasks {list(names)}, unseen {list(unseen)}")
+        raise ConfigError(
+            "no seen task left to train on",
+            expected="at least one task not held out",
+            found=f"tasks {list(names)}, unseen {list(unseen)}",
+        )
     missing = [t.name for t in (*seen, *held_out) if t.target not in reader.target_sources]
     if missing:
-        raise ConfigError(f"the {reader.layout} layout does not provide {', '.join(missing)}",
-                          expected=", ".join(reader.targets()), found=", ".join(missing),
-                          fix="choose tasks with --tasks, or a layout that provides them")
+        raise ConfigError(
+            f"the {reader.layout} layout does not provide {', '.join(missing)}",
+            expected=", ".join(reader.targets()),
+            found=", ".join(missing),
+            fix="choose tasks with --tasks, or a layout that provides them",
+        )
     return seen, held_out
 
 
@@ -184,16 +207,22 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("CUDA requested but not available", expected="a CUDA device", found="none",
-                          fix="use --device cpu or auto")
+        raise ConfigError(
+            "CUDA requested but not available", expected="a CUDA device", found="none", fix="use --device cpu or auto"
+        )
     return torch.device(name)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
-        "mtbench": mtbench.__version__, "torch": torch.__version__, "numpy": np.__version__,
-        "python": sys.version.split()[0], "platform": platform.platform(), "device": str(device),
-        "threads": torch.get_num_threads()}
+        "mtbench": mtbench.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     try:
@@ -205,8 +234,9 @@ def environment(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def execute(request: RunRequest, notice: Notice | None = None,
-            progress: ProgressFactory | None = None) -> dict[str, Any]:
+def execute(
+    request: RunRequest, notice: Notice | None = None, progress: ProgressFactory | None = None
+) -> dict[str, Any]:
     """Run one configuration end to end and write its result JSON; returns the result payload."""
     started = time.perf_counter()
     plan = get_budget(request.budget)
@@ -224,17 +254,24 @@ def execute(request: RunRequest, notice: Notice | None = None,
 
     identity = reader.identity()
     results_dir = request.results or default_results_dir()
-    signature = {"dataset": {"name": spec.name, "synthetic": identity.synthetic, "identity": identity.to_dict()},
-                 "protocol": protocol_dict(plan, seen, held_out)}
+    signature = {
+        "dataset": {"name": spec.name, "synthetic": identity.synthetic, "identity": identity.to_dict()},
+        "protocol": protocol_dict(plan, seen, held_out),
+    }
     reference = None
     if request.reference and info.name != REFERENCE_METHOD:
         reference = find_reference(results_dir, {**signature, "seed": request.seed})
         if reference is None:
             if notice:
-                notice(f"no {REFERENCE_METHOD} reference for this data set, protocol and seed yet: training it first "
-                       f"(stored in {results_dir} and reused by later runs)")
-            reference = execute(dataclasses.replace(request, method=REFERENCE_METHOD, overrides={}, out=None,
-                                                    reference=False), notice, progress)
+                notice(
+                    f"no {REFERENCE_METHOD} reference for this data set, protocol and seed yet: training it first "
+                    f"(stored in {results_dir} and reused by later runs)"
+                )
+            reference = execute(
+                dataclasses.replace(request, method=REFERENCE_METHOD, overrides={}, out=None, reference=False),
+                notice,
+                progress,
+            )
     view = TaskView(reader, train_split, seen, held_out)
     count = len(view) if plan.max_train_samples is None else min(len(view), plan.max_train_samples)
     load_start = time.perf_counter()
@@ -243,8 +280,9 @@ def execute(request: RunRequest, notice: Notice | None = None,
     method = info.method(config)
 
     bar = progress or (lambda _description: nullcontext(lambda *args, **kwargs: None))
-    with bar(f"{info.name}: {'meta-training' if method.kind == 'meta' else 'training'} "
-             f"({', '.join(t.name for t in seen)})") as update:
+    with bar(
+        f"{info.name}: {'meta-training' if method.kind == 'meta' else 'training'} ({', '.join(t.name for t in seen)})"
+    ) as update:
         outcome = train(method, ctx, progress=update)
 
     cache: dict[tuple[str, str], TensorSet] = {}
@@ -255,8 +293,12 @@ def execute(request: RunRequest, notice: Notice | None = None,
         key = (task.name, name)
         if key not in cache:
             total = reader.num_samples(name)
-            cache[key] = TensorSet.load(lambda i, targets: reader.read(name, i, targets),
-                                        total if limit is None else min(total, limit), [task.target], plan.resolution)
+            cache[key] = TensorSet.load(
+                lambda i, targets: reader.read(name, i, targets),
+                total if limit is None else min(total, limit),
+                [task.target],
+                plan.resolution,
+            )
         return cache[key]
 
     order = [(t, True) for t in seen] + [(t, False) for t in held_out]
@@ -271,9 +313,23 @@ def execute(request: RunRequest, notice: Notice | None = None,
         update(len(order), len(order), {})
 
     shared_stats = sparsity_stats(method.model_for(seen[0], ctx)).to_dict()
-    payload = result_payload(request, info, registry.source(info.name), config, spec, identity, plan, seen, held_out,
-                             outcome, results, shared_stats, device, time.perf_counter() - started,
-                             time.perf_counter() - load_start)
+    payload = result_payload(
+        request,
+        info,
+        registry.source(info.name),
+        config,
+        spec,
+        identity,
+        plan,
+        seen,
+        held_out,
+        outcome,
+        results,
+        shared_stats,
+        device,
+        time.perf_counter() - started,
+        time.perf_counter() - load_start,
+    )
     payload["delta_m"] = None
     if reference is not None or info.name == REFERENCE_METHOD:
         try:
@@ -296,45 +352,92 @@ def execute(request: RunRequest, notice: Notice | None = None,
 
 def protocol_dict(plan: Budget, seen: Sequence[TaskSpec], held_out: Sequence[TaskSpec]) -> dict[str, Any]:
     """The protocol part of a result: what every compared run must share."""
-    return {"budget": plan.name, "seen": [t.name for t in seen], "unseen": [t.name for t in held_out],
-            "task_versions": {t.name: t.version for t in (*seen, *held_out)},
-            "steps": plan.steps, "batch_size": plan.batch_size, "lr": plan.lr,
-            "finetune_steps": plan.finetune_steps, "finetune_lr": plan.finetune_lr,
-            "resolution": list(plan.resolution) if plan.resolution else None, "arch": dataclasses.asdict(plan.arch),
-            "max_train_samples": plan.max_train_samples, "max_test_samples": plan.max_test_samples}
+    return {
+        "budget": plan.name,
+        "seen": [t.name for t in seen],
+        "unseen": [t.name for t in held_out],
+        "task_versions": {t.name: t.version for t in (*seen, *held_out)},
+        "steps": plan.steps,
+        "batch_size": plan.batch_size,
+        "lr": plan.lr,
+        "finetune_steps": plan.finetune_steps,
+        "finetune_lr": plan.finetune_lr,
+        "resolution": list(plan.resolution) if plan.resolution else None,
+        "arch": dataclasses.asdict(plan.arch),
+        "max_train_samples": plan.max_train_samples,
+        "max_test_samples": plan.max_test_samples,
+    }
 
 
-def result_payload(request: RunRequest, info: MethodInfo, source: str, config: Any, spec: DatasetSpec, identity: Any,
-                   plan: Budget, seen: list[TaskSpec], held_out: list[TaskSpec], outcome: Any, results: list[Any],
-                   shared_stats: dict | None, device: torch.device, total_seconds: float,
-                   after_load_seconds: float) -> dict[str, Any]:
+def result_payload(
+    request: RunRequest,
+    info: MethodInfo,
+    source: str,
+    config: Any,
+    spec: DatasetSpec,
+    identity: Any,
+    plan: Budget,
+    seen: list[TaskSpec],
+    held_out: list[TaskSpec],
+    outcome: Any,
+    results: list[Any],
+    shared_stats: dict | None,
+    device: torch.device,
+    total_seconds: float,
+    after_load_seconds: float,
+) -> dict[str, Any]:
     created = dt.datetime.now(dt.timezone.utc)
     unseen_tag = "+".join(t.name for t in held_out) or "none"
-    run_id = (f"{created:%Y%m%d-%H%M%S}-{spec.name}-{info.name}-{plan.name}-unseen-{unseen_tag}-"
-              f"seed{request.seed}-{uuid.uuid4().hex[:6]}")
+    run_id = (
+        f"{created:%Y%m%d-%H%M%S}-{spec.name}-{info.name}-{plan.name}-unseen-{unseen_tag}-"
+        f"seed{request.seed}-{uuid.uuid4().hex[:6]}"
+    )
     lam_trajectory = [[h["step"], h["lambda"]] for h in outcome.history if "lambda" in h]
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "created": created.isoformat(timespec="seconds"),
-        "method": {"name": info.name, "source": source, "summary": info.summary, "paper": info.paper,
-                   "link": info.link, "deviations": info.deviations, "kind": getattr(info.method, "kind", "mtl"),
-                   "config": dataclasses.asdict(config)},
-        "dataset": {"name": spec.name, "family": spec.family, "synthetic": identity.synthetic,
-                    "identity": identity.to_dict(), "train_split": spec.train_split, "test_split": spec.test_split},
+        "method": {
+            "name": info.name,
+            "source": source,
+            "summary": info.summary,
+            "paper": info.paper,
+            "link": info.link,
+            "deviations": info.deviations,
+            "kind": getattr(info.method, "kind", "mtl"),
+            "config": dataclasses.asdict(config),
+        },
+        "dataset": {
+            "name": spec.name,
+            "family": spec.family,
+            "synthetic": identity.synthetic,
+            "identity": identity.to_dict(),
+            "train_split": spec.train_split,
+            "test_split": spec.test_split,
+        },
         "protocol": protocol_dict(plan, seen, held_out),
         "seed": request.seed,
         "overrides": request.overrides,
         "environment": environment(device),
-        "tasks": {r.task.name: {"seen": r.seen, "version": r.task.version, "title": r.task.title,
-                                "metrics": {m.name: {"value": r.metrics[m.name], "higher_is_better": m.higher_is_better}
-                                            for m in r.task.metrics},
-                                "finetune_seconds": r.finetune_seconds, "eval_seconds": r.eval_seconds}
-                  for r in results},
+        "tasks": {
+            r.task.name: {
+                "seen": r.seen,
+                "version": r.task.version,
+                "title": r.task.title,
+                "metrics": {
+                    m.name: {"value": r.metrics[m.name], "higher_is_better": m.higher_is_better} for m in r.task.metrics
+                },
+                "finetune_seconds": r.finetune_seconds,
+                "eval_seconds": r.eval_seconds,
+            }
+            for r in results
+        },
         "sparsity": shared_stats,
         "lambda": {"start": outcome.lam_start, "end": outcome.lam_end, "trajectory": lam_trajectory},
         "history": outcome.history,
-        "timings": {"train_seconds": outcome.seconds,
-                    "meta_test_seconds": sum(r.finetune_seconds + r.eval_seconds for r in results),
-                    "total_seconds": total_seconds},
+        "timings": {
+            "train_seconds": outcome.seconds,
+            "meta_test_seconds": sum(r.finetune_seconds + r.eval_seconds for r in results),
+            "total_seconds": total_seconds,
+        },
     }

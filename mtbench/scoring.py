@@ -20,8 +20,12 @@ class ScoringError(MtbenchError):
     """Δm cannot be computed from the given numbers."""
 
 
-def delta_m(values: Mapping[str, float], reference: Mapping[str, float], higher_is_better: Mapping[str, bool],
-            groups: Mapping[str, str] | None = None) -> float:
+def delta_m(
+    values: Mapping[str, float],
+    reference: Mapping[str, float],
+    higher_is_better: Mapping[str, bool],
+    groups: Mapping[str, str] | None = None,
+) -> float:
     """Δm in percent, positive = better than ``reference``.
 
     Args:
@@ -38,23 +42,33 @@ def delta_m(values: Mapping[str, float], reference: Mapping[str, float], higher_
     for side, mapping in (("values", values), ("reference", reference), ("higher_is_better", higher_is_better)):
         missing = sorted(names - set(mapping))
         if missing:
-            raise ScoringError(f"metric {missing[0]!r} is missing from {side}", expected="the same metrics on both sides",
-                               found=f"{side} lacks {', '.join(missing)}")
+            raise ScoringError(
+                f"metric {missing[0]!r} is missing from {side}",
+                expected="the same metrics on both sides",
+                found=f"{side} lacks {', '.join(missing)}",
+            )
     if not names:
         raise ScoringError("no metrics to compare", expected="at least one metric", found="none")
     relative: dict[str, float] = {}
     for name in sorted(names):
         if reference[name] == 0:
-            raise ScoringError(f"reference value of {name!r} is zero", expected="a non-zero reference", found="0",
-                               fix="Δm divides by the reference; leave this metric out")
+            raise ScoringError(
+                f"reference value of {name!r} is zero",
+                expected="a non-zero reference",
+                found="0",
+                fix="Δm divides by the reference; leave this metric out",
+            )
         sign = 1.0 if higher_is_better[name] else -1.0
         relative[name] = sign * (values[name] - reference[name]) / reference[name] * 100.0
     if groups is None:
         return sum(relative.values()) / len(relative)
     missing = sorted(names - set(groups))
     if missing:
-        raise ScoringError(f"metric {missing[0]!r} has no task in groups", expected="a task for every metric",
-                           found=f"no group for {', '.join(missing)}")
+        raise ScoringError(
+            f"metric {missing[0]!r} has no task in groups",
+            expected="a task for every metric",
+            found=f"no group for {', '.join(missing)}",
+        )
     per_task: dict[str, list[float]] = {}
     for name, value in relative.items():
         per_task.setdefault(groups[name], []).append(value)
@@ -67,16 +81,20 @@ def run_delta_m(payload: dict, reference: dict) -> dict:
     Returns ``{"seen": {ALL_METRICS: x, PER_TASK: y}, "unseen": {...}, "reference_run": id}``; a role with
     no tasks is omitted.
     """
-    out: dict = {"reference_run": reference["run_id"], "reference_method": reference["method"]["name"],
-                 "positive_is_better": True}
+    out: dict = {
+        "reference_run": reference["run_id"],
+        "reference_method": reference["method"]["name"],
+        "positive_is_better": True,
+    }
     for role, seen in (("seen", True), ("unseen", False)):
         values, ref, higher, groups = {}, {}, {}, {}
         for task, entry in payload["tasks"].items():
             if entry["seen"] is not seen:
                 continue
             if task not in reference["tasks"]:
-                raise ScoringError(f"reference run lacks task {task!r}", expected="the same tasks",
-                                   found=", ".join(reference["tasks"]))
+                raise ScoringError(
+                    f"reference run lacks task {task!r}", expected="the same tasks", found=", ".join(reference["tasks"])
+                )
             for metric, value in entry["metrics"].items():
                 key = f"{task}/{metric}"
                 values[key] = value["value"]

@@ -24,8 +24,11 @@ Axis = Literal["in", "out"]
 def shared_conv_weights(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """``(name, weight)`` of every conv kernel of ``model.backbone`` (the shared, sparsified part)."""
     backbone = model.backbone if hasattr(model, "backbone") else model
-    return [(name, module.weight) for name, module in backbone.named_modules()
-            if isinstance(module, nn.Conv2d) and module.weight.dim() == 4]
+    return [
+        (name, module.weight)
+        for name, module in backbone.named_modules()
+        if isinstance(module, nn.Conv2d) and module.weight.dim() == 4
+    ]
 
 
 def _reduce_dims(axis: Axis) -> tuple[int, ...]:
@@ -58,15 +61,18 @@ def group_lasso_grad(weights: Sequence[Tensor], axis: Axis = "in") -> list[Tenso
     grads = []
     for weight in weights:
         norms = group_norms(weight, axis)
-        scale = torch.where(norms > 0, group_size(weight, axis) ** 0.5 / norms.clamp_min(1e-30), torch.zeros_like(norms))
+        scale = torch.where(
+            norms > 0, group_size(weight, axis) ** 0.5 / norms.clamp_min(1e-30), torch.zeros_like(norms)
+        )
         shape = (1, -1, 1, 1) if axis == "in" else (-1, 1, 1, 1)
         grads.append(weight * scale.view(shape))
     return grads
 
 
 @torch.no_grad()
-def prox_group_lasso_(weights: Sequence[Tensor], threshold: float | Tensor | Sequence[float | Tensor],
-                      axis: Axis = "in") -> None:
+def prox_group_lasso_(
+    weights: Sequence[Tensor], threshold: float | Tensor | Sequence[float | Tensor], axis: Axis = "in"
+) -> None:
     """In place: ``W_g ← max(0, 1 − threshold·√n_g/‖W_g‖₂) · W_g`` (threshold = η·λ; one per layer allowed)."""
     thresholds = threshold if isinstance(threshold, (list, tuple)) else [threshold] * len(weights)
     shape = {"in": (1, -1, 1, 1), "out": (-1, 1, 1, 1)}[axis]
@@ -109,8 +115,11 @@ class SparsityStats:
         return sum(layer.zero_params for layer in self.layers) / params if params else 0.0
 
     def to_dict(self) -> dict:
-        return {"group_sparsity": self.group_sparsity, "param_sparsity": self.param_sparsity,
-                "layers": [vars(layer) for layer in self.layers]}
+        return {
+            "group_sparsity": self.group_sparsity,
+            "param_sparsity": self.param_sparsity,
+            "layers": [vars(layer) for layer in self.layers],
+        }
 
 
 @torch.no_grad()
@@ -119,6 +128,9 @@ def sparsity_stats(model: nn.Module, axis: Axis = "in") -> SparsityStats:
     stats = SparsityStats()
     for name, weight in shared_conv_weights(model):
         zero = group_norms(weight, axis) == 0
-        stats.layers.append(LayerSparsity(name, zero.numel(), int(zero.sum()), weight.numel(),
-                                          int(zero.sum()) * group_size(weight, axis)))
+        stats.layers.append(
+            LayerSparsity(
+                name, zero.numel(), int(zero.sum()), weight.numel(), int(zero.sum()) * group_size(weight, axis)
+            )
+        )
     return stats

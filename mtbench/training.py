@@ -36,6 +36,7 @@ Batch = dict[str, Tensor]
 
 # --- data ---------------------------------------------------------------------------------------------
 
+
 def _resize(name: str, value: Tensor, size: tuple[int, int]) -> Tensor:
     if value.dim() < 3 or tuple(value.shape[-2:]) == size:
         return value
@@ -53,8 +54,13 @@ class TensorSet:
         self.tensors = tensors
 
     @classmethod
-    def load(cls, read: Callable[[int, Sequence[str]], dict[str, np.ndarray]], count: int, targets: Sequence[str],
-             resolution: tuple[int, int] | None = None) -> TensorSet:
+    def load(
+        cls,
+        read: Callable[[int, Sequence[str]], dict[str, np.ndarray]],
+        count: int,
+        targets: Sequence[str],
+        resolution: tuple[int, int] | None = None,
+    ) -> TensorSet:
         samples = [read(i, targets) for i in range(count)]
         tensors = {key: torch.from_numpy(np.stack([s[key] for s in samples])) for key in samples[0]}
         if resolution is not None:
@@ -70,6 +76,7 @@ class TensorSet:
 
 
 # --- context ------------------------------------------------------------------------------------------
+
 
 @dataclass
 class TrainContext:
@@ -113,8 +120,14 @@ class TrainContext:
         return self.batch(self.train_indices(step, salt), tasks or self.task_names)
 
     def episodes(self, combinations: str = "subsets") -> EpisodeSampler:
-        return EpisodeSampler(len(self.train), self.task_names, support_size=self.budget.batch_size,
-                              query_size=self.budget.batch_size, seed=self.seed, combinations=combinations)  # type: ignore[arg-type]
+        return EpisodeSampler(
+            len(self.train),
+            self.task_names,
+            support_size=self.budget.batch_size,
+            query_size=self.budget.batch_size,
+            seed=self.seed,
+            combinations=combinations,
+        )  # type: ignore[arg-type]
 
     def episode_batches(self, episode: Episode) -> tuple[Batch, Batch]:
         return self.batch(episode.support, episode.tasks), self.batch(episode.query, episode.tasks)
@@ -129,6 +142,7 @@ class TrainContext:
 
 
 # --- methods ------------------------------------------------------------------------------------------
+
 
 class Method:
     """Base class of every method. Subclasses set ``config`` in ``__init__`` and implement the hooks.
@@ -163,6 +177,7 @@ class Method:
 
 # --- the loop -----------------------------------------------------------------------------------------
 
+
 @dataclass
 class TrainOutcome:
     history: list[dict[str, Any]]
@@ -176,8 +191,11 @@ def _mean_group_sparsity(method: Method, ctx: TrainContext) -> float:
     return float(np.mean([sparsity_stats(m).group_sparsity for m in models.values()]))
 
 
-def train(method: Method, ctx: TrainContext, progress: Callable[[int, int, dict[str, Any]], None] | None = None,
-          ) -> TrainOutcome:
+def train(
+    method: Method,
+    ctx: TrainContext,
+    progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+) -> TrainOutcome:
     """Run ``budget.steps`` outer updates of ``method``; record losses, λ and sparsity every ``log_every``."""
     method.setup(ctx)
     lam_start = method.lam()
@@ -186,8 +204,11 @@ def train(method: Method, ctx: TrainContext, progress: Callable[[int, int, dict[
     for step in range(ctx.budget.steps):
         logged = method.step(ctx, step)
         if step % ctx.budget.log_every == 0 or step == ctx.budget.steps - 1:
-            entry = {"step": step, **{k: float(v) for k, v in logged.items()},
-                     "group_sparsity": _mean_group_sparsity(method, ctx)}
+            entry = {
+                "step": step,
+                **{k: float(v) for k, v in logged.items()},
+                "group_sparsity": _mean_group_sparsity(method, ctx),
+            }
             lam = method.lam()
             if lam is not None:
                 entry["lambda"] = lam
@@ -198,6 +219,7 @@ def train(method: Method, ctx: TrainContext, progress: Callable[[int, int, dict[
 
 
 # --- meta-test ----------------------------------------------------------------------------------------
+
 
 def _mask_gradients(weights: list[Tensor], masks: list[Tensor]) -> None:
     for weight, mask in zip(weights, masks):
@@ -253,9 +275,13 @@ class TaskResult:
     eval_seconds: float
 
 
-def meta_test(method: Method, ctx: TrainContext, tasks: Sequence[tuple[TaskSpec, bool]],
-              load: Callable[[TaskSpec, str], TensorSet],
-              progress: Callable[[str], None] | None = None) -> list[TaskResult]:
+def meta_test(
+    method: Method,
+    ctx: TrainContext,
+    tasks: Sequence[tuple[TaskSpec, bool]],
+    load: Callable[[TaskSpec, str], TensorSet],
+    progress: Callable[[str], None] | None = None,
+) -> list[TaskResult]:
     """The common protocol: for each ``(task, seen)``, fine-tune from the trained backbone and evaluate.
 
     ``load(task, split)`` returns the task's data; it is called only here, after training, so a
@@ -278,5 +304,16 @@ def meta_test(method: Method, ctx: TrainContext, tasks: Sequence[tuple[TaskSpec,
     return results
 
 
-__all__ = ["Batch", "Method", "TaskResult", "TaskView", "TensorSet", "TrainContext", "TrainOutcome",
-           "evaluate", "finetune", "meta_test", "train"]
+__all__ = [
+    "Batch",
+    "Method",
+    "TaskResult",
+    "TaskView",
+    "TensorSet",
+    "TrainContext",
+    "TrainOutcome",
+    "evaluate",
+    "finetune",
+    "meta_test",
+    "train",
+]

@@ -74,8 +74,19 @@ def ensure_learn2learn() -> None:
     pip("setuptools>=64", "wheel", CYTHON)
     with tempfile.TemporaryDirectory(prefix="mtbench-l2l-") as tmp:
         tmp_path = Path(tmp)
-        run(sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
-            "--no-binary", ":all:", "-d", str(tmp_path), LEARN2LEARN)
+        run(
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "-d",
+            str(tmp_path),
+            LEARN2LEARN,
+        )
         archive = next(tmp_path.glob("learn2learn-*.tar.gz"))
         with tarfile.open(archive) as tar:
             if hasattr(tarfile, "data_filter"):

@@ -18,8 +18,12 @@ NORMALS = (
     MetricSpec("within30", True, "fraction of valid pixels within 30°"),
 )
 EDGES = (
-    MetricSpec("odsF", True, "ODS F-measure: best threshold over the split, small pixel tolerance "
-               "(an approximation of the MATLAB BSDS benchmark, without thinning)"),
+    MetricSpec(
+        "odsF",
+        True,
+        "ODS F-measure: best threshold over the split, small pixel tolerance "
+        "(an approximation of the MATLAB BSDS benchmark, without thinning)",
+    ),
 )
 BINARY = (
     MetricSpec("acc", True, "accuracy"),

@@ -48,19 +48,27 @@ def nyu_nyudmt(synth_root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def nyu_parquet(synth_root: Path) -> Path:
-    return _once(synth_root, "nyu-parquet", lambda p: generate_nyuv2(p, n=12, seed=3, layout="nyuv2-parquet", **NYU_SIZE))
+    return _once(
+        synth_root, "nyu-parquet", lambda p: generate_nyuv2(p, n=12, seed=3, layout="nyuv2-parquet", **NYU_SIZE)
+    )
 
 
 @pytest.fixture(scope="session")
 def face_official(synth_root: Path) -> Path:
-    return _once(synth_root, "face-official",
-                 lambda p: generate_celebamask(p, n=20, seed=5, layout="celebamask-official", **FACE_SIZE))
+    return _once(
+        synth_root,
+        "face-official",
+        lambda p: generate_celebamask(p, n=20, seed=5, layout="celebamask-official", **FACE_SIZE),
+    )
 
 
 @pytest.fixture(scope="session")
 def face_parquet(synth_root: Path) -> Path:
-    return _once(synth_root, "face-parquet",
-                 lambda p: generate_celebamask(p, n=20, seed=5, layout="celebamask-parquet", **FACE_SIZE))
+    return _once(
+        synth_root,
+        "face-parquet",
+        lambda p: generate_celebamask(p, n=20, seed=5, layout="celebamask-parquet", **FACE_SIZE),
+    )
 
 
 @pytest.fixture

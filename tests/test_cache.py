@@ -13,8 +13,10 @@ from mtbench.data.layouts import open_reader
 from mtbench.data.nyuv2 import MtanReader, NyudMtReader
 
 
-@pytest.mark.parametrize("fixture,reader_cls", [("nyu_mtan", MtanReader), ("nyu_nyudmt", NyudMtReader),
-                                                ("face_official", CelebaOfficialReader)])
+@pytest.mark.parametrize(
+    "fixture,reader_cls",
+    [("nyu_mtan", MtanReader), ("nyu_nyudmt", NyudMtReader), ("face_official", CelebaOfficialReader)],
+)
 def test_cache_equals_raw_reader(request, tmp_path, fixture, reader_cls):
     raw = reader_cls(request.getfixturevalue(fixture))
     prepared = prepare(raw, cache_root=tmp_path)

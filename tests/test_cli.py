@@ -9,8 +9,15 @@ from mtbench import catalog
 
 REQUIRED_TASKS = {
     "nyuv2": {"semseg": 13, "semseg40": 40, "depth": 1, "normal": 3, "edge": 1},
-    "celebamask": {"faceseg": 19, "faceseg3": 3, "male": 1, "smiling": 1, "eyeglasses": 1,
-                   "arched-eyebrows": 1, "wearing-hat": 1},
+    "celebamask": {
+        "faceseg": 19,
+        "faceseg3": 3,
+        "male": 1,
+        "smiling": 1,
+        "eyeglasses": 1,
+        "arched-eyebrows": 1,
+        "wearing-hat": 1,
+    },
 }
 
 

@@ -72,8 +72,9 @@ def test_view_refuses_targets_outside_the_seen_tasks(nyu_mtan):
     view = TaskView(MtanReader(nyu_mtan), "train", _tasks("semseg"))
     with pytest.raises(HeldOutTargetError, match="not a target of the seen tasks"):
         view.read(0, ["normal"])
-    np.testing.assert_array_equal(view.read(0, ["semantic13"])["semantic13"],
-                                  MtanReader(nyu_mtan).read("train", 0, ("semantic13",))["semantic13"])
+    np.testing.assert_array_equal(
+        view.read(0, ["semantic13"])["semantic13"], MtanReader(nyu_mtan).read("train", 0, ("semantic13",))["semantic13"]
+    )
 
 
 def test_holding_out_a_task_that_shares_files_with_a_seen_task_is_refused(nyu_mtan, nyu_nyudmt):

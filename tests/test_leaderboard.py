@@ -16,18 +16,38 @@ from mtbench.results import store
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _payload(method: str, seed: int, miou: float, abs_err: float, *, synthetic: bool = True, sparsity: float = 0.0,
-             created: str = "2026-01-01T00:00:00+00:00", drop_metric: bool = False) -> dict:
-    tasks = {"semseg": {"seen": True, "metrics": {"mIoU": {"value": miou, "higher_is_better": True}}},
-             "depth": {"seen": False, "metrics": {"absErr": {"value": abs_err, "higher_is_better": False}}}}
+def _payload(
+    method: str,
+    seed: int,
+    miou: float,
+    abs_err: float,
+    *,
+    synthetic: bool = True,
+    sparsity: float = 0.0,
+    created: str = "2026-01-01T00:00:00+00:00",
+    drop_metric: bool = False,
+) -> dict:
+    tasks = {
+        "semseg": {"seen": True, "metrics": {"mIoU": {"value": miou, "higher_is_better": True}}},
+        "depth": {"seen": False, "metrics": {"absErr": {"value": abs_err, "higher_is_better": False}}},
+    }
     if drop_metric:
         del tasks["depth"]
-    return {"schema_version": 1, "run_id": f"{method}-{seed}", "created": created, "seed": seed,
-            "method": {"name": method, "config": {}},
-            "dataset": {"name": "nyuv2-synth" if synthetic else "nyuv2", "synthetic": synthetic,
-                        "identity": {"fingerprint": "abc" if synthetic else "real"}},
-            "protocol": {"budget": "quick", "seen": ["semseg"], "unseen": ["depth"]},
-            "tasks": tasks, "sparsity": {"group_sparsity": sparsity}}
+    return {
+        "schema_version": 1,
+        "run_id": f"{method}-{seed}",
+        "created": created,
+        "seed": seed,
+        "method": {"name": method, "config": {}},
+        "dataset": {
+            "name": "nyuv2-synth" if synthetic else "nyuv2",
+            "synthetic": synthetic,
+            "identity": {"fingerprint": "abc" if synthetic else "real"},
+        },
+        "protocol": {"budget": "quick", "seen": ["semseg"], "unseen": ["depth"]},
+        "tasks": tasks,
+        "sparsity": {"group_sparsity": sparsity},
+    }
 
 
 def _store(tmp_path: Path, payloads: list[dict]) -> Path:
@@ -37,12 +57,18 @@ def _store(tmp_path: Path, payloads: list[dict]) -> Path:
 
 
 def test_means_stds_delta_m_and_blanks(tmp_path):
-    results = _store(tmp_path / "r", [
-        _payload("stl", 0, 0.40, 1.0), _payload("stl", 1, 0.50, 1.0),
-        _payload("ew", 0, 0.44, 0.9, sparsity=0.0), _payload("ew", 1, 0.45, 0.8),
-        _payload("meta-sparsity", 0, 0.40, 1.1, sparsity=0.5), _payload("meta-sparsity", 2, 0.30, 1.0, sparsity=0.7),
-        _payload("partial", 0, 0.20, 1.0, drop_metric=True),
-    ])
+    results = _store(
+        tmp_path / "r",
+        [
+            _payload("stl", 0, 0.40, 1.0),
+            _payload("stl", 1, 0.50, 1.0),
+            _payload("ew", 0, 0.44, 0.9, sparsity=0.0),
+            _payload("ew", 1, 0.45, 0.8),
+            _payload("meta-sparsity", 0, 0.40, 1.1, sparsity=0.5),
+            _payload("meta-sparsity", 2, 0.30, 1.0, sparsity=0.7),
+            _payload("partial", 0, 0.20, 1.0, drop_metric=True),
+        ],
+    )
     (group,) = collect(results)
     table = {row.method: row for row in rows(group)}
     ew = table["ew"]
@@ -86,8 +112,9 @@ def test_committed_leaderboard_matches_a_fresh_build(tmp_path):
     committed = sorted(p.name for p in board.iterdir() if p.is_file())
     assert committed == sorted(p.name for p in fresh.iterdir() if p.is_file())
     for name in committed:
-        assert (board / name).read_text() == (fresh / name).read_text(), f"leaderboard/{name} is stale: run " \
-                                                                          "`mtbench leaderboard build`"
+        assert (board / name).read_text() == (fresh / name).read_text(), (
+            f"leaderboard/{name} is stale: run `mtbench leaderboard build`"
+        )
 
 
 def test_html_renders_in_headless_chromium(tmp_path):
@@ -96,10 +123,24 @@ def test_html_renders_in_headless_chromium(tmp_path):
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     results = _store(tmp_path / "r", [_payload("stl", 0, 0.4, 1.0), _payload("ew", 0, 0.44, 0.9, sparsity=0.3)])
     page = next(p for p in build(results, tmp_path / "board") if p.suffix == ".html")
-    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                           "--disable-component-update", "--disable-sync", "--no-first-run",
-                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     dom = done.stdout
     assert 'data-ready="yes"' in dom, done.stderr[-2000:]  # the sorting script ran
     assert dom.count("<tr>") >= 3 and 'class="point"' in dom and "<svg" in dom

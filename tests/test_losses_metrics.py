@@ -13,10 +13,23 @@ from sklearn.metrics import confusion_matrix
 
 from mtbench import catalog
 from mtbench.errors import ConfigError
-from mtbench.losses import (EDGE_POS_WEIGHT, bce_loss, cosine_loss, cross_entropy_loss, l1_loss, task_loss,
-                            weighted_bce_loss)
-from mtbench.metrics import (BinaryEvaluator, DepthEvaluator, EdgeEvaluator, NormalsEvaluator,
-                             SegmentationEvaluator, evaluator_for)
+from mtbench.losses import (
+    EDGE_POS_WEIGHT,
+    bce_loss,
+    cosine_loss,
+    cross_entropy_loss,
+    l1_loss,
+    task_loss,
+    weighted_bce_loss,
+)
+from mtbench.metrics import (
+    BinaryEvaluator,
+    DepthEvaluator,
+    EdgeEvaluator,
+    NormalsEvaluator,
+    SegmentationEvaluator,
+    evaluator_for,
+)
 from mtbench.specs import TaskSpec
 
 
@@ -31,11 +44,10 @@ def logit(p: float) -> float:
 
 # --------------------------------------------------------------------------------------- segmentation
 
+
 def test_segmentation_hand_worked_three_classes_with_ignore_and_absent_class():
-    gt = torch.tensor([[[0, 0, 1],
-                        [1, 2, -1]]])
-    pred = torch.tensor([[[0, 1, 1],
-                          [1, 1, 0]]])  # the last pixel is ignored whatever is predicted there
+    gt = torch.tensor([[[0, 0, 1], [1, 2, -1]]])
+    pred = torch.tensor([[[0, 1, 1], [1, 1, 0]]])  # the last pixel is ignored whatever is predicted there
     # 5 labelled pixels, 3 correct: pixAcc = 3/5.
     # class 0: TP 1, FP 0, FN 1 -> 1/2; class 1: TP 2, FP 2, FN 0 -> 2/4 = 1/2; class 2: TP 0, FN 1 -> 0.
     # class 3 is absent from both prediction and ground truth: left out, so mIoU = (1/2 + 1/2 + 0) / 3 = 1/3
@@ -48,10 +60,8 @@ def test_segmentation_hand_worked_three_classes_with_ignore_and_absent_class():
 
 
 def test_segmentation_hand_worked_two_classes():
-    gt = torch.tensor([[[0, 1],
-                        [1, -1]]])
-    pred = torch.tensor([[[1, 1],
-                          [0, 0]]])
+    gt = torch.tensor([[[0, 1], [1, -1]]])
+    pred = torch.tensor([[[1, 1], [0, 0]]])
     # 3 labelled pixels, 1 correct: pixAcc = 1/3.
     # class 0: TP 0, FP 1, FN 1 -> 0; class 1: TP 1, FP 1, FN 1 -> 1/3; mIoU = (0 + 1/3) / 2 = 1/6.
     ev = SegmentationEvaluator(num_classes=2)
@@ -97,6 +107,7 @@ def test_segmentation_rejects_labels_out_of_range():
 
 # ---------------------------------------------------------------------------------------------- depth
 
+
 def test_depth_hand_worked_with_invalid_pixels_pixel_weighted():
     pred = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
     gt = torch.tensor([[[[2.0, 0.0], [1.0, 4.0]]]])
@@ -110,6 +121,7 @@ def test_depth_hand_worked_with_invalid_pixels_pixel_weighted():
 
 
 # -------------------------------------------------------------------------------------------- normals
+
 
 def normals_batch(vectors: list[tuple[float, float, float]]) -> torch.Tensor:
     """A (1, 3, 1, N) map from a list of vectors."""
@@ -164,6 +176,7 @@ def test_normals_median_even_count_with_distant_middle_values():
 
 
 # ---------------------------------------------------------------------------------------------- edges
+
 
 def naive_edge_f(prob: torch.Tensor, gt: torch.Tensor, r: int) -> torch.Tensor:
     """F(t) with a separate dilation of every thresholded map (the definition, no tricks)."""
@@ -268,6 +281,7 @@ def test_edges_fast_at_nyu_size():
 
 # --------------------------------------------------------------------------------------------- binary
 
+
 def test_binary_hand_worked():
     y = torch.tensor([1.0, 1, 1, 0, 0, 0, 0, 0])
     probs = [0.9, 0.6, 0.2, 0.1, 0.7, 0.4, 0.3, 0.5]  # 0.5 counts as positive
@@ -289,6 +303,7 @@ def test_binary_no_positive_predicted_f1_is_zero():
 
 # --------------------------------------------------------------------------------------------- losses
 
+
 def test_cross_entropy_against_torch_on_labelled_subset():
     torch.manual_seed(5)
     logits, gt = torch.randn(2, 4, 6, 7), torch.randint(-1, 4, (2, 6, 7))
@@ -299,9 +314,10 @@ def test_cross_entropy_against_torch_on_labelled_subset():
 
 def test_masked_losses_are_graph_connected_zero_without_valid_pixels():
     for loss, pred, target in (
-            (cross_entropy_loss, torch.randn(1, 3, 2, 2), torch.full((1, 2, 2), -1)),
-            (l1_loss, torch.randn(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)),
-            (cosine_loss, torch.randn(1, 3, 2, 2), torch.zeros(1, 3, 2, 2))):
+        (cross_entropy_loss, torch.randn(1, 3, 2, 2), torch.full((1, 2, 2), -1)),
+        (l1_loss, torch.randn(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)),
+        (cosine_loss, torch.randn(1, 3, 2, 2), torch.zeros(1, 3, 2, 2)),
+    ):
         pred.requires_grad_(True)
         value = loss(pred, target)
         assert value.item() == 0.0 and value.requires_grad
@@ -345,8 +361,11 @@ def test_gradcheck_and_gradgradcheck_in_float64():
     normals[..., 0, 0] = 0  # an invalid pixel
     edges = (torch.rand(1, 1, 3, 4) > 0.5).double()
     labels = torch.randint(-1, 3, (1, 3, 4))
-    cases = ((cosine_loss, (1, 3, 3, 4), normals), (weighted_bce_loss, (1, 1, 3, 4), edges),
-             (cross_entropy_loss, (1, 3, 3, 4), labels))
+    cases = (
+        (cosine_loss, (1, 3, 3, 4), normals),
+        (weighted_bce_loss, (1, 1, 3, 4), edges),
+        (cross_entropy_loss, (1, 3, 3, 4), labels),
+    )
     for loss, shape, target in cases:
         x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(lambda p: loss(p, target), (x,))

@@ -17,19 +17,26 @@ from mtbench.training import TensorSet, TrainContext
 def tiny_context(dtype: torch.dtype = torch.float64) -> TrainContext:
     generator = torch.Generator().manual_seed(0)
     tasks = [catalog.task("nyuv2", n) for n in ("semseg", "depth", "normal")]
-    data = TensorSet({
-        "image": torch.rand(10, 3, 12, 16, generator=generator, dtype=dtype),
-        "semantic13": torch.randint(-1, 13, (10, 12, 16), generator=generator),
-        "depth": torch.rand(10, 1, 12, 16, generator=generator, dtype=dtype),
-        "normal": torch.nn.functional.normalize(torch.randn(10, 3, 12, 16, generator=generator, dtype=dtype), dim=1),
-    })
+    data = TensorSet(
+        {
+            "image": torch.rand(10, 3, 12, 16, generator=generator, dtype=dtype),
+            "semantic13": torch.randint(-1, 13, (10, 12, 16), generator=generator),
+            "depth": torch.rand(10, 1, 12, 16, generator=generator, dtype=dtype),
+            "normal": torch.nn.functional.normalize(
+                torch.randn(10, 3, 12, 16, generator=generator, dtype=dtype), dim=1
+            ),
+        }
+    )
     return TrainContext(budget("smoke"), tasks, data, seed=0, device=torch.device("cpu"))
 
 
-def learner(first_order: bool, per_layer: bool = False, inner_steps: int = 1) -> tuple[EpisodicMetaLearner, TrainContext]:
+def learner(
+    first_order: bool, per_layer: bool = False, inner_steps: int = 1
+) -> tuple[EpisodicMetaLearner, TrainContext]:
     ctx = tiny_context()
-    method = EpisodicMetaLearner(MetaConfig(first_order=first_order, per_layer=per_layer, inner_steps=inner_steps,
-                                            lam_init=0.05, inner_lr=0.1))
+    method = EpisodicMetaLearner(
+        MetaConfig(first_order=first_order, per_layer=per_layer, inner_steps=inner_steps, lam_init=0.05, inner_lr=0.1)
+    )
     method.setup(ctx)
     method.model.double()
     method.rho = method.rho.detach().double().requires_grad_(True)

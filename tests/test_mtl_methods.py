@@ -16,8 +16,16 @@ import torch
 from scipy.optimize import minimize
 
 from mtbench import catalog, presets
-from mtbench.aggregators import (cagrad, cagrad_objective, cagrad_weights, frank_wolfe_min_norm, gram,
-                                 min_norm_two, min_norm_weights, pcgrad)
+from mtbench.aggregators import (
+    cagrad,
+    cagrad_objective,
+    cagrad_weights,
+    frank_wolfe_min_norm,
+    gram,
+    min_norm_two,
+    min_norm_weights,
+    pcgrad,
+)
 from mtbench.training import TensorSet, TrainContext
 
 METHODS = ["uw", "dwa", "gradnorm", "pcgrad", "mgda", "cagrad", "famo"]
@@ -44,16 +52,25 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def ctx() -> TrainContext:
     generator = torch.Generator().manual_seed(0)
-    train = TensorSet({
-        "image": torch.rand(8, 3, 16, 16, generator=generator),
-        "semantic13": torch.randint(-1, 13, (8, 16, 16), generator=generator),
-        "depth": torch.rand(8, 1, 16, 16, generator=generator),
-        "normal": torch.nn.functional.normalize(torch.randn(8, 3, 16, 16, generator=generator), dim=1)})
-    return TrainContext(budget=presets.budget("smoke"), seen=[catalog.task("nyuv2", n) for n in ("semseg", "depth", "normal")],
-                        train=train, seed=0, device=torch.device("cpu"))
+    train = TensorSet(
+        {
+            "image": torch.rand(8, 3, 16, 16, generator=generator),
+            "semantic13": torch.randint(-1, 13, (8, 16, 16), generator=generator),
+            "depth": torch.rand(8, 1, 16, 16, generator=generator),
+            "normal": torch.nn.functional.normalize(torch.randn(8, 3, 16, 16, generator=generator), dim=1),
+        }
+    )
+    return TrainContext(
+        budget=presets.budget("smoke"),
+        seen=[catalog.task("nyuv2", n) for n in ("semseg", "depth", "normal")],
+        train=train,
+        seed=0,
+        device=torch.device("cpu"),
+    )
 
 
 # --- PCGrad --------------------------------------------------------------------------------------------
+
 
 def test_pcgrad_projects_conflicting_gradients():
     # g1 = (1, 0), g2 = (−1, 1): g1·g2 = −1 < 0.
@@ -77,6 +94,7 @@ def test_pcgrad_is_deterministic_given_the_rng():
 
 
 # --- min-norm (MGDA) -----------------------------------------------------------------------------------
+
 
 def test_min_norm_orthogonal_equal_norms_is_uniform():
     for K in (2, 3):
@@ -112,13 +130,20 @@ def test_min_norm_matches_an_independent_qp_solver():
         w = min_norm_weights(G).numpy()
         assert on_simplex(w)
         M = gram(G)
-        reference = minimize(lambda v: v @ M @ v, np.full(K, 1.0 / K), jac=lambda v: 2 * M @ v, method="SLSQP",
-                             bounds=[(0, 1)] * K, constraints=({"type": "eq", "fun": lambda v: v.sum() - 1},),
-                             options={"ftol": 1e-14, "maxiter": 500}).x
+        reference = minimize(
+            lambda v: v @ M @ v,
+            np.full(K, 1.0 / K),
+            jac=lambda v: 2 * M @ v,
+            method="SLSQP",
+            bounds=[(0, 1)] * K,
+            constraints=({"type": "eq", "fun": lambda v: v.sum() - 1},),
+            options={"ftol": 1e-14, "maxiter": 500},
+        ).x
         assert w @ M @ w <= reference @ M @ reference * (1 + 1e-8) + 1e-12
 
 
 # --- CAGrad --------------------------------------------------------------------------------------------
+
 
 def test_cagrad_with_c_zero_is_the_mean_gradient():
     G = torch.randn(3, 10, generator=torch.Generator().manual_seed(2))
@@ -156,6 +181,7 @@ def test_cagrad_update_formula():
 
 # --- FAMO ----------------------------------------------------------------------------------------------
 
+
 def test_famo_loss_weights():
     from mtbench_baselines.famo import famo_loss_weights
 
@@ -186,6 +212,7 @@ def test_famo_logit_update_hand_worked(ctx: TrainContext, optimizer: str):
 
 # --- DWA -----------------------------------------------------------------------------------------------
 
+
 def test_dwa_weights_hand_worked():
     from mtbench_baselines.dwa import dwa_weights
 
@@ -212,6 +239,7 @@ def test_dwa_method_uses_the_previous_two_steps(ctx: TrainContext):
 
 # --- UW ------------------------------------------------------------------------------------------------
 
+
 def test_uw_loss_hand_worked(ctx: TrainContext):
     from mtbench_baselines.uw import uncertainty_loss
 
@@ -229,6 +257,7 @@ def test_uw_loss_hand_worked(ctx: TrainContext):
 
 
 # --- GradNorm ------------------------------------------------------------------------------------------
+
 
 def test_gradnorm_loss_hand_worked():
     from mtbench_baselines.gradnorm import gradnorm_loss
@@ -259,6 +288,7 @@ def test_gradnorm_measures_the_last_main_path_conv(ctx: TrainContext):
 
 
 # --- integration ---------------------------------------------------------------------------------------
+
 
 def backbone_vector(method) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in method.model.backbone.parameters()])
@@ -292,8 +322,9 @@ def test_every_method_trains_and_differs(ctx: TrainContext):
         assert not torch.equal(finals[a], finals[b]), (a, b)
 
 
-@pytest.mark.parametrize("name, options", [("mgda", {"upper_bound": False}), ("famo", {"optimizer": "sgd"}),
-                                           ("cagrad", {"c": 0.0})])
+@pytest.mark.parametrize(
+    "name, options", [("mgda", {"upper_bound": False}), ("famo", {"optimizer": "sgd"}), ("cagrad", {"c": 0.0})]
+)
 def test_variants_run(ctx: TrainContext, name: str, options: dict):
     method = info(name).method(info(name).config(**options))
     method.setup(ctx)

@@ -26,21 +26,41 @@ def test_ci_runs_exactly_the_readme_setup_and_test_commands():
 
 def test_wheel_ships_tasks_and_baselines_and_works_outside_the_repo(tmp_path):
     wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(wheel_dir), str(REPO)], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(REPO),
+        ],
+        check=True,
+        timeout=300,
+    )
     wheel = next(wheel_dir.glob("mtbench-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "mtbench_tasks/nyuv2.py" in names and "mtbench_baselines/__init__.py" in names
     assert "mtbench/data/synth_nyuv2.py" in names
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-                   check=True, timeout=300)
-    code = ("import mtbench, mtbench_tasks, mtbench_baselines, sys\n"
-            f"assert mtbench.__file__.startswith({str(site)!r}), mtbench.__file__\n"
-            f"assert mtbench_tasks.__file__.startswith({str(site)!r})\n"
-            "from mtbench import catalog\nfrom mtbench.methods import methods\n"
-            "assert 'nyuv2/depth' in catalog.tasks() and 'nyuv2-synth' in catalog.datasets()\n"
-            "methods()\nprint('ok')\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        check=True,
+        timeout=300,
+    )
+    code = (
+        "import mtbench, mtbench_tasks, mtbench_baselines, sys\n"
+        f"assert mtbench.__file__.startswith({str(site)!r}), mtbench.__file__\n"
+        f"assert mtbench_tasks.__file__.startswith({str(site)!r})\n"
+        "from mtbench import catalog\nfrom mtbench.methods import methods\n"
+        "assert 'nyuv2/depth' in catalog.tasks() and 'nyuv2-synth' in catalog.datasets()\n"
+        "methods()\nprint('ok')\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(site)}
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -10,8 +10,15 @@ import pytest
 from PIL import Image
 
 from mtbench.data import synth_nyuv2
-from mtbench.data.celebamask import (ATTRIBUTE_FILE, FACESEG19_TO_3, IMAGES, MAPPING_FILE, MASKS,
-                                     CelebaOfficialReader, CelebaParquetReader)
+from mtbench.data.celebamask import (
+    ATTRIBUTE_FILE,
+    FACESEG19_TO_3,
+    IMAGES,
+    MAPPING_FILE,
+    MASKS,
+    CelebaOfficialReader,
+    CelebaParquetReader,
+)
 from mtbench.data.constants import CELEBA_ATTRIBUTES, CELEBA_PARTS
 from mtbench.data.layouts import detect_layout, open_reader
 from mtbench.data.nyuv2 import MtanReader, NyudMtReader, NyuParquetReader
@@ -63,12 +70,8 @@ def test_mtan_reader_sorts_ids_numerically(nyu_mtan):
 
 
 def test_label_edges_hand_worked():
-    labels = np.array([[0, 0, 1],
-                       [0, -1, 1],
-                       [2, 2, 1]])
-    expected = np.array([[0, 1, 0],
-                         [0, 0, 0],
-                         [0, 1, 0]], dtype=np.float32)
+    labels = np.array([[0, 0, 1], [0, -1, 1], [2, 2, 1]])
+    expected = np.array([[0, 1, 0], [0, 0, 0], [0, 1, 0]], dtype=np.float32)
     # (0,1)|(0,2) differ -> (0,1); (1,0) vs (2,0): 0 vs 2 -> (1,0) marked vertically; -1 never counts
     expected[1, 0] = 1
     expected[2, 1] = 1  # (2,1)=2 vs (2,2)=1
@@ -132,8 +135,9 @@ def _write_tiny_official(root: Path) -> None:
         lines.append(f"{k}.jpg " + " ".join(str(values[k].get(a, -1)) for a in CELEBA_ATTRIBUTES))
     (root / ATTRIBUTE_FILE).write_text("\n".join(lines) + "\n")
     # k=0 -> train (orig < 162771), k=1 -> test (orig >= 182638), k=2 -> val
-    (root / MAPPING_FILE).write_text("idx orig_idx orig_file\n0 5 000006.jpg\n1 190000 190001.jpg\n"
-                                     "2 170000 170001.jpg\n")
+    (root / MAPPING_FILE).write_text(
+        "idx orig_idx orig_file\n0 5 000006.jpg\n1 190000 190001.jpg\n2 170000 170001.jpg\n"
+    )
 
 
 def test_celeba_official_combines_masks_in_order_and_splits_by_mapping(tmp_path):

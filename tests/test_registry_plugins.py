@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -12,7 +11,7 @@ from mtbench import methods as methods_module
 from mtbench.errors import DuplicateNameError, PluginError, UnknownNameError
 from mtbench.registry import Registry
 
-PLUGIN = textwrap.dedent('''
+PLUGIN = textwrap.dedent("""
     from dataclasses import dataclass
     from mtbench.methods import MethodInfo
 
@@ -25,7 +24,7 @@ PLUGIN = textwrap.dedent('''
 
     METHOD = MethodInfo(name="{name}", summary="a test plugin", method=Method, config=Config,
                         paper="Nobody et al. 2026")
-''')
+""")
 
 
 def test_registry_refuses_duplicates_and_suggests_close_matches():

@@ -13,8 +13,9 @@ from mtbench.scoring import ALL_METRICS, PER_TASK
 def test_first_run_produces_the_stl_reference_then_reuses_it(nyu_mtan, tmp_path):
     results = tmp_path / "results"
     notices: list[str] = []
-    request = RunRequest(method="ew", data_root=nyu_mtan, budget="smoke", unseen=("depth",), results=results,
-                         out=tmp_path / "ew")
+    request = RunRequest(
+        method="ew", data_root=nyu_mtan, budget="smoke", unseen=("depth",), results=results, out=tmp_path / "ew"
+    )
     first = execute(request, notice=notices.append)
     assert any("training it first" in n for n in notices)
     stored = {p["method"]["name"] for _, p in load_results(results)}
@@ -23,8 +24,17 @@ def test_first_run_produces_the_stl_reference_then_reuses_it(nyu_mtan, tmp_path)
     assert delta["reference_method"] == "stl" and delta["positive_is_better"] is True
     assert set(delta) >= {"seen", "unseen"} or "unavailable" in delta
     notices.clear()
-    execute(RunRequest(method="fixed-lambda", data_root=nyu_mtan, budget="smoke", unseen=("depth",), results=results,
-                       out=tmp_path / "fl"), notice=notices.append)
+    execute(
+        RunRequest(
+            method="fixed-lambda",
+            data_root=nyu_mtan,
+            budget="smoke",
+            unseen=("depth",),
+            results=results,
+            out=tmp_path / "fl",
+        ),
+        notice=notices.append,
+    )
     assert not any("training it first" in n for n in notices)  # the stored reference is reused
     assert len([1 for _, p in load_results(results) if p["method"]["name"] == "stl"]) == 1
 
@@ -33,8 +43,11 @@ def test_delta_m_against_the_reference_is_recomputable(nyu_mtan, tmp_path):
     from mtbench.scoring import run_delta_m
 
     results = tmp_path / "results"
-    payload = execute(RunRequest(method="uw", data_root=nyu_mtan, budget="smoke", unseen=("depth",),
-                                 results=results, out=tmp_path / "uw"))
+    payload = execute(
+        RunRequest(
+            method="uw", data_root=nyu_mtan, budget="smoke", unseen=("depth",), results=results, out=tmp_path / "uw"
+        )
+    )
     reference = find_reference(results, payload)
     assert reference is not None and reference["run_id"] == payload["delta_m"]["reference_run"]
     if "unavailable" not in payload["delta_m"]:
@@ -45,10 +58,15 @@ def test_delta_m_against_the_reference_is_recomputable(nyu_mtan, tmp_path):
 
 
 def _fake(method: str, seed: int, value: float) -> dict:
-    return {"schema_version": 1, "run_id": f"{method}-{seed}-{value}", "method": {"name": method, "config": {}},
-            "seed": seed, "dataset": {"name": "nyuv2-synth", "synthetic": True, "identity": {"fingerprint": "f"}},
-            "protocol": {"budget": "quick", "seen": ["semseg"], "unseen": []},
-            "tasks": {"semseg": {"seen": True, "metrics": {"mIoU": {"value": value, "higher_is_better": True}}}}}
+    return {
+        "schema_version": 1,
+        "run_id": f"{method}-{seed}-{value}",
+        "method": {"name": method, "config": {}},
+        "seed": seed,
+        "dataset": {"name": "nyuv2-synth", "synthetic": True, "identity": {"fingerprint": "f"}},
+        "protocol": {"budget": "quick", "seen": ["semseg"], "unseen": []},
+        "tasks": {"semseg": {"seen": True, "metrics": {"mIoU": {"value": value, "higher_is_better": True}}}},
+    }
 
 
 def test_rerun_replaces_and_different_configs_coexist(tmp_path):

@@ -8,13 +8,25 @@ import numpy as np
 import pytest
 import torch
 
+from mtbench.errors import ConfigError
 from mtbench.methods import methods
 from mtbench.runner import RunRequest, build_config, execute
-from mtbench.errors import ConfigError
 
 ALL_METHODS = sorted(methods().names())
-REQUIRED = {"stl", "ew", "uw", "dwa", "gradnorm", "pcgrad", "mgda", "cagrad", "famo", "fixed-lambda", "meta-dense",
-            "meta-sparsity"}
+REQUIRED = {
+    "stl",
+    "ew",
+    "uw",
+    "dwa",
+    "gradnorm",
+    "pcgrad",
+    "mgda",
+    "cagrad",
+    "famo",
+    "fixed-lambda",
+    "meta-dense",
+    "meta-sparsity",
+}
 
 
 def _run(root, method: str, tmp_path, **kwargs) -> dict:
@@ -58,7 +70,7 @@ def test_smoke_run_of_every_method(method, smoke_results):
 def test_no_two_methods_share_a_parameter_trajectory(smoke_results):
     names = sorted(smoke_results)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             va, vb = smoke_results[a][1], smoke_results[b][1]
             assert va.shape != vb.shape or not torch.equal(va, vb), f"{a} and {b} trained identical backbones"
 
@@ -123,8 +135,18 @@ def test_set_is_type_checked_against_the_method_config():
 
 
 def test_run_cli_prints_seen_and_unseen_tables_lambda_and_sparsity(cli, nyu_mtan, tmp_path):
-    code, text = cli("run", "meta-sparsity", "--data-root", nyu_mtan, "--unseen", "depth", "--budget", "smoke",
-                     "--out", tmp_path / "run")
+    code, text = cli(
+        "run",
+        "meta-sparsity",
+        "--data-root",
+        nyu_mtan,
+        "--unseen",
+        "depth",
+        "--budget",
+        "smoke",
+        "--out",
+        tmp_path / "run",
+    )
     assert code == 0, text
     assert "SYNTHETIC" in text and "seen tasks" in text and "held-out tasks" in text
     assert "absErr" in text and "mIoU" in text and "odsF" in text and "within11.25" in text
@@ -140,11 +162,25 @@ def test_readme_plugin_example_runs(cli, nyu_mtan, tmp_path):
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    example = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "METHOD = MethodInfo" in block)
+    example = next(
+        block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "METHOD = MethodInfo" in block
+    )
     plugin = tmp_path / "softmax_weighting.py"
     plugin.write_text(example)
-    code, text = cli("run", "my-method", "--plugins", plugin, "--data-root", nyu_mtan, "--budget", "smoke",
-                     "--set", "temperature=1.5", "--out", tmp_path / "run")
+    code, text = cli(
+        "run",
+        "my-method",
+        "--plugins",
+        plugin,
+        "--data-root",
+        nyu_mtan,
+        "--budget",
+        "smoke",
+        "--set",
+        "temperature=1.5",
+        "--out",
+        tmp_path / "run",
+    )
     assert code == 0, text
     payload = json.loads((tmp_path / "run" / "result.json").read_text())
     assert payload["method"]["config"] == {"temperature": 1.5}

@@ -10,8 +10,17 @@ NAMES = ["mIoU", "pixAcc", "absErr", "relErr", "mean", "median", "within11.25", 
 HIGHER = dict(zip(NAMES, [True, True, False, False, False, False, True, True, True]))
 STL = dict(zip(NAMES, [0.3830, 0.6376, 0.6754, 0.2780, 25.01, 19.21, 0.3014, 0.5720, 0.6915]))
 LINEAR_SCALARISATION = dict(zip(NAMES, [0.3929, 0.6533, 0.5493, 0.2263, 28.15, 23.96, 0.2209, 0.4750, 0.6108]))
-TASK_OF = {"mIoU": "seg", "pixAcc": "seg", "absErr": "depth", "relErr": "depth", "mean": "normal", "median": "normal",
-           "within11.25": "normal", "within22.5": "normal", "within30": "normal"}
+TASK_OF = {
+    "mIoU": "seg",
+    "pixAcc": "seg",
+    "absErr": "depth",
+    "relErr": "depth",
+    "mean": "normal",
+    "median": "normal",
+    "within11.25": "normal",
+    "within22.5": "normal",
+    "within30": "normal",
+}
 
 
 def test_golden_nash_mtl_linear_scalarisation():

@@ -9,8 +9,15 @@ import torch
 
 from mtbench import catalog
 from mtbench.models import ArchSpec, MultiTaskNet
-from mtbench.sparsity import (group_lasso, group_lasso_grad, group_norms, prox_group_lasso_, shared_conv_weights,
-                              sparsity_stats, zero_group_masks)
+from mtbench.sparsity import (
+    group_lasso,
+    group_lasso_grad,
+    group_norms,
+    prox_group_lasso_,
+    shared_conv_weights,
+    sparsity_stats,
+    zero_group_masks,
+)
 
 
 def _weight() -> torch.Tensor:
@@ -55,8 +62,10 @@ def test_prox_is_the_minimiser_of_the_proximal_objective():
 
 def test_closed_form_gradient_matches_autograd():
     torch.manual_seed(1)
-    weights = [torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True),
-               torch.randn(5, 4, 1, 1, dtype=torch.float64, requires_grad=True)]
+    weights = [
+        torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True),
+        torch.randn(5, 4, 1, 1, dtype=torch.float64, requires_grad=True),
+    ]
     for axis in ("in", "out"):
         auto = torch.autograd.grad(group_lasso(weights, axis), weights)
         closed = group_lasso_grad([w.detach() for w in weights], axis)

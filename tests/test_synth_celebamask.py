@@ -21,17 +21,46 @@ N_DRIVE = 240  # rendered samples for the attribute -> pixels/masks checks
 
 # Marginals implied by the conditional prior in _sample_attributes (worked out by hand).
 EXPECTED_MARGINALS: dict[str, float] = {
-    "Male": 0.42, "Young": 0.78, "Smiling": 0.48, "Mouth_Slightly_Open": 0.4764,
-    "High_Cheekbones": 0.4536, "Eyeglasses": 0.20, "Wearing_Hat": 0.08, "Bald": 0.0209,
-    "Bangs": 0.1559, "Receding_Hairline": 0.0679, "Black_Hair": 0.2448, "Brown_Hair": 0.2056,
-    "Blond_Hair": 0.1570, "Gray_Hair": 0.0498, "Wavy_Hair": 0.3209, "Straight_Hair": 0.1975,
-    "Sideburns": 0.0519, "No_Beard": 0.8152, "5_o_Clock_Shadow": 0.0924, "Goatee": 0.0756,
-    "Mustache": 0.0504, "Wearing_Lipstick": 0.464, "Heavy_Makeup": 0.3538,
-    "Arched_Eyebrows": 0.273, "Bushy_Eyebrows": 0.1582, "Narrow_Eyes": 0.12, "Big_Lips": 0.24,
-    "Big_Nose": 0.2292, "Pointy_Nose": 0.2792, "Rosy_Cheeks": 0.0622, "Pale_Skin": 0.05,
-    "Wearing_Earrings": 0.1782, "Wearing_Necklace": 0.116, "Wearing_Necktie": 0.0714,
-    "Chubby": 0.0594, "Double_Chin": 0.0485, "Bags_Under_Eyes": 0.2004, "Blurry": 0.05,
-    "Attractive": 0.5081, "Oval_Face": 0.2728,
+    "Male": 0.42,
+    "Young": 0.78,
+    "Smiling": 0.48,
+    "Mouth_Slightly_Open": 0.4764,
+    "High_Cheekbones": 0.4536,
+    "Eyeglasses": 0.20,
+    "Wearing_Hat": 0.08,
+    "Bald": 0.0209,
+    "Bangs": 0.1559,
+    "Receding_Hairline": 0.0679,
+    "Black_Hair": 0.2448,
+    "Brown_Hair": 0.2056,
+    "Blond_Hair": 0.1570,
+    "Gray_Hair": 0.0498,
+    "Wavy_Hair": 0.3209,
+    "Straight_Hair": 0.1975,
+    "Sideburns": 0.0519,
+    "No_Beard": 0.8152,
+    "5_o_Clock_Shadow": 0.0924,
+    "Goatee": 0.0756,
+    "Mustache": 0.0504,
+    "Wearing_Lipstick": 0.464,
+    "Heavy_Makeup": 0.3538,
+    "Arched_Eyebrows": 0.273,
+    "Bushy_Eyebrows": 0.1582,
+    "Narrow_Eyes": 0.12,
+    "Big_Lips": 0.24,
+    "Big_Nose": 0.2292,
+    "Pointy_Nose": 0.2792,
+    "Rosy_Cheeks": 0.0622,
+    "Pale_Skin": 0.05,
+    "Wearing_Earrings": 0.1782,
+    "Wearing_Necklace": 0.116,
+    "Wearing_Necktie": 0.0714,
+    "Chubby": 0.0594,
+    "Double_Chin": 0.0485,
+    "Bags_Under_Eyes": 0.2004,
+    "Blurry": 0.05,
+    "Attractive": 0.5081,
+    "Oval_Face": 0.2728,
 }
 
 HAIR_COLOURS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
@@ -72,9 +101,26 @@ def test_default_sizes_and_constants() -> None:
     _check_sample(s, 128, 64)
     assert GENERATOR_VERSION == "1"
     assert set(VISUAL_ATTRIBUTES) <= set(CELEBA_ATTRIBUTES)
-    for name in ("Male", "Smiling", "Eyeglasses", "Arched_Eyebrows", "Wearing_Hat", "Mouth_Slightly_Open",
-                 "Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair", "Bald", "Bangs", "Wearing_Lipstick",
-                 "No_Beard", "Mustache", "Goatee", "Pale_Skin", "Young"):
+    for name in (
+        "Male",
+        "Smiling",
+        "Eyeglasses",
+        "Arched_Eyebrows",
+        "Wearing_Hat",
+        "Mouth_Slightly_Open",
+        "Black_Hair",
+        "Blond_Hair",
+        "Brown_Hair",
+        "Gray_Hair",
+        "Bald",
+        "Bangs",
+        "Wearing_Lipstick",
+        "No_Beard",
+        "Mustache",
+        "Goatee",
+        "Pale_Skin",
+        "Young",
+    ):
         assert name in VISUAL_ATTRIBUTES, name
     # ordered like CELEBA_ATTRIBUTES, no duplicates
     idx = [CELEBA_ATTRIBUTES.index(a) for a in VISUAL_ATTRIBUTES]
@@ -122,11 +168,14 @@ def test_combine_parts_hand_worked() -> None:
         "l_eye": np.array([[f, f, t], [f, f, t], [f, f, f]]),
     }
     # skin=1, nose=2, l_eye=4, hair=13, cloth=18
-    expected = np.array([
-        [13, 13, 13],
-        [13, 2, 4],
-        [1, 18, 18],
-    ], dtype=np.uint8)
+    expected = np.array(
+        [
+            [13, 13, 13],
+            [13, 2, 4],
+            [1, 18, 18],
+        ],
+        dtype=np.uint8,
+    )
     out = combine_parts(parts, 3)
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, expected)

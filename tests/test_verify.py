@@ -7,16 +7,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FACE_SIZE, NYU_SIZE
 from PIL import Image
 
 from mtbench.data.celebamask import ATTRIBUTE_FILE, IMAGES, MASKS
-from conftest import FACE_SIZE, NYU_SIZE
 
 
 def test_synth_then_verify_nyuv2(cli, tmp_path):
     out = tmp_path / "nyu"
-    code, text = cli("data", "synth", "nyuv2-synth", "--out", out, "--n", 8, "--seed", 1,
-                     "--height", NYU_SIZE["height"], "--width", NYU_SIZE["width"])
+    code, text = cli(
+        "data",
+        "synth",
+        "nyuv2-synth",
+        "--out",
+        out,
+        "--n",
+        8,
+        "--seed",
+        1,
+        "--height",
+        NYU_SIZE["height"],
+        "--width",
+        NYU_SIZE["width"],
+    )
     assert code == 0, text
     code, text = cli("data", "verify", "nyuv2", "--root", out)
     assert code == 0, text
@@ -27,8 +40,21 @@ def test_synth_then_verify_nyuv2(cli, tmp_path):
 @pytest.mark.parametrize("layout", ["celebamask-official", "celebamask-parquet"])
 def test_synth_then_verify_celebamask(cli, tmp_path, layout):
     out = tmp_path / "faces"
-    code, text = cli("data", "synth", "celebamask-synth", "--out", out, "--n", 9, "--layout", layout,
-                     "--image-size", FACE_SIZE["image_size"], "--mask-size", FACE_SIZE["mask_size"])
+    code, text = cli(
+        "data",
+        "synth",
+        "celebamask-synth",
+        "--out",
+        out,
+        "--n",
+        9,
+        "--layout",
+        layout,
+        "--image-size",
+        FACE_SIZE["image_size"],
+        "--mask-size",
+        FACE_SIZE["mask_size"],
+    )
     assert code == 0, text
     code, text = cli("data", "verify", "celebamask", "--root", out)
     assert code == 0, text
@@ -54,6 +80,7 @@ def _verify_fails_naming(cli, root: Path, dataset: str, path: Path, words: str) 
 
 
 # --- NYU-v2, MTAN layout ------------------------------------------------------------------------------
+
 
 def test_truncated_npy(cli, nyu_mtan, copy_of):
     root = copy_of(nyu_mtan)
@@ -109,6 +136,7 @@ def test_non_unit_normals(cli, nyu_mtan, copy_of):
 
 # --- NYU-v2, NYUD-MT layout ---------------------------------------------------------------------------
 
+
 def test_nyudmt_corrupt_jpeg_and_label_out_of_range(cli, nyu_nyudmt, copy_of):
     root = copy_of(nyu_nyudmt)
     image = sorted((root / "images").glob("*.jpg"))[0]
@@ -122,6 +150,7 @@ def test_nyudmt_corrupt_jpeg_and_label_out_of_range(cli, nyu_nyudmt, copy_of):
 
 
 # --- CelebAMask-HQ, official release ------------------------------------------------------------------
+
 
 def test_celeba_truncated_mask_and_missing_masks(cli, face_official, copy_of):
     root = copy_of(face_official)

@@ -105,8 +105,9 @@ class ArrowCacheReader(Reader):
             try:
                 self._splits[split] = datasets.load_from_disk(str(self.root / split))
             except Exception as exc:
-                raise DataFormatError(self.root / split, f"cannot open the Arrow cache: {exc}",
-                                      fix="re-run `mtbench data prepare`") from None
+                raise DataFormatError(
+                    self.root / split, f"cannot open the Arrow cache: {exc}", fix="re-run `mtbench data prepare`"
+                ) from None
         return self._splits[split]
 
     def sample_ids(self, split: str) -> list[str]:
@@ -126,8 +127,12 @@ class ArrowCacheReader(Reader):
     def read(self, split: str, index: int, targets: Any = ()) -> dict[str, np.ndarray]:
         unknown = [t for t in targets if t not in self.target_sources]
         if unknown:
-            raise DataFormatError(self.root, f"the cache has no target {unknown[0]!r}",
-                                  expected=", ".join(self.targets()), found=", ".join(unknown))
+            raise DataFormatError(
+                self.root,
+                f"the cache has no target {unknown[0]!r}",
+                expected=", ".join(self.targets()),
+                found=", ".join(unknown),
+            )
         columns = ("image", *targets)
         row = self._view(split, columns)[index]
         return {name: _decode(name, np.asarray(row[name]), self.meta["columns"][name]) for name in columns}
@@ -189,8 +194,9 @@ def find_prepared(dataset: str, cache_root: Path | None = None) -> Path | None:
     return None
 
 
-def prepare(reader: Reader, *, cache_root: Path | None = None,
-            progress: Callable[[int, int], None] | None = None) -> PreparedDataset:
+def prepare(
+    reader: Reader, *, cache_root: Path | None = None, progress: Callable[[int, int], None] | None = None
+) -> PreparedDataset:
     """Convert every sample of ``reader`` (all splits, all targets) into an Arrow cache.
 
     The source is fingerprinted (SHA-256 over file contents); the cache is built in a scratch
@@ -214,21 +220,25 @@ def prepare(reader: Reader, *, cache_root: Path | None = None,
         columns = {name: _column_dtype(name, uint8_images) for name in ("image", *targets)}
         for split in reader.splits():
             first = reader.read(split, 0, targets)
-            features = datasets.Features({
-                name: _feature(np.asarray(value), _column_dtype(name, uint8_images)) for name, value in first.items()})
+            features = datasets.Features(
+                {name: _feature(np.asarray(value), _column_dtype(name, uint8_images)) for name, value in first.items()}
+            )
 
             def rows(split: str = split) -> Iterator[dict[str, np.ndarray]]:
                 nonlocal done
                 for index in range(reader.num_samples(split)):
                     sample = reader.read(split, index, targets)
-                    yield {name: _encode(name, value, _column_dtype(name, uint8_images)) for name, value in sample.items()}
+                    yield {
+                        name: _encode(name, value, _column_dtype(name, uint8_images)) for name, value in sample.items()
+                    }
                     done += 1
                     if progress:
                         progress(done, total)
 
             try:
-                table = datasets.Dataset.from_generator(rows, features=features, cache_dir=str(staging / ".hf"),
-                                                        fingerprint=uuid.uuid4().hex)
+                table = datasets.Dataset.from_generator(
+                    rows, features=features, cache_dir=str(staging / ".hf"), fingerprint=uuid.uuid4().hex
+                )
             except datasets.exceptions.DatasetGenerationError as exc:
                 raise (exc.__cause__ if isinstance(exc.__cause__, MtbenchError) else exc) from None
             table.save_to_disk(str(staging / split))
@@ -236,9 +246,14 @@ def prepare(reader: Reader, *, cache_root: Path | None = None,
             del table
         shutil.rmtree(staging / ".hf", ignore_errors=True)
         meta = {
-            "format": CACHE_FORMAT, "identity": identity.to_dict(), "source": str(reader.root.resolve()),
-            "target_sources": reader.target_sources, "targets": list(targets), "columns": columns,
-            "splits": counts, "split_order": list(counts),
+            "format": CACHE_FORMAT,
+            "identity": identity.to_dict(),
+            "source": str(reader.root.resolve()),
+            "target_sources": reader.target_sources,
+            "targets": list(targets),
+            "columns": columns,
+            "splits": counts,
+            "split_order": list(counts),
             "ids": {s: reader.sample_ids(s) for s in reader.splits()},
             "prepared_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -248,9 +263,14 @@ def prepare(reader: Reader, *, cache_root: Path | None = None,
                 shutil.rmtree(target)
             os.replace(staging, target)
             index = read_index(cache_root)
-            index[identity.dataset] = {"path": str(target), "fingerprint": identity.fingerprint,
-                                       "source": meta["source"], "layout": identity.layout,
-                                       "synthetic": identity.synthetic, "prepared_at": meta["prepared_at"]}
+            index[identity.dataset] = {
+                "path": str(target),
+                "fingerprint": identity.fingerprint,
+                "source": meta["source"],
+                "layout": identity.layout,
+                "synthetic": identity.synthetic,
+                "prepared_at": meta["prepared_at"],
+            }
             atomic_write_json(_index_path(cache_root), index)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -276,6 +296,9 @@ def require_prepared(dataset: str, cache_root: Path | None = None) -> Path:
     path = find_prepared(dataset, cache_root)
     if path is None:
         raise DatasetNotFoundError(
-            f"data set {dataset!r} has not been prepared", expected=f"a prepared cache under {cache_root or mtbench_home()}",
-            found="none", fix=f"run `mtbench data prepare {dataset} --from /path/to/{dataset}` once")
+            f"data set {dataset!r} has not been prepared",
+            expected=f"a prepared cache under {cache_root or mtbench_home()}",
+            found="none",
+            fix=f"run `mtbench data prepare {dataset} --from /path/to/{dataset}` once",
+        )
     return path

@@ -26,7 +26,7 @@ import numpy as np
 
 from mtbench.data.constants import CELEBA_ATTRIBUTES, CELEBA_PARTS, CELEBA_TRAIN_END, CELEBA_VAL_END
 from mtbench.data.io import check_array, check_labels, load_image, quiet_datasets, require_dir, require_file
-from mtbench.data.nyuv2 import ParquetTable, parquet_split_files
+from mtbench.data.parquet import ParquetReader, parquet_split_files
 from mtbench.data.reader import Reader, to_chw_image
 from mtbench.errors import DataFormatError
 
@@ -41,8 +41,9 @@ REAL_MASK_SIZE = 512
 #: and cloth count as background, as in a face/hair/background parsing task.
 FACE3_CLASSES = ("background", "hair", "skin")
 _SKIN_PARTS = {"skin", "nose", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth", "u_lip", "l_lip"}
-FACESEG19_TO_3 = np.array([0] + [1 if p == "hair" else 2 if p in _SKIN_PARTS else 0 for p in CELEBA_PARTS],
-                          dtype=np.int64)
+FACESEG19_TO_3 = np.array(
+    [0] + [1 if p == "hair" else 2 if p in _SKIN_PARTS else 0 for p in CELEBA_PARTS], dtype=np.int64
+)
 
 ATTRIBUTE_TARGETS = {f"attr:{name}": name for name in CELEBA_ATTRIBUTES}
 
@@ -68,8 +69,10 @@ class CelebaOfficialReader(Reader):
     title: ClassVar[str] = "CelebAMask-HQ official release"
     stores_uint8_images: ClassVar[bool] = True
     target_sources: ClassVar[dict[str, str]] = {
-        "faceseg19": "masks", "faceseg3": "masks",
-        **{target: f"attribute {name}" for target, name in ATTRIBUTE_TARGETS.items()}}
+        "faceseg19": "masks",
+        "faceseg3": "masks",
+        **{target: f"attribute {name}" for target, name in ATTRIBUTE_TARGETS.items()},
+    }
 
     def __init__(self, root: str | Path, size: int | None = None) -> None:
         super().__init__(root)
@@ -94,8 +97,9 @@ class CelebaOfficialReader(Reader):
             if not fields:
                 continue
             if len(fields) != 3 or not fields[0].isdigit() or not fields[1].isdigit():
-                raise DataFormatError(path, f"line {number} is malformed", expected="idx orig_idx orig_file",
-                                      found=repr(line[:80]))
+                raise DataFormatError(
+                    path, f"line {number} is malformed", expected="idx orig_idx orig_file", found=repr(line[:80])
+                )
             splits[_split_of(int(fields[1]))].append(fields[0])
         return {name: sorted(ids, key=int) for name, ids in splits.items() if ids}
 
@@ -135,9 +139,13 @@ class CelebaOfficialReader(Reader):
         parts = self._mask_index.get(k)
         if not parts:
             where = self.root / MASKS / str(k // 2000) / f"{k:05d}_skin.png"
-            raise DataFormatError(where, f"no part masks for image {k}",
-                                  expected=f"{MASKS}/{k // 2000}/{k:05d}_<part>.png files", found="none",
-                                  fix="restore the mask folder of this image")
+            raise DataFormatError(
+                where,
+                f"no part masks for image {k}",
+                expected=f"{MASKS}/{k // 2000}/{k:05d}_<part>.png files",
+                found="none",
+                fix="restore the mask folder of this image",
+            )
         labels: np.ndarray | None = None
         for value, part in enumerate(CELEBA_PARTS, start=1):
             if part not in parts:
@@ -148,8 +156,12 @@ class CelebaOfficialReader(Reader):
             if labels is None:
                 labels = np.zeros(mask.shape, dtype=np.uint8)
             elif mask.shape != labels.shape:
-                raise DataFormatError(path, f"{part} mask size differs from the other masks of image {k}",
-                                      expected="×".join(map(str, labels.shape)), found="×".join(map(str, mask.shape)))
+                raise DataFormatError(
+                    path,
+                    f"{part} mask size differs from the other masks of image {k}",
+                    expected="×".join(map(str, labels.shape)),
+                    found="×".join(map(str, mask.shape)),
+                )
             labels[mask > 127] = value
         assert labels is not None
         return _resize(labels, self.size, nearest=True).astype(np.int64)
@@ -162,23 +174,35 @@ class CelebaOfficialReader(Reader):
         path = require_file(self.root / ATTRIBUTE_FILE, "attribute annotations")
         lines = path.read_text().splitlines()
         if len(lines) < 2 or not lines[0].strip().isdigit():
-            raise DataFormatError(path, "missing header", expected="line 1: image count; line 2: 40 names",
-                                  found=repr(lines[0][:40]) if lines else "an empty file")
+            raise DataFormatError(
+                path,
+                "missing header",
+                expected="line 1: image count; line 2: 40 names",
+                found=repr(lines[0][:40]) if lines else "an empty file",
+            )
         names = lines[1].split()
         if name not in names:
-            raise DataFormatError(path, f"attribute {name!r} missing from the header", expected="40 CelebA attributes",
-                                  found=f"{len(names)} names")
+            raise DataFormatError(
+                path,
+                f"attribute {name!r} missing from the header",
+                expected="40 CelebA attributes",
+                found=f"{len(names)} names",
+            )
         column = names.index(name)
         rows = [line.split() for line in lines[2:] if line.strip()]
         if len(rows) != int(lines[0]):
-            raise DataFormatError(path, "row count differs from the header", expected=lines[0].strip(),
-                                  found=str(len(rows)))
+            raise DataFormatError(
+                path, "row count differs from the header", expected=lines[0].strip(), found=str(len(rows))
+            )
         values: dict[str, float] = {}
         for number, fields in enumerate(rows, start=3):
             if len(fields) != len(names) + 1 or fields[column + 1] not in ("1", "-1"):
-                raise DataFormatError(path, f"line {number} is malformed",
-                                      expected=f"'<k>.jpg' then {len(names)} values of 1 or -1",
-                                      found=repr(" ".join(fields)[:80]))
+                raise DataFormatError(
+                    path,
+                    f"line {number} is malformed",
+                    expected=f"'<k>.jpg' then {len(names)} values of 1 or -1",
+                    found=repr(" ".join(fields)[:80]),
+                )
             values[fields[0].removesuffix(".jpg")] = 1.0 if fields[column + 1] == "1" else 0.0
         cache[name] = values
         return values
@@ -191,8 +215,12 @@ class CelebaOfficialReader(Reader):
         sample_id = self.sample_ids(split)[index]
         values = self._attribute_column(name)
         if sample_id not in values:
-            raise DataFormatError(self.root / ATTRIBUTE_FILE, f"no attributes for image {sample_id}",
-                                  expected=f"a line '{sample_id}.jpg ...'", found="none")
+            raise DataFormatError(
+                self.root / ATTRIBUTE_FILE,
+                f"no attributes for image {sample_id}",
+                expected=f"a line '{sample_id}.jpg ...'",
+                found="none",
+            )
         return np.asarray(values[sample_id], dtype=np.float32)
 
     def files(self) -> Iterator[Path]:
@@ -204,7 +232,7 @@ class CelebaOfficialReader(Reader):
             yield from parts.values()
 
 
-class CelebaParquetReader(Reader):
+class CelebaParquetReader(ParquetReader):
     """Hugging Face mirror ``eurecom-ds/celeba_hq_mask`` as local parquet shards
     (``data/{train,validation,test}-*.parquet``, columns ``image`` and ``mask``: 512² images, the mask
     holding class ids 0..18 in `CELEBA_PARTS` order). No attributes in this mirror."""
@@ -216,9 +244,8 @@ class CelebaParquetReader(Reader):
     target_sources: ClassVar[dict[str, str]] = {"faceseg19": "mask", "faceseg3": "mask"}
 
     def __init__(self, root: str | Path, size: int | None = None, cache_dir: Path | None = None) -> None:
-        super().__init__(root)
+        super().__init__(root, cache_dir)
         self.size = size or (self.synthetic_manifest() or {}).get("mask_size", REAL_MASK_SIZE)
-        self._tables = {split: ParquetTable(files, cache_dir) for split, files in parquet_split_files(self.root).items()}
 
     @classmethod
     def detect(cls, root: Path) -> bool:
@@ -227,17 +254,6 @@ class CelebaParquetReader(Reader):
     @classmethod
     def describe(cls) -> str:
         return "parquet shards data/{train,validation,test}-*.parquet with columns image, mask"
-
-    def splits(self) -> tuple[str, ...]:
-        return tuple(s for s in ("train", "val", "test") if s in self._tables)
-
-    def sample_ids(self, split: str) -> list[str]:
-        self.check_split(split)
-        return [str(i) for i in range(len(self._tables[split]))]
-
-    def _cell(self, split: str, index: int, column: str) -> tuple[str, np.ndarray]:
-        where = f"{self._tables[split].files[0].parent}/{split} shards row {index} column {column}"
-        return where, np.asarray(self._tables[split].row(index, (column,))[column])
 
     def _read_image(self, split: str, index: int) -> np.ndarray:
         where, image = self._cell(split, index, "image")
@@ -253,12 +269,9 @@ class CelebaParquetReader(Reader):
         labels = _resize(mask.astype(np.uint8), self.size, nearest=True).astype(np.int64)
         return labels if target == "faceseg19" else FACESEG19_TO_3[labels]
 
-    def files(self) -> Iterator[Path]:
-        for table in self._tables.values():
-            yield from table.files
-
 
 # --- writers (real layouts) -----------------------------------------------------------------------
+
 
 class CelebaOfficialWriter:
     """Writes samples in the official layout; call `close` to write the two text files.
@@ -272,8 +285,9 @@ class CelebaOfficialWriter:
         self._mapping: list[tuple[int, int]] = []
         (root / IMAGES).mkdir(parents=True, exist_ok=True)
 
-    def add(self, k: int, orig_idx: int, image: np.ndarray, parts: Mapping[str, np.ndarray],
-            attributes: Mapping[str, bool]) -> None:
+    def add(
+        self, k: int, orig_idx: int, image: np.ndarray, parts: Mapping[str, np.ndarray], attributes: Mapping[str, bool]
+    ) -> None:
         from PIL import Image
 
         Image.fromarray(image).save(self.root / IMAGES / f"{k}.jpg", quality=95)
@@ -311,5 +325,7 @@ def write_celeba_parquet(root: Path, split: str, samples: Iterable[tuple[np.ndar
     path = root / "data" / f"{name}-00000-of-00001.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mtbench-parquet-") as scratch:
-        datasets.Dataset.from_generator(rows, features=features, cache_dir=scratch, fingerprint=uuid.uuid4().hex).to_parquet(str(path))
+        datasets.Dataset.from_generator(
+            rows, features=features, cache_dir=scratch, fingerprint=uuid.uuid4().hex
+        ).to_parquet(str(path))
     return require_file(path, "parquet shard")

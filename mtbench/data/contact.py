@@ -58,8 +58,21 @@ def contact_sheet(reader: Reader, out: Path, *, split: str | None = None, n: int
                 axis.set_title(target, fontsize=9)
         if attributes:
             on = [t.split(":", 1)[1] for t in attributes if sample[t] > 0.5]
-            shown = [a for a in on if a in ("Male", "Smiling", "Eyeglasses", "Wearing_Hat", "Arched_Eyebrows",
-                                            "Mouth_Slightly_Open", "Young", "Bald")]
+            shown = [
+                a
+                for a in on
+                if a
+                in (
+                    "Male",
+                    "Smiling",
+                    "Eyeglasses",
+                    "Wearing_Hat",
+                    "Arched_Eyebrows",
+                    "Mouth_Slightly_Open",
+                    "Young",
+                    "Bald",
+                )
+            ]
             axes[row][0].set_ylabel("\n".join(shown) or "(none)", fontsize=6, rotation=0, ha="right", va="center")
     identity = reader.identity(content=False)
     kind = "SYNTHETIC" if identity.synthetic else "real"

@@ -17,17 +17,25 @@ from mtbench.errors import DataFormatError
 
 def require_file(path: Path, what: str) -> Path:
     if not path.is_file():
-        raise DataFormatError(path, f"missing {what}", expected=f"a file holding the {what}",
-                              found="nothing at this path",
-                              fix="restore the file, or re-create the data set")
+        raise DataFormatError(
+            path,
+            f"missing {what}",
+            expected=f"a file holding the {what}",
+            found="nothing at this path",
+            fix="restore the file, or re-create the data set",
+        )
     return path
 
 
 def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
-        raise DataFormatError(path, f"missing folder for the {what}", expected="a folder",
-                              found="nothing at this path" if not path.exists() else "not a folder",
-                              fix="check --root points at the data set's top folder")
+        raise DataFormatError(
+            path,
+            f"missing folder for the {what}",
+            expected="a folder",
+            found="nothing at this path" if not path.exists() else "not a folder",
+            fix="check --root points at the data set's top folder",
+        )
     return path
 
 
@@ -37,9 +45,13 @@ def load_npy(path: Path, what: str) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
     except Exception as exc:  # truncated, corrupt, pickled, not an .npy at all
-        raise DataFormatError(path, f"cannot read the {what}: {exc}", expected="a readable .npy array",
-                              found="a truncated or corrupt file",
-                              fix="re-extract or re-generate this file") from None
+        raise DataFormatError(
+            path,
+            f"cannot read the {what}: {exc}",
+            expected="a readable .npy array",
+            found="a truncated or corrupt file",
+            fix="re-extract or re-generate this file",
+        ) from None
     if not isinstance(array, np.ndarray):
         raise DataFormatError(path, f"the {what} is not a single array", found=type(array).__name__)
     return array
@@ -57,30 +69,44 @@ def load_image(path: Path, what: str, mode: str | None = None) -> np.ndarray:
                 image = image.convert(mode)
             return np.asarray(image)
     except Exception as exc:
-        raise DataFormatError(path, f"cannot decode the {what}: {exc}", expected="a readable image",
-                              found="a truncated or corrupt file",
-                              fix="re-extract or re-generate this file") from None
+        raise DataFormatError(
+            path,
+            f"cannot decode the {what}: {exc}",
+            expected="a readable image",
+            found="a truncated or corrupt file",
+            fix="re-extract or re-generate this file",
+        ) from None
 
 
-def check_array(array: np.ndarray, path: Path | str, what: str, *, shape: tuple[int | None, ...],
-                kinds: str) -> np.ndarray:
+def check_array(
+    array: np.ndarray, path: Path | str, what: str, *, shape: tuple[int | None, ...], kinds: str
+) -> np.ndarray:
     """Check ``array`` has ``shape`` (None = any) and a dtype kind in ``kinds`` (numpy kind codes)."""
     ok_shape = array.ndim == len(shape) and all(s is None or s == a for s, a in zip(shape, array.shape))
     if not ok_shape:
         want = "×".join("?" if s is None else str(s) for s in shape)
-        raise DataFormatError(path, f"the {what} has the wrong shape", expected=want,
-                              found="×".join(map(str, array.shape)) or "a scalar",
-                              fix="the file does not match this layout; re-create it")
+        raise DataFormatError(
+            path,
+            f"the {what} has the wrong shape",
+            expected=want,
+            found="×".join(map(str, array.shape)) or "a scalar",
+            fix="the file does not match this layout; re-create it",
+        )
     if array.dtype.kind not in kinds:
         names = {"f": "float", "i": "signed int", "u": "unsigned int", "b": "bool"}
-        raise DataFormatError(path, f"the {what} has the wrong dtype",
-                              expected=" or ".join(names[k] for k in kinds), found=str(array.dtype),
-                              fix="the file does not match this layout; re-create it")
+        raise DataFormatError(
+            path,
+            f"the {what} has the wrong dtype",
+            expected=" or ".join(names[k] for k in kinds),
+            found=str(array.dtype),
+            fix="the file does not match this layout; re-create it",
+        )
     return array
 
 
-def check_labels(labels: np.ndarray, path: Path | str, what: str, num_classes: int,
-                 ignore: tuple[int, ...] = ()) -> None:
+def check_labels(
+    labels: np.ndarray, path: Path | str, what: str, num_classes: int, ignore: tuple[int, ...] = ()
+) -> None:
     """Every label is in [0, num_classes) or one of ``ignore``."""
     valid = (labels >= 0) & (labels < num_classes)
     for value in ignore:
@@ -88,19 +114,32 @@ def check_labels(labels: np.ndarray, path: Path | str, what: str, num_classes: i
     if not valid.all():
         bad = np.unique(labels[~valid])[:5].tolist()
         allowed = f"0..{num_classes - 1}" + (f" or {', '.join(map(str, ignore))}" if ignore else "")
-        raise DataFormatError(path, f"the {what} has labels out of range", expected=allowed,
-                              found=f"{int((~valid).sum())} pixels with values such as {bad}",
-                              fix="check the class mapping of this file or re-create it")
+        raise DataFormatError(
+            path,
+            f"the {what} has labels out of range",
+            expected=allowed,
+            found=f"{int((~valid).sum())} pixels with values such as {bad}",
+            fix="check the class mapping of this file or re-create it",
+        )
 
 
-def check_finite(array: np.ndarray, path: Path | str, what: str, low: float | None = None,
-                 high: float | None = None) -> None:
+def check_finite(
+    array: np.ndarray, path: Path | str, what: str, low: float | None = None, high: float | None = None
+) -> None:
     if not np.isfinite(array).all():
-        raise DataFormatError(path, f"the {what} has NaN or infinite values",
-                              expected="finite numbers", found=f"{int((~np.isfinite(array)).sum())} bad values")
+        raise DataFormatError(
+            path,
+            f"the {what} has NaN or infinite values",
+            expected="finite numbers",
+            found=f"{int((~np.isfinite(array)).sum())} bad values",
+        )
     if (low is not None and array.min() < low) or (high is not None and array.max() > high):
-        raise DataFormatError(path, f"the {what} is out of range", expected=f"values in [{low}, {high}]",
-                              found=f"values in [{array.min():.4g}, {array.max():.4g}]")
+        raise DataFormatError(
+            path,
+            f"the {what} is out of range",
+            expected=f"values in [{low}, {high}]",
+            found=f"values in [{array.min():.4g}, {array.max():.4g}]",
+        )
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -13,8 +13,14 @@ from mtbench.errors import DataFormatError, DatasetNotFoundError
 from mtbench.registry import Registry
 
 LAYOUTS: Registry[type[Reader]] = Registry("layout")
-for _reader in (MtanReader, NyudMtReader, NyuParquetReader, CelebaOfficialReader, CelebaParquetReader,
-                ArrowCacheReader):
+for _reader in (
+    MtanReader,
+    NyudMtReader,
+    NyuParquetReader,
+    CelebaOfficialReader,
+    CelebaParquetReader,
+    ArrowCacheReader,
+):
     LAYOUTS.register(_reader.layout, _reader)
 
 
@@ -26,17 +32,23 @@ def detect_layout(family: str, root: Path) -> type[Reader]:
     """The reader class whose layout ``root`` has, among the layouts of ``family``."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DatasetNotFoundError(f"no data set folder at {root}", expected="an existing folder",
-                                   found="nothing" if not root.exists() else "a file",
-                                   fix="check the path, or create a synthetic stand-in with `mtbench data synth`")
+        raise DatasetNotFoundError(
+            f"no data set folder at {root}",
+            expected="an existing folder",
+            found="nothing" if not root.exists() else "a file",
+            fix="check the path, or create a synthetic stand-in with `mtbench data synth`",
+        )
     candidates = layouts_of(family)
     for cls in candidates:
         if cls.detect(root) and (cls is not ArrowCacheReader or ArrowCacheReader.family_of(root) == family):
             return cls
-    raise DataFormatError(root, f"no known {family} layout found",
-                          expected="one of: " + "; ".join(f"{c.layout} ({c.describe()})" for c in candidates),
-                          found=", ".join(sorted(p.name for p in root.iterdir())[:10]) or "an empty folder",
-                          fix="point --root at the data set's top folder, or name --layout")
+    raise DataFormatError(
+        root,
+        f"no known {family} layout found",
+        expected="one of: " + "; ".join(f"{c.layout} ({c.describe()})" for c in candidates),
+        found=", ".join(sorted(p.name for p in root.iterdir())[:10]) or "an empty folder",
+        fix="point --root at the data set's top folder, or name --layout",
+    )
 
 
 def open_reader(family: str, root: str | Path, layout: str | None = None, **options: Any) -> Reader:

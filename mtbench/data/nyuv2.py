@@ -6,19 +6,28 @@ so the same readers users run on real data are exercised end to end.
 
 from __future__ import annotations
 
-import re
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from mtbench.data.constants import NYU13_CLASSES, NYU40_CLASSES
-from mtbench.data.io import (check_array, quiet_datasets, check_finite, check_labels, load_image, load_npy,
-                             require_dir, require_file, save_npy)
+from mtbench.data.io import (
+    check_array,
+    check_finite,
+    check_labels,
+    load_image,
+    load_npy,
+    quiet_datasets,
+    require_dir,
+    require_file,
+    save_npy,
+)
+from mtbench.data.parquet import ParquetReader, parquet_split_files
 from mtbench.data.reader import Reader, label_edges, to_chw_image
 from mtbench.errors import DataFormatError
 
@@ -34,16 +43,23 @@ def _check_normals(normal: np.ndarray, path: Path | str) -> None:
     norm = np.linalg.norm(normal, axis=-1)
     bad = (norm > 0) & (np.abs(norm - 1.0) > NORMAL_TOLERANCE)
     if bad.any():
-        raise DataFormatError(path, "surface normals are not unit vectors",
-                              expected=f"‖n‖ = 1 ± {NORMAL_TOLERANCE} or all-zero (invalid)",
-                              found=f"{int(bad.sum())} pixels with ‖n‖ in [{norm[bad].min():.3f}, {norm[bad].max():.3f}]")
+        raise DataFormatError(
+            path,
+            "surface normals are not unit vectors",
+            expected=f"‖n‖ = 1 ± {NORMAL_TOLERANCE} or all-zero (invalid)",
+            found=f"{int(bad.sum())} pixels with ‖n‖ in [{norm[bad].min():.3f}, {norm[bad].max():.3f}]",
+        )
 
 
 def _labels_to_int(labels: np.ndarray, path: Path | str, what: str) -> np.ndarray:
     if labels.dtype.kind == "f":
         if not np.isfinite(labels).all() or not np.equal(np.round(labels), labels).all():
-            raise DataFormatError(path, f"the {what} holds non-integer values",
-                                  expected="integral class ids", found="fractional or NaN values")
+            raise DataFormatError(
+                path,
+                f"the {what} holds non-integer values",
+                expected="integral class ids",
+                found="fractional or NaN values",
+            )
     return labels.astype(np.int64)
 
 
@@ -58,10 +74,13 @@ class MtanReader(Reader):
     family: ClassVar[str] = "nyuv2"
     title: ClassVar[str] = "NYU-v2 MTAN (.npy tree)"
     target_sources: ClassVar[dict[str, str]] = {
-        "semantic13": "label", "depth": "depth", "normal": "normal", "edge": "label"}
+        "semantic13": "label",
+        "depth": "depth",
+        "normal": "normal",
+        "edge": "label",
+    }
     SPLITS: ClassVar[tuple[str, ...]] = ("train", "val")
-    FOLDERS: ClassVar[dict[str, str]] = {"image": "image", "label": "label", "depth": "depth",
-                                         "normal": "normal"}
+    FOLDERS: ClassVar[dict[str, str]] = {"image": "image", "label": "label", "depth": "depth", "normal": "normal"}
 
     @classmethod
     def detect(cls, root: Path) -> bool:
@@ -103,8 +122,9 @@ class MtanReader(Reader):
         if target in ("semantic13", "edge"):
             path = self._path(split, index, "label")
             require_dir(path.parent, "semantic labels")
-            labels = check_array(load_npy(path, "semantic labels"), path, "semantic labels",
-                                 shape=(None, None), kinds="fiu")
+            labels = check_array(
+                load_npy(path, "semantic labels"), path, "semantic labels", shape=(None, None), kinds="fiu"
+            )
             labels = _labels_to_int(labels, path, "semantic labels")
             check_labels(labels, path, "semantic labels", len(NYU13_CLASSES), ignore=(-1,))
             return labels if target == "semantic13" else label_edges(labels)
@@ -116,8 +136,9 @@ class MtanReader(Reader):
             return np.ascontiguousarray(np.moveaxis(depth.astype(np.float32), -1, 0))
         path = self._path(split, index, "normal")
         require_dir(path.parent, "surface normals")
-        normal = check_array(load_npy(path, "surface normals"), path, "surface normals",
-                             shape=(None, None, 3), kinds="f")
+        normal = check_array(
+            load_npy(path, "surface normals"), path, "surface normals", shape=(None, None, 3), kinds="f"
+        )
         _check_normals(normal, path)
         return np.ascontiguousarray(np.moveaxis(normal.astype(np.float32), -1, 0))
 
@@ -140,7 +161,11 @@ class NyudMtReader(Reader):
     title: ClassVar[str] = "NYU-v2 NYUD-MT (jpg/png/npy tree)"
     stores_uint8_images: ClassVar[bool] = True
     target_sources: ClassVar[dict[str, str]] = {
-        "semantic40": "segmentation", "depth": "depth", "normal": "normals", "edge": "edge"}
+        "semantic40": "segmentation",
+        "depth": "depth",
+        "normal": "normals",
+        "edge": "edge",
+    }
     SPLITS: ClassVar[tuple[str, ...]] = ("train", "val")
 
     @classmethod
@@ -161,8 +186,12 @@ class NyudMtReader(Reader):
             path = self.root / "gt_sets" / f"{split}.txt"
             names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
             if len(set(names)) != len(names):
-                raise DataFormatError(path, "the split list repeats ids", expected="unique ids",
-                                      found=f"{len(names) - len(set(names))} repeated")
+                raise DataFormatError(
+                    path,
+                    "the split list repeats ids",
+                    expected="unique ids",
+                    found=f"{len(names) - len(set(names))} repeated",
+                )
             ids[split] = names
         return ids
 
@@ -190,8 +219,9 @@ class NyudMtReader(Reader):
         if target == "semantic40":
             path = self.root / "segmentation" / f"{self.sample_ids(split)[index]}.png"
             require_dir(path.parent, "semantic labels")
-            labels = check_array(load_image(path, "semantic labels"), path, "semantic labels",
-                                 shape=(None, None), kinds="u").astype(np.int64)
+            labels = check_array(
+                load_image(path, "semantic labels"), path, "semantic labels", shape=(None, None), kinds="u"
+            ).astype(np.int64)
             check_labels(labels, path, "semantic labels", len(NYU40_CLASSES) + 1)
             return labels - 1  # 0 (unlabeled) -> -1, 1..40 -> 0..39
         if target == "depth":
@@ -217,59 +247,17 @@ class NyudMtReader(Reader):
 
     def files(self) -> Iterator[Path]:
         yield from (self.root / "gt_sets").glob("*.txt")
-        for folder, suffix in (("images", "jpg"), ("segmentation", "png"), ("depth", "npy"),
-                               ("normals", "npy"), ("edge", "npy")):
+        for folder, suffix in (
+            ("images", "jpg"),
+            ("segmentation", "png"),
+            ("depth", "npy"),
+            ("normals", "npy"),
+            ("edge", "npy"),
+        ):
             yield from (self.root / folder).glob(f"*.{suffix}")
 
 
-def parquet_split_files(root: Path) -> dict[str, list[Path]]:
-    """Parquet shards per canonical split: ``**/{split}-*.parquet`` or ``**/{split}/*.parquet``."""
-    canonical = {"train": "train", "val": "val", "validation": "val", "test": "test"}
-    found: dict[str, list[Path]] = {}
-    for path in sorted(root.rglob("*.parquet")):
-        match = re.match(r"([a-z]+)-\d+-of-\d+", path.stem)
-        name = match.group(1) if match else path.parent.name
-        if name in canonical:
-            found.setdefault(canonical[name], []).append(path)
-    return found
-
-
-class ParquetTable:
-    """Lazy access to one split's parquet shards through Hugging Face ``datasets`` (local files only)."""
-
-    def __init__(self, files: list[Path], cache_dir: Path | None = None) -> None:
-        self.files = files
-        self.cache_dir = cache_dir
-        self._formatted: dict[tuple[str, ...], Any] = {}
-
-    @cached_property
-    def dataset(self) -> Any:
-        import datasets
-
-        quiet_datasets()
-
-        try:
-            return datasets.Dataset.from_parquet([str(f) for f in self.files],
-                                                 cache_dir=str(self.cache_dir) if self.cache_dir else None)
-        except Exception as exc:
-            raise DataFormatError(self.files[0].parent, f"cannot read parquet shards: {exc}",
-                                  expected="readable parquet files", found=", ".join(f.name for f in self.files),
-                                  fix="re-copy the shards from the mirror") from None
-
-    def row(self, index: int, columns: tuple[str, ...]) -> dict[str, Any]:
-        if columns not in self._formatted:
-            missing = [c for c in columns if c not in self.dataset.column_names]
-            if missing:
-                raise DataFormatError(self.files[0], f"parquet shards lack column {missing[0]!r}",
-                                      expected=", ".join(columns), found=", ".join(self.dataset.column_names))
-            self._formatted[columns] = self.dataset.select_columns(list(columns)).with_format("numpy")
-        return self._formatted[columns][index]
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-
-class NyuParquetReader(Reader):
+class NyuParquetReader(ParquetReader):
     """Hugging Face mirror ``tanganke/nyuv2`` as local parquet shards (``data/{train,val}-*.parquet``):
     columns ``image`` (3×H×W float32), ``segmentation`` (H×W int, 13 classes, -1 ignore), ``depth``
     (1×H×W), ``normal`` (3×H×W). Same content as the MTAN layout; edges derived from labels."""
@@ -278,12 +266,13 @@ class NyuParquetReader(Reader):
     family: ClassVar[str] = "nyuv2"
     title: ClassVar[str] = "NYU-v2 parquet mirror (tanganke/nyuv2)"
     target_sources: ClassVar[dict[str, str]] = {
-        "semantic13": "segmentation", "depth": "depth", "normal": "normal", "edge": "segmentation"}
+        "semantic13": "segmentation",
+        "depth": "depth",
+        "normal": "normal",
+        "edge": "segmentation",
+    }
 
-    def __init__(self, root: str | Path, cache_dir: Path | None = None) -> None:
-        super().__init__(root)
-        self._tables = {split: ParquetTable(files, cache_dir) for split, files in
-                        parquet_split_files(self.root).items() if split in ("train", "val")}
+    SPLITS: ClassVar[tuple[str, ...]] = ("train", "val")
 
     @classmethod
     def detect(cls, root: Path) -> bool:
@@ -292,17 +281,6 @@ class NyuParquetReader(Reader):
     @classmethod
     def describe(cls) -> str:
         return "parquet shards data/train-*.parquet and data/val-*.parquet"
-
-    def splits(self) -> tuple[str, ...]:
-        return tuple(s for s in ("train", "val") if s in self._tables)
-
-    def sample_ids(self, split: str) -> list[str]:
-        self.check_split(split)
-        return [str(i) for i in range(len(self._tables[split]))]
-
-    def _cell(self, split: str, index: int, column: str) -> tuple[str, np.ndarray]:
-        where = f"{self._tables[split].files[0].parent}/{split}-*.parquet row {index} column {column}"
-        return where, np.asarray(self._tables[split].row(index, (column,))[column])
 
     def _read_image(self, split: str, index: int) -> np.ndarray:
         where, image = self._cell(split, index, "image")
@@ -327,12 +305,9 @@ class NyuParquetReader(Reader):
         _check_normals(np.moveaxis(normal, 0, -1), where)
         return normal.astype(np.float32)
 
-    def files(self) -> Iterator[Path]:
-        for table in self._tables.values():
-            yield from table.files
-
 
 # --- writers (real layouts) -----------------------------------------------------------------------
+
 
 def write_mtan(root: Path, split: str, index: int, sample: RawNyuSample) -> None:
     """One sample in the MTAN layout (float32 image in [0,1], float32 labels with -1, HWC)."""
@@ -365,22 +340,28 @@ def write_parquet(root: Path, split: str, samples: Iterable[RawNyuSample], heigh
 
     quiet_datasets()
 
-    features = datasets.Features({
-        "image": datasets.Array3D((3, height, width), "float32"),
-        "segmentation": datasets.Array2D((height, width), "int64"),
-        "depth": datasets.Array3D((1, height, width), "float32"),
-        "normal": datasets.Array3D((3, height, width), "float32"),
-    })
+    features = datasets.Features(
+        {
+            "image": datasets.Array3D((3, height, width), "float32"),
+            "segmentation": datasets.Array2D((height, width), "int64"),
+            "depth": datasets.Array3D((1, height, width), "float32"),
+            "normal": datasets.Array3D((3, height, width), "float32"),
+        }
+    )
 
     def rows() -> Iterator[dict[str, np.ndarray]]:
         for sample in samples:
-            yield {"image": np.moveaxis(sample["image"].astype(np.float32), -1, 0),
-                   "segmentation": sample["semantic13"].astype(np.int64),
-                   "depth": sample["depth"].astype(np.float32)[None],
-                   "normal": np.moveaxis(sample["normal"].astype(np.float32), -1, 0)}
+            yield {
+                "image": np.moveaxis(sample["image"].astype(np.float32), -1, 0),
+                "segmentation": sample["semantic13"].astype(np.int64),
+                "depth": sample["depth"].astype(np.float32)[None],
+                "normal": np.moveaxis(sample["normal"].astype(np.float32), -1, 0),
+            }
 
     path = root / "data" / f"{split}-00000-of-00001.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mtbench-parquet-") as scratch:  # never reuse HF's cache
-        datasets.Dataset.from_generator(rows, features=features, cache_dir=scratch, fingerprint=uuid.uuid4().hex).to_parquet(str(path))
+        datasets.Dataset.from_generator(
+            rows, features=features, cache_dir=scratch, fingerprint=uuid.uuid4().hex
+        ).to_parquet(str(path))
     return require_file(path, "parquet shard")

@@ -62,13 +62,19 @@ class Reader(ABC):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DatasetNotFoundError(
-                f"no data set folder at {self.root}", expected=f"a folder in the {self.title} layout",
+                f"no data set folder at {self.root}",
+                expected=f"a folder in the {self.title} layout",
                 found="nothing" if not self.root.exists() else "a file",
-                fix="check the path, or create a synthetic stand-in with `mtbench data synth`")
+                fix="check the path, or create a synthetic stand-in with `mtbench data synth`",
+            )
         if not self.detect(self.root):
-            raise DataFormatError(self.root, f"not a {self.title} folder", expected=self.describe(),
-                                  found=", ".join(sorted(p.name for p in self.root.iterdir())[:10]) or "an empty folder",
-                                  fix="point --root at the top folder of the data set")
+            raise DataFormatError(
+                self.root,
+                f"not a {self.title} folder",
+                expected=self.describe(),
+                found=", ".join(sorted(p.name for p in self.root.iterdir())[:10]) or "an empty folder",
+                fix="point --root at the top folder of the data set",
+            )
 
     # --- what subclasses provide -------------------------------------------------------------
     @classmethod
@@ -114,24 +120,31 @@ class Reader(ABC):
 
     def check_split(self, split: str) -> None:
         if split not in self.splits():
-            raise DatasetNotFoundError(f"split {split!r} not found in {self.root}",
-                                       expected=" or ".join(self.splits()), found=repr(split))
+            raise DatasetNotFoundError(
+                f"split {split!r} not found in {self.root}", expected=" or ".join(self.splits()), found=repr(split)
+            )
 
     def read(self, split: str, index: int, targets: Collection[str] = ()) -> Sample:
         """The image and the requested targets of sample ``index`` of ``split``; nothing else is read."""
         unknown = [t for t in targets if t not in self.target_sources]
         if unknown:
-            raise DataFormatError(self.root, f"the {self.title} layout has no target {unknown[0]!r}",
-                                  expected=", ".join(self.targets()), found=", ".join(unknown))
+            raise DataFormatError(
+                self.root,
+                f"the {self.title} layout has no target {unknown[0]!r}",
+                expected=", ".join(self.targets()),
+                found=", ".join(unknown),
+            )
         sample: Sample = {"image": self._read_image(split, index)}
         height, width = sample["image"].shape[1:]
         for target in targets:
             value = self._read_target(split, index, target)
             if value.ndim >= 2 and value.shape[-2:] != (height, width):
                 raise DataFormatError(
-                    self.locate(split, index, target), f"{target} of sample {self.sample_ids(split)[index]} "
-                    f"({split}) does not match its image size", expected=f"{height}×{width}",
-                    found="×".join(map(str, value.shape[-2:])))
+                    self.locate(split, index, target),
+                    f"{target} of sample {self.sample_ids(split)[index]} ({split}) does not match its image size",
+                    expected=f"{height}×{width}",
+                    found="×".join(map(str, value.shape[-2:])),
+                )
             sample[target] = value
         return sample
 
@@ -153,9 +166,14 @@ class Reader(ABC):
         kind = "given" if fingerprint else ("sha256-content" if content else "sha256-listing")
         return DatasetIdentity(
             dataset=manifest["dataset"] if manifest else self.family,
-            family=self.family, layout=self.layout, root=str(self.root.resolve()),
-            synthetic=manifest is not None, generator=manifest,
-            fingerprint=fingerprint or self.fingerprint(content=content), fingerprint_kind=kind)
+            family=self.family,
+            layout=self.layout,
+            root=str(self.root.resolve()),
+            synthetic=manifest is not None,
+            generator=manifest,
+            fingerprint=fingerprint or self.fingerprint(content=content),
+            fingerprint_kind=kind,
+        )
 
 
 def to_chw_image(array: np.ndarray) -> np.ndarray:

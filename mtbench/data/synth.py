@@ -38,8 +38,12 @@ def _staging(out: Path, overwrite: bool) -> Path:
     out = Path(out)
     occupied = out.is_file() or (out.is_dir() and any(out.iterdir()))
     if occupied and not overwrite:
-        raise ConfigError(f"{out} already exists and is not empty", expected="a new or empty folder",
-                              found=str(out), fix="choose another --out, or pass --overwrite")
+        raise ConfigError(
+            f"{out} already exists and is not empty",
+            expected="a new or empty folder",
+            found=str(out),
+            fix="choose another --out, or pass --overwrite",
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
 
@@ -53,21 +57,43 @@ def _publish(staging: Path, out: Path) -> Path:
     return out
 
 
-def _manifest(dataset: str, generator: str, version: str, seed: int, layout: str, splits: dict[str, int],
-              **options: Any) -> dict[str, Any]:
-    return {"dataset": dataset, "synthetic": True, "generator": generator, "generator_version": version,
-            "seed": seed, "layout": layout, "splits": splits, "mtbench_version": mtbench.__version__, **options}
+def _manifest(
+    dataset: str, generator: str, version: str, seed: int, layout: str, splits: dict[str, int], **options: Any
+) -> dict[str, Any]:
+    return {
+        "dataset": dataset,
+        "synthetic": True,
+        "generator": generator,
+        "generator_version": version,
+        "seed": seed,
+        "layout": layout,
+        "splits": splits,
+        "mtbench_version": mtbench.__version__,
+        **options,
+    }
 
 
-def generate_nyuv2(out: Path, *, n: int = 1000, seed: int = 0, layout: str = "nyuv2-mtan", height: int = 96,
-                   width: int = 128, overwrite: bool = False, progress: Progress = None) -> Path:
+def generate_nyuv2(
+    out: Path,
+    *,
+    n: int = 1000,
+    seed: int = 0,
+    layout: str = "nyuv2-mtan",
+    height: int = 96,
+    width: int = 128,
+    overwrite: bool = False,
+    progress: Progress = None,
+) -> Path:
     """Write ``n`` ray-cast NYU-like scenes (75 % train, 25 % val) in ``layout``."""
     from mtbench.data import synth_nyuv2
     from mtbench.data.nyuv2 import write_mtan, write_nyudmt, write_parquet
 
     if layout not in ("nyuv2-mtan", "nyuv2-nyudmt", "nyuv2-parquet"):
-        raise ConfigError(f"nyuv2-synth cannot be written as {layout!r}",
-                          expected="nyuv2-mtan, nyuv2-nyudmt or nyuv2-parquet", found=layout)
+        raise ConfigError(
+            f"nyuv2-synth cannot be written as {layout!r}",
+            expected="nyuv2-mtan, nyuv2-nyudmt or nyuv2-parquet",
+            found=layout,
+        )
     if n < 2:
         raise ConfigError("too few samples", expected="--n of at least 2 (one per split)", found=str(n))
     out = Path(out)
@@ -81,8 +107,17 @@ def generate_nyuv2(out: Path, *, n: int = 1000, seed: int = 0, layout: str = "ny
             nonlocal done
             for i in range(splits[split]):
                 scene = synth_nyuv2.render_scene(_sample_rng(seed, offset + i), height, width)
-                yield i, {"image": scene.image, "semantic13": scene.semantic13, "semantic40": scene.semantic40,
-                          "depth": scene.depth, "normal": scene.normal, "edge": scene.edge}
+                yield (
+                    i,
+                    {
+                        "image": scene.image,
+                        "semantic13": scene.semantic13,
+                        "semantic40": scene.semantic40,
+                        "depth": scene.depth,
+                        "normal": scene.normal,
+                        "edge": scene.edge,
+                    },
+                )
                 done += 1
                 if progress:
                     progress(done, n)
@@ -95,25 +130,46 @@ def generate_nyuv2(out: Path, *, n: int = 1000, seed: int = 0, layout: str = "ny
                 write = write_mtan if layout == "nyuv2-mtan" else write_nyudmt
                 for i, sample in samples(split, offsets[split]):
                     write(staging, split, i, sample)
-        atomic_write_json(staging / SYNTH_MANIFEST, _manifest(
-            "nyuv2-synth", "mtbench.data.synth_nyuv2", synth_nyuv2.GENERATOR_VERSION, seed, layout, splits,
-            height=height, width=width))
+        atomic_write_json(
+            staging / SYNTH_MANIFEST,
+            _manifest(
+                "nyuv2-synth",
+                "mtbench.data.synth_nyuv2",
+                synth_nyuv2.GENERATOR_VERSION,
+                seed,
+                layout,
+                splits,
+                height=height,
+                width=width,
+            ),
+        )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return _publish(staging, out)
 
 
-def generate_celebamask(out: Path, *, n: int = 1000, seed: int = 0, layout: str = "celebamask-official",
-                        image_size: int = 128, mask_size: int = 64, overwrite: bool = False,
-                        progress: Progress = None) -> Path:
+def generate_celebamask(
+    out: Path,
+    *,
+    n: int = 1000,
+    seed: int = 0,
+    layout: str = "celebamask-official",
+    image_size: int = 128,
+    mask_size: int = 64,
+    overwrite: bool = False,
+    progress: Progress = None,
+) -> Path:
     """Write ``n`` parametric faces; splits follow CelebA-HQ's proportions through the mapping file."""
     from mtbench.data import synth_celebamask
     from mtbench.data.celebamask import CelebaOfficialWriter, write_celeba_parquet
 
     if layout not in ("celebamask-official", "celebamask-parquet"):
-        raise ConfigError(f"celebamask-synth cannot be written as {layout!r}",
-                          expected="celebamask-official or celebamask-parquet", found=layout)
+        raise ConfigError(
+            f"celebamask-synth cannot be written as {layout!r}",
+            expected="celebamask-official or celebamask-parquet",
+            found=layout,
+        )
     if n < 3:
         raise ConfigError("too few samples", expected="--n of at least 3 (one per split)", found=str(n))
     out = Path(out)
@@ -142,14 +198,29 @@ def generate_celebamask(out: Path, *, n: int = 1000, seed: int = 0, layout: str 
             rendered = list(faces)
             for s, name in enumerate(names):
                 members = [k for k in range(n) if assignment[k] == s]
-                write_celeba_parquet(staging, name, (
-                    (rendered[k].image, synth_celebamask.combine_parts(rendered[k].parts, mask_size))
-                    for k in members))
+                write_celeba_parquet(
+                    staging,
+                    name,
+                    (
+                        (rendered[k].image, synth_celebamask.combine_parts(rendered[k].parts, mask_size))
+                        for k in members
+                    ),
+                )
                 if progress:
-                    progress(sum(splits[x] for x in names[:s + 1]), n)
-        atomic_write_json(staging / SYNTH_MANIFEST, _manifest(
-            "celebamask-synth", "mtbench.data.synth_celebamask", synth_celebamask.GENERATOR_VERSION, seed, layout,
-            splits, image_size=image_size, mask_size=mask_size))
+                    progress(sum(splits[x] for x in names[: s + 1]), n)
+        atomic_write_json(
+            staging / SYNTH_MANIFEST,
+            _manifest(
+                "celebamask-synth",
+                "mtbench.data.synth_celebamask",
+                synth_celebamask.GENERATOR_VERSION,
+                seed,
+                layout,
+                splits,
+                image_size=image_size,
+                mask_size=mask_size,
+            ),
+        )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -240,7 +240,7 @@ class _Params:
 
 def _sample_params(rng: np.random.Generator, a: dict[str, bool], min_res: int) -> _Params:
     """Turns attributes into geometry/colour parameters (all random draws happen here)."""
-    male, young, smiling = a["Male"], a["Young"], a["Smiling"]
+    male, smiling = a["Male"], a["Smiling"]
     p = _Params(attrs=a, male=male)
     p.scale = _u(rng, 0.23, 0.27)  # half face width as a fraction of the canvas
     p.cx = 0.5 + _u(rng, -0.03, 0.03)
@@ -414,8 +414,11 @@ def _sample_params(rng: np.random.Generator, a: dict[str, bool], min_res: int) -
     else:
         lip = _lerp(p.skin, _rgb(185, 92, 92), 0.45) * 0.92
     p.lip = _jitter(rng, lip, 6)
-    p.iris = _jitter(rng, _pick(rng, (_rgb(90, 55, 30), _rgb(45, 30, 22), _rgb(80, 120, 170),
-                                      _rgb(90, 120, 70), _rgb(130, 100, 50))), 10)
+    p.iris = _jitter(
+        rng,
+        _pick(rng, (_rgb(90, 55, 30), _rgb(45, 30, 22), _rgb(80, 120, 170), _rgb(90, 120, 70), _rgb(130, 100, 50))),
+        10,
+    )
     p.shadow_col = _pick(rng, (_rgb(125, 70, 115), _rgb(95, 62, 48), _rgb(70, 92, 140)))
     p.bg0 = rng.uniform(20, 235, 3).astype(np.float32)
     p.bg1 = np.clip(p.bg0 + rng.uniform(-70, 70, 3), 0, 255).astype(np.float32)
@@ -472,7 +475,7 @@ def _geometry(p: _Params, res: int) -> dict[str, Any]:
     xa = AX * (1.0 / p.fa)
     upper = xa * xa + yt * yt <= 1.0
     xt = xa / (1.0 - p.taper * np.minimum(yb, 1.0))
-    lower = xt ** p.fp + yb ** p.fp <= 1.0
+    lower = xt**p.fp + yb**p.fp <= 1.0
     face = np.where(Y < 0, upper, lower)
     g["face"] = face
 
@@ -503,10 +506,10 @@ def _geometry(p: _Params, res: int) -> dict[str, Any]:
     yc = p.my0 - p.mamp * xm * xm
     dy = Y - yc
     sq = np.sqrt(q)
-    tu = p.tu0 * sq * (1.0 - 0.3 * np.exp(-(X * 20.0) ** 2))
+    tu = p.tu0 * sq * (1.0 - 0.3 * np.exp(-((X * 20.0) ** 2)))
     tl = p.tl0 * sq
     if p.g0 > 0:
-        gap = p.g0 * q ** 0.7
+        gap = p.g0 * q**0.7
         mouth = inr & (np.abs(dy) < gap)
     else:
         gap = 0.0
@@ -591,20 +594,46 @@ def _geometry(p: _Params, res: int) -> dict[str, Any]:
     lab = _LABEL
     L = np.zeros((res, res), dtype=np.uint8)
     order = [
-        ("hair", hair_back), ("neck", neck), ("cloth", cloth), ("neck_l", neck_l),
-        ("l_ear", ears & left), ("r_ear", ears & ~left), ("skin", face), ("nose", nose),
-        ("eye_g", lens), ("l_eye", eyes & left), ("r_eye", eyes & ~left),
-        ("l_brow", brows & left), ("r_brow", brows & ~left), ("mouth", mouth),
-        ("u_lip", u_lip), ("l_lip", l_lip), ("hair", hair_front), ("hat", hat),
-        ("eye_g", frames), ("ear_r", ear_r),
+        ("hair", hair_back),
+        ("neck", neck),
+        ("cloth", cloth),
+        ("neck_l", neck_l),
+        ("l_ear", ears & left),
+        ("r_ear", ears & ~left),
+        ("skin", face),
+        ("nose", nose),
+        ("eye_g", lens),
+        ("l_eye", eyes & left),
+        ("r_eye", eyes & ~left),
+        ("l_brow", brows & left),
+        ("r_brow", brows & ~left),
+        ("mouth", mouth),
+        ("u_lip", u_lip),
+        ("l_lip", l_lip),
+        ("hair", hair_front),
+        ("hat", hat),
+        ("eye_g", frames),
+        ("ear_r", ear_r),
     ]
     raw: dict[str, np.ndarray] = {}
     for name, m in order:
         L[m] = lab[name]
         raw[name] = raw[name] | m if name in raw else m
-    g.update(L=L, raw=raw, ears=ears, brows=brows, u_lip=u_lip, l_lip=l_lip,
-             hair_back=hair_back, hair_front=hair_front, hat=hat, lens=lens, frames=frames,
-             ear_r=ear_r, neck_l=neck_l)
+    g.update(
+        L=L,
+        raw=raw,
+        ears=ears,
+        brows=brows,
+        u_lip=u_lip,
+        l_lip=l_lip,
+        hair_back=hair_back,
+        hair_front=hair_front,
+        hat=hat,
+        lens=lens,
+        frames=frames,
+        ear_r=ear_r,
+        neck_l=neck_l,
+    )
     return g
 
 
@@ -665,7 +694,7 @@ def _box_blur(img: np.ndarray, r: int) -> np.ndarray:
 def _paint(p: _Params, g: dict[str, Any], rng: np.random.Generator, res: int) -> np.ndarray:
     """Paints the RGB image (float32 in [0, 255]) from the image-resolution geometry."""
     a = p.attrs
-    X, Y, Xb, Yb, L = g["X"], g["Y"], g["Xb"], g["Yb"], g["L"]
+    X, Y, Xb, Yb = g["X"], g["Y"], g["Xb"], g["Yb"]
     AX = np.abs(X)
     lx, ly, lz = p.light
     u, v = _grid(res)
@@ -743,7 +772,7 @@ def _paint(p: _Params, g: dict[str, Any], rng: np.random.Generator, res: int) ->
     if a["Smiling"] or not a["Young"]:
         y0, y1 = p.nbot - 0.06, p.my0 + 0.08
         tf = np.clip((Y - y0) / (y1 - y0), 0, 1)
-        xf = p.nwb + 0.06 + (p.mw + 0.06 - p.nwb - 0.06) * tf ** 0.8 + 0.05 * np.sin(tf * math.pi)
+        xf = p.nwb + 0.06 + (p.mw + 0.06 - p.nwb - 0.06) * tf**0.8 + 0.05 * np.sin(tf * math.pi)
         fold = (Y > y0) & (Y < y1) & (np.abs(AX - xf) < 1.3 * line_w)
         folds += (0.25 if a["Smiling"] else 0.15) * fold
     if folds.any():
@@ -796,7 +825,7 @@ def _paint(p: _Params, g: dict[str, Any], rng: np.random.Generator, res: int) ->
             _fill(img, mouth & (dy < -0.25 * gap), _rgb(236, 232, 222))
     lshade = shade * (1.0 + (0.25 if a["Wearing_Lipstick"] else 0.1) * np.clip(tex, -1, 1) * 0.1)
     _fill(img, g["u_lip"], p.lip * 0.85, lshade)
-    _fill(img, g["l_lip"], p.lip, lshade * (1.0 + 0.12 * np.exp(-((dy - gap - 0.4 * p.tl0) / (0.3 * p.tl0)) ** 2)))
+    _fill(img, g["l_lip"], p.lip, lshade * (1.0 + 0.12 * np.exp(-(((dy - gap - 0.4 * p.tl0) / (0.3 * p.tl0)) ** 2))))
 
     # hair (front), hat, glasses, earrings
     if p.hstyle != "none":

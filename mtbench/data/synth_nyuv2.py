@@ -91,44 +91,83 @@ _C40 = {name: i + 1 for i, name in enumerate(NYU40_CLASSES)}
 
 # 40-class name -> 13-class name for every 40-class label this generator emits.
 _NYU40_TO_13: dict[str, str] = {
-    "wall": "wall", "floor": "floor", "ceiling": "ceiling", "floor mat": "floor",
-    "bed": "bed", "sofa": "sofa", "table": "table", "desk": "table", "chair": "chair",
-    "cabinet": "furniture", "dresser": "furniture", "bookshelf": "furniture",
-    "shelves": "furniture", "night stand": "furniture", "books": "books",
-    "lamp": "objects", "box": "objects", "pillow": "objects", "otherprop": "objects",
-    "bag": "objects", "window": "window", "blinds": "window", "curtain": "window",
-    "picture": "picture", "television": "tv",
+    "wall": "wall",
+    "floor": "floor",
+    "ceiling": "ceiling",
+    "floor mat": "floor",
+    "bed": "bed",
+    "sofa": "sofa",
+    "table": "table",
+    "desk": "table",
+    "chair": "chair",
+    "cabinet": "furniture",
+    "dresser": "furniture",
+    "bookshelf": "furniture",
+    "shelves": "furniture",
+    "night stand": "furniture",
+    "books": "books",
+    "lamp": "objects",
+    "box": "objects",
+    "pillow": "objects",
+    "otherprop": "objects",
+    "bag": "objects",
+    "window": "window",
+    "blinds": "window",
+    "curtain": "window",
+    "picture": "picture",
+    "television": "tv",
 }
 
 # Base albedos (linear RGB) per 40-class name; one is drawn and jittered per primitive.
 _PALETTE: dict[str, tuple[tuple[float, float, float], ...]] = {
-    "wall": ((0.80, 0.78, 0.72), (0.72, 0.74, 0.76), (0.78, 0.72, 0.60), (0.62, 0.70, 0.66),
-             (0.66, 0.70, 0.80), (0.82, 0.76, 0.70), (0.60, 0.56, 0.50)),
+    "wall": (
+        (0.80, 0.78, 0.72),
+        (0.72, 0.74, 0.76),
+        (0.78, 0.72, 0.60),
+        (0.62, 0.70, 0.66),
+        (0.66, 0.70, 0.80),
+        (0.82, 0.76, 0.70),
+        (0.60, 0.56, 0.50),
+    ),
     "ceiling": ((0.85, 0.85, 0.83), (0.80, 0.79, 0.74), (0.74, 0.75, 0.77)),
-    "floor": ((0.50, 0.34, 0.20), (0.62, 0.46, 0.30), (0.42, 0.40, 0.38), (0.66, 0.62, 0.55),
-              (0.34, 0.24, 0.16), (0.55, 0.52, 0.46)),
+    "floor": (
+        (0.50, 0.34, 0.20),
+        (0.62, 0.46, 0.30),
+        (0.42, 0.40, 0.38),
+        (0.66, 0.62, 0.55),
+        (0.34, 0.24, 0.16),
+        (0.55, 0.52, 0.46),
+    ),
     "floor mat": ((0.60, 0.20, 0.18), (0.20, 0.30, 0.55), (0.70, 0.62, 0.45), (0.30, 0.45, 0.30)),
-    "bed": ((0.85, 0.85, 0.85), (0.35, 0.45, 0.70), (0.70, 0.35, 0.35), (0.50, 0.62, 0.45),
-            (0.80, 0.72, 0.55)),
-    "sofa": ((0.35, 0.35, 0.38), (0.45, 0.28, 0.18), (0.22, 0.28, 0.45), (0.35, 0.45, 0.32),
-             (0.70, 0.64, 0.52), (0.55, 0.18, 0.18)),
-    "table": ((0.55, 0.38, 0.22), (0.40, 0.26, 0.15), (0.82, 0.80, 0.76), (0.18, 0.17, 0.16),
-              (0.68, 0.55, 0.38)),
+    "bed": ((0.85, 0.85, 0.85), (0.35, 0.45, 0.70), (0.70, 0.35, 0.35), (0.50, 0.62, 0.45), (0.80, 0.72, 0.55)),
+    "sofa": (
+        (0.35, 0.35, 0.38),
+        (0.45, 0.28, 0.18),
+        (0.22, 0.28, 0.45),
+        (0.35, 0.45, 0.32),
+        (0.70, 0.64, 0.52),
+        (0.55, 0.18, 0.18),
+    ),
+    "table": ((0.55, 0.38, 0.22), (0.40, 0.26, 0.15), (0.82, 0.80, 0.76), (0.18, 0.17, 0.16), (0.68, 0.55, 0.38)),
     "desk": ((0.55, 0.38, 0.22), (0.82, 0.80, 0.76), (0.25, 0.24, 0.22), (0.68, 0.55, 0.38)),
-    "chair": ((0.45, 0.30, 0.17), (0.15, 0.15, 0.16), (0.60, 0.60, 0.62), (0.60, 0.20, 0.15),
-              (0.25, 0.35, 0.55)),
+    "chair": ((0.45, 0.30, 0.17), (0.15, 0.15, 0.16), (0.60, 0.60, 0.62), (0.60, 0.20, 0.15), (0.25, 0.35, 0.55)),
     "cabinet": ((0.60, 0.44, 0.28), (0.82, 0.81, 0.78), (0.35, 0.24, 0.15), (0.55, 0.56, 0.58)),
     "dresser": ((0.52, 0.36, 0.22), (0.80, 0.78, 0.74), (0.38, 0.26, 0.18)),
     "night stand": ((0.52, 0.36, 0.22), (0.80, 0.78, 0.74), (0.30, 0.22, 0.15)),
     "bookshelf": ((0.50, 0.35, 0.20), (0.80, 0.79, 0.76), (0.28, 0.20, 0.14)),
     "shelves": ((0.58, 0.42, 0.26), (0.78, 0.78, 0.78), (0.25, 0.25, 0.26)),
-    "books": ((0.60, 0.15, 0.12), (0.15, 0.30, 0.60), (0.80, 0.70, 0.20), (0.20, 0.50, 0.25),
-              (0.85, 0.85, 0.80)),
+    "books": ((0.60, 0.15, 0.12), (0.15, 0.30, 0.60), (0.80, 0.70, 0.20), (0.20, 0.50, 0.25), (0.85, 0.85, 0.80)),
     "lamp": ((0.90, 0.85, 0.70), (0.85, 0.85, 0.85), (0.30, 0.30, 0.30)),
     "box": ((0.60, 0.45, 0.28), (0.75, 0.62, 0.42), (0.80, 0.80, 0.80)),
     "pillow": ((0.88, 0.88, 0.86), (0.75, 0.40, 0.30), (0.40, 0.55, 0.70), (0.80, 0.75, 0.45)),
-    "otherprop": ((0.70, 0.20, 0.20), (0.20, 0.55, 0.30), (0.25, 0.35, 0.70), (0.85, 0.70, 0.25),
-                  (0.55, 0.55, 0.55), (0.15, 0.15, 0.15)),
+    "otherprop": (
+        (0.70, 0.20, 0.20),
+        (0.20, 0.55, 0.30),
+        (0.25, 0.35, 0.70),
+        (0.85, 0.70, 0.25),
+        (0.55, 0.55, 0.55),
+        (0.15, 0.15, 0.15),
+    ),
     "bag": ((0.15, 0.14, 0.13), (0.35, 0.22, 0.12), (0.20, 0.25, 0.40)),
     "window": ((0.90, 0.90, 0.88), (0.75, 0.75, 0.75), (0.40, 0.30, 0.20)),  # frames
     "blinds": ((0.88, 0.86, 0.80), (0.75, 0.70, 0.60), (0.60, 0.62, 0.64)),
@@ -144,6 +183,7 @@ _T_PLAIN, _T_NOISE, _T_STRIPES, _T_CHECKER, _T_PLANKS, _T_BOOKS, _T_GLASS = rang
 # --------------------------------------------------------------------------------------------
 # Primitives
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Prim:
@@ -174,7 +214,8 @@ class _SceneBuilder:
         self.prims: list[_Prim] = []
         # Footprints as axis-aligned (xmin, xmax, ymin, ymax); the camera keeps some room.
         self.foot: list[tuple[float, float, float, float]] = [
-            (cam_xy[0] - 0.6, cam_xy[0] + 0.6, cam_xy[1] - 0.6, cam_xy[1] + 0.6)]
+            (cam_xy[0] - 0.6, cam_xy[0] + 0.6, cam_xy[1] - 0.6, cam_xy[1] + 0.6)
+        ]
         self.supports: list[tuple[np.ndarray, float, float, float, float]] = []
         self.wall_spans: dict[int, list[tuple[float, float, float, float]]] = {1: [], 2: [], 3: []}
 
@@ -208,21 +249,18 @@ class _SceneBuilder:
         ex, ey = c * hw + s * hd, s * hw + c * hd
         return (center[0] - ex, center[0] + ex, center[1] - ey, center[1] + ey)
 
-    def _free(self, box: tuple[float, float, float, float], margin: float = 0.05,
-              skip: int | None = None) -> bool:
+    def _free(self, box: tuple[float, float, float, float], margin: float = 0.05, skip: int | None = None) -> bool:
         X, Y = self.size[0], self.size[1]
         if box[0] < -1e-9 or box[2] < -1e-9 or box[1] > X + 1e-9 or box[3] > Y + 1e-9:
             return False
         for i, o in enumerate(self.foot):
             if i == skip:
                 continue
-            if box[0] < o[1] + margin and o[0] < box[1] + margin and \
-                    box[2] < o[3] + margin and o[2] < box[3] + margin:
+            if box[0] < o[1] + margin and o[0] < box[1] + margin and box[2] < o[3] + margin and o[2] < box[3] + margin:
                 return False
         return True
 
-    def place_against_wall(self, hw: float, hd: float,
-                           tries: int = 20) -> tuple[np.ndarray, float, int] | None:
+    def place_against_wall(self, hw: float, hd: float, tries: int = 20) -> tuple[np.ndarray, float, int] | None:
         """Find a spot with the back of a (2hw x 2hd) footprint against a visible wall."""
         rng = self.rng
         X, Y = self.size[0], self.size[1]
@@ -250,8 +288,9 @@ class _SceneBuilder:
                 return center, yaw, wall
         return None
 
-    def place_free(self, hw: float, hd: float, tries: int = 20,
-                   near: np.ndarray | None = None, spread: float = 1.0) -> tuple[np.ndarray, float] | None:
+    def place_free(
+        self, hw: float, hd: float, tries: int = 20, near: np.ndarray | None = None, spread: float = 1.0
+    ) -> tuple[np.ndarray, float] | None:
         """Find a free spot anywhere on the floor (or near a given point)."""
         rng = self.rng
         X, Y = self.size[0], self.size[1]
@@ -277,16 +316,25 @@ class _SceneBuilder:
             return None
         for _ in range(tries):
             a = rng.uniform(lo, hi)
-            ok = all(not (a - hw < s[1] + 0.1 and s[0] < a + hw + 0.1 and z0 < s[3] and s[2] < z1)
-                     for s in self.wall_spans[wall])
+            ok = all(
+                not (a - hw < s[1] + 0.1 and s[0] < a + hw + 0.1 and z0 < s[3] and s[2] < z1)
+                for s in self.wall_spans[wall]
+            )
             if ok:
                 self.wall_spans[wall].append((a - hw, a + hw, z0, z1))
                 return a
         return None
 
     # ---- composite helpers ----------------------------------------------------------------------
-    def box_local(self, origin: np.ndarray, yaw: float, local: tuple[float, float, float],
-                  half: tuple[float, float, float], name40: str | None, mat: dict) -> None:
+    def box_local(
+        self,
+        origin: np.ndarray,
+        yaw: float,
+        local: tuple[float, float, float],
+        half: tuple[float, float, float],
+        name40: str | None,
+        mat: dict,
+    ) -> None:
         """Box given in a group's local frame (x along width, y to the front, z up)."""
         c, s = math.cos(yaw), math.sin(yaw)
         cx = origin[0] + c * local[0] - s * local[1]
@@ -302,6 +350,7 @@ def _label_or_none(rng: np.random.Generator, name40: str, p_unlabeled: float = 0
 # Furniture
 # --------------------------------------------------------------------------------------------
 
+
 def _add_bed(b: _SceneBuilder) -> None:
     rng = b.rng
     hw, hd = rng.uniform(0.45, 0.95), rng.uniform(0.95, 1.05)
@@ -314,8 +363,7 @@ def _add_bed(b: _SceneBuilder) -> None:
     mat = b.material("bed", _T_NOISE if rng.random() < 0.6 else _T_STRIPES)
     b.box_local(o, yaw, (0.0, 0.03, h / 2), (hw, hd, h / 2), name, mat)
     hh = rng.uniform(0.85, 1.2)
-    b.box_local(o, yaw, (0.0, -hd - 0.01, hh / 2), (hw + 0.03, 0.04, hh / 2), name,
-                b.material("cabinet", _T_PLAIN))
+    b.box_local(o, yaw, (0.0, -hd - 0.01, hh / 2), (hw + 0.03, 0.04, hh / 2), name, b.material("cabinet", _T_PLAIN))
     for k in range(int(rng.integers(0, 3))):
         px = (rng.uniform(-0.5, 0.5) * hw) if hw < 0.6 else (-0.5 + k) * hw
         r = rng.uniform(0.14, 0.2)
@@ -334,8 +382,12 @@ def _add_bed(b: _SceneBuilder) -> None:
         box = b._aabb(center, yaw, ns, ns)
         if b._free(box):
             b.foot.append(box)
-            b.add("box", (np.array([center[0], center[1], nh / 2]), np.array([ns, ns, nh / 2]), yaw),
-                  _label_or_none(rng, "night stand"), b.material("night stand"))
+            b.add(
+                "box",
+                (np.array([center[0], center[1], nh / 2]), np.array([ns, ns, nh / 2]), yaw),
+                _label_or_none(rng, "night stand"),
+                b.material("night stand"),
+            )
             b.supports.append((center, yaw, ns, ns, nh))
             if rng.random() < 0.7:
                 _add_lamp(b, center, nh)
@@ -378,8 +430,12 @@ def _add_sofa(b: _SceneBuilder) -> None:
         r = rng.uniform(0.13, 0.18)
         lx, ly = rng.uniform(-0.6, 0.6) * (hw - arm), -hd + 0.25
         c, s = math.cos(yaw), math.sin(yaw)
-        b.add("sphere", (np.array([o[0] + c * lx - s * ly, o[1] + s * lx + c * ly, sh + r * 0.7]), r),
-              _label_or_none(rng, "pillow"), b.material("pillow"))
+        b.add(
+            "sphere",
+            (np.array([o[0] + c * lx - s * ly, o[1] + s * lx + c * ly, sh + r * 0.7]), r),
+            _label_or_none(rng, "pillow"),
+            b.material("pillow"),
+        )
     # Coffee table in front.
     if rng.random() < 0.55:
         c, s = math.cos(yaw), math.sin(yaw)
@@ -388,8 +444,13 @@ def _add_sofa(b: _SceneBuilder) -> None:
         _add_table(b, near=near, coffee=True, yaw_hint=yaw)
 
 
-def _add_table(b: _SceneBuilder, near: np.ndarray | None = None, coffee: bool = False,
-               yaw_hint: float | None = None, desk: bool = False) -> None:
+def _add_table(
+    b: _SceneBuilder,
+    near: np.ndarray | None = None,
+    coffee: bool = False,
+    yaw_hint: float | None = None,
+    desk: bool = False,
+) -> None:
     rng = b.rng
     if coffee:
         hw, hd, h = rng.uniform(0.4, 0.65), rng.uniform(0.25, 0.4), rng.uniform(0.38, 0.5)
@@ -415,13 +476,18 @@ def _add_table(b: _SceneBuilder, near: np.ndarray | None = None, coffee: bool = 
     leg = rng.uniform(0.02, 0.035)
     if desk and rng.random() < 0.5:  # panel sides instead of legs
         for side in (-1.0, 1.0):
-            b.box_local(o, yaw, (side * (hw - 0.02), 0.0, (h - th) / 2), (0.02, hd - 0.02, (h - th) / 2),
-                        name, mat)
+            b.box_local(o, yaw, (side * (hw - 0.02), 0.0, (h - th) / 2), (0.02, hd - 0.02, (h - th) / 2), name, mat)
     else:
         for sx in (-1.0, 1.0):
             for sy in (-1.0, 1.0):
-                b.box_local(o, yaw, (sx * (hw - leg - 0.03), sy * (hd - leg - 0.03), (h - th) / 2),
-                            (leg, leg, (h - th) / 2), name, mat)
+                b.box_local(
+                    o,
+                    yaw,
+                    (sx * (hw - leg - 0.03), sy * (hd - leg - 0.03), (h - th) / 2),
+                    (leg, leg, (h - th) / 2),
+                    name,
+                    mat,
+                )
     b.supports.append((o, yaw, hw, hd, h))
     table_foot = len(b.foot) - 1
     if not coffee:
@@ -433,8 +499,7 @@ def _add_table(b: _SceneBuilder, near: np.ndarray | None = None, coffee: bool = 
             _add_chair(b, o, yaw, sx * (hw + 0.2), sy * (hd + 0.2), table_foot)
 
 
-def _add_chair(b: _SceneBuilder, t_origin: np.ndarray, t_yaw: float, lx: float, ly: float,
-               table_foot: int) -> None:
+def _add_chair(b: _SceneBuilder, t_origin: np.ndarray, t_yaw: float, lx: float, ly: float, table_foot: int) -> None:
     """Chair facing the table; (lx, ly) is its position in the table's frame."""
     rng = b.rng
     c, s = math.cos(t_yaw), math.sin(t_yaw)
@@ -471,8 +536,9 @@ def _chair_parts(b: _SceneBuilder, center: np.ndarray, yaw: float, hw: float) ->
     leg = rng.uniform(0.015, 0.025)
     for sx in (-1.0, 1.0):
         for sy in (-1.0, 1.0):
-            b.box_local(center, yaw, (sx * (hw - leg), sy * (hw - leg), (sh - st) / 2),
-                        (leg, leg, (sh - st) / 2), name, mat)
+            b.box_local(
+                center, yaw, (sx * (hw - leg), sy * (hw - leg), (sh - st) / 2), (leg, leg, (sh - st) / 2), name, mat
+            )
 
 
 def _add_storage(b: _SceneBuilder) -> None:
@@ -504,8 +570,14 @@ def _add_storage(b: _SceneBuilder) -> None:
             bw = rng.uniform(0.15, 0.9) * hw
             lx = rng.uniform(-hw + bw, hw - bw)
             bh = rng.uniform(0.18, 0.28)
-            b.box_local(o, yaw, (lx, rng.uniform(0.005, 0.03), z0 + bh / 2), (bw, hd, bh / 2),
-                        _label_or_none(rng, "books"), b.material("books", _T_BOOKS))
+            b.box_local(
+                o,
+                yaw,
+                (lx, rng.uniform(0.005, 0.03), z0 + bh / 2),
+                (bw, hd, bh / 2),
+                _label_or_none(rng, "books"),
+                b.material("books", _T_BOOKS),
+            )
     elif h < 1.3:
         b.supports.append((o, yaw, hw, hd, h))
 
@@ -531,8 +603,12 @@ def _add_books_on_support(b: _SceneBuilder) -> None:
     for _ in range(int(rng.integers(1, 4))):
         th = rng.uniform(0.02, 0.06)
         half = np.array([rng.uniform(0.08, 0.15), rng.uniform(0.1, 0.2), th / 2])
-        b.add("box", (np.array([xy[0], xy[1], z + th / 2]), half, yaw + rng.normal(0.0, 0.15)),
-              _label_or_none(rng, "books"), b.material("books", _T_NOISE))
+        b.add(
+            "box",
+            (np.array([xy[0], xy[1], z + th / 2]), half, yaw + rng.normal(0.0, 0.15)),
+            _label_or_none(rng, "books"),
+            b.material("books", _T_NOISE),
+        )
         z += th
 
 
@@ -561,19 +637,26 @@ def _add_object(b: _SceneBuilder) -> None:
     shape = rng.random()
     if name40 == "box" or (name40 == "otherprop" and shape < 0.3):
         half = np.array([rng.uniform(0.08, 0.25), rng.uniform(0.08, 0.25), rng.uniform(0.05, 0.2)]) * scale
-        b.add("box", (np.array([xy[0], xy[1], z + half[2]]), half, yaw),
-              name, b.material(name40, _T_STRIPES if rng.random() < 0.3 else _T_PLAIN))
+        b.add(
+            "box",
+            (np.array([xy[0], xy[1], z + half[2]]), half, yaw),
+            name,
+            b.material(name40, _T_STRIPES if rng.random() < 0.3 else _T_PLAIN),
+        )
     elif shape < 0.65 or name40 == "bag":
         r = rng.uniform(0.08, 0.22) * scale
-        b.add("sphere", (np.array([xy[0], xy[1], z + r * rng.uniform(0.7, 1.0)]), r), name,
-              b.material(name40, _T_NOISE if rng.random() < 0.5 else _T_PLAIN))
+        b.add(
+            "sphere",
+            (np.array([xy[0], xy[1], z + r * rng.uniform(0.7, 1.0)]), r),
+            name,
+            b.material(name40, _T_NOISE if rng.random() < 0.5 else _T_PLAIN),
+        )
     else:
         r, hh = rng.uniform(0.05, 0.18) * scale, rng.uniform(0.15, 0.6) * scale
         b.add("cyl", (xy.copy(), r, z, z + hh), name, b.material(name40))
 
 
-def _wall_frame(b: _SceneBuilder, wall: int, along: float,
-                offset: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _wall_frame(b: _SceneBuilder, wall: int, along: float, offset: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(point on wall plane shifted by offset, inward normal, horizontal axis) for a wall."""
     X, Y = b.size[0], b.size[1]
     if wall == 2:
@@ -615,18 +698,30 @@ def _add_wall_rect(b: _SceneBuilder, what: str) -> None:
         elif v == "blinds":
             p, n, a = _wall_frame(b, wall, along, 0.02)
             p[2] = zc
-            b.add("rect", (p, n, a, up, hw, hh), name,
-                  b.material("blinds", _T_STRIPES, axis=1, period=rng.uniform(0.03, 0.06)))
+            b.add(
+                "rect",
+                (p, n, a, up, hw, hh),
+                name,
+                b.material("blinds", _T_STRIPES, axis=1, period=rng.uniform(0.03, 0.06)),
+            )
         else:
             p, n, a = _wall_frame(b, wall, along, 0.03)
             p[2] = (zc + hh + 0.1 + 0.05) / 2
-            b.add("rect", (p, n, a, up, hw + 0.2, (zc + hh + 0.1 - 0.05) / 2), name,
-                  b.material("curtain", _T_STRIPES, axis=0, period=rng.uniform(0.1, 0.2)))
+            b.add(
+                "rect",
+                (p, n, a, up, hw + 0.2, (zc + hh + 0.1 - 0.05) / 2),
+                name,
+                b.material("curtain", _T_STRIPES, axis=0, period=rng.uniform(0.1, 0.2)),
+            )
     elif what == "picture":
         p, n, a = _wall_frame(b, wall, along, 0.015)
         p[2] = zc
-        b.add("rect", (p, n, a, up, hw, hh), _label_or_none(rng, "picture"), b.material("picture", _T_NOISE,
-              amp=rng.uniform(0.6, 0.9), cell=rng.uniform(0.03, 0.12)))
+        b.add(
+            "rect",
+            (p, n, a, up, hw, hh),
+            _label_or_none(rng, "picture"),
+            b.material("picture", _T_NOISE, amp=rng.uniform(0.6, 0.9), cell=rng.uniform(0.03, 0.12)),
+        )
     else:
         p, n, a = _wall_frame(b, wall, along, 0.03)
         p[2] = zc
@@ -645,13 +740,18 @@ def _add_tv_on_support(b: _SceneBuilder) -> bool:
     center = np.array([o[0] - s * ly, o[1] + c * ly, h + 0.04 + hh])
     name = _label_or_none(rng, "television")
     b.add("box", (center, np.array([hw, 0.03, hh]), yaw), name, b.material("television"))
-    b.add("box", (np.array([center[0], center[1], h + 0.02]), np.array([0.12, 0.08, 0.02]), yaw),
-          name, b.material("television"))
+    b.add(
+        "box",
+        (np.array([center[0], center[1], h + 0.02]), np.array([0.12, 0.08, 0.02]), yaw),
+        name,
+        b.material("television"),
+    )
     return True
 
 
-def _build_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[_Prim],
-                                                     list[dict], np.ndarray]:
+def _build_scene(
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[_Prim], list[dict], np.ndarray]:
     """Draw a room, camera, light and furniture.
 
     Returns:
@@ -666,8 +766,10 @@ def _build_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.n
     pitch = math.radians(rng.uniform(-6.0, 12.0))  # positive looks down
     # Look down far enough for the floor to show at the bottom of the image (as in NYU).
     fwd = (math.cos(yaw), math.sin(yaw))
-    reach = min((X - cam[0]) / fwd[0] if fwd[0] > 0 else (-cam[0] / fwd[0] if fwd[0] < 0 else math.inf),
-                (Y - cam[1]) / fwd[1] if fwd[1] > 0 else math.inf)
+    reach = min(
+        (X - cam[0]) / fwd[0] if fwd[0] > 0 else (-cam[0] / fwd[0] if fwd[0] < 0 else math.inf),
+        (Y - cam[1]) / fwd[1] if fwd[1] > 0 else math.inf,
+    )
     half_fov = math.atan(_CY0 / _FY0 * (_H0 / 480.0))
     pitch = max(pitch, math.atan(cam[2] / (0.7 * reach)) - half_fov + math.radians(2.0))
     roll = math.radians(rng.normal(0.0, 1.5))
@@ -681,8 +783,7 @@ def _build_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.n
 
     b = _SceneBuilder(rng, size, cam[:2])
     # Room faces: floor, ceiling, wall y=0, wall x=X, wall y=Y, wall x=0.
-    wall_mat = b.material("wall", _T_NOISE if rng.random() < 0.6 else _T_STRIPES,
-                          amp=rng.uniform(0.05, 0.15), axis=0)
+    wall_mat = b.material("wall", _T_NOISE if rng.random() < 0.6 else _T_STRIPES, amp=rng.uniform(0.05, 0.15), axis=0)
     ftex = int(rng.choice([_T_PLANKS, _T_PLANKS, _T_CHECKER, _T_NOISE]))
     floor_mat = b.material("floor", ftex)
     ceil_mat = b.material("ceiling", _T_PLAIN)
@@ -720,8 +821,12 @@ def _build_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.n
         hw, hd = rng.uniform(0.6, 1.2), rng.uniform(0.5, 0.9)
         c = np.array([rng.uniform(hw, X - hw), rng.uniform(1.0 + hd, max(1.0 + hd + 0.01, Y - hd)), 0.004])
         a = np.array([1.0, 0.0, 0.0])
-        b.add("rect", (c, np.array([0.0, 0.0, 1.0]), a, np.array([0.0, 1.0, 0.0]), hw, hd),
-              _label_or_none(rng, "floor mat"), b.material("floor mat", _T_CHECKER))
+        b.add(
+            "rect",
+            (c, np.array([0.0, 0.0, 1.0]), a, np.array([0.0, 1.0, 0.0]), hw, hd),
+            _label_or_none(rng, "floor mat"),
+            b.material("floor mat", _T_CHECKER),
+        )
     # Unlabeled room surfaces happen in NYU too (rare).
     if rng.random() < 0.03:
         room_names[int(rng.integers(2, 6))] = None
@@ -734,6 +839,7 @@ def _build_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.n
 # --------------------------------------------------------------------------------------------
 # Ray casting
 # --------------------------------------------------------------------------------------------
+
 
 def _intrinsics(height: int, width: int) -> tuple[float, float, float, float]:
     return _FX0 * width / _W0, _FY0 * height / _H0, _CX0 * width / _W0, _CY0 * height / _H0
@@ -770,8 +876,7 @@ def _hit_room(o: np.ndarray, d: np.ndarray, size: np.ndarray) -> tuple[np.ndarra
     return t, lut[axis, pos.astype(np.int64)]
 
 
-def _hit_boxes(o: np.ndarray, d: np.ndarray, centers: np.ndarray, halves: np.ndarray,
-               yaws: np.ndarray) -> np.ndarray:
+def _hit_boxes(o: np.ndarray, d: np.ndarray, centers: np.ndarray, halves: np.ndarray, yaws: np.ndarray) -> np.ndarray:
     """Entry distances (P, N) of rays into yaw-rotated boxes; inf where missed."""
     c, s = np.cos(yaws)[:, None], np.sin(yaws)[:, None]
     oc = o[None, :] - centers
@@ -805,7 +910,7 @@ def _hit_spheres(o: np.ndarray, d: np.ndarray, centers: np.ndarray, radii: np.nd
     oc = o[None, :] - centers
     a = np.einsum("ij,ij->i", d, d)[None, :]
     bh = oc @ d.T
-    cc = (np.einsum("ij,ij->i", oc, oc) - radii ** 2)[:, None]
+    cc = (np.einsum("ij,ij->i", oc, oc) - radii**2)[:, None]
     disc = bh * bh - a * cc
     with np.errstate(invalid="ignore"):
         t = (-bh - np.sqrt(disc)) / a
@@ -813,20 +918,21 @@ def _hit_spheres(o: np.ndarray, d: np.ndarray, centers: np.ndarray, radii: np.nd
     return t
 
 
-def _hit_cylinders(o: np.ndarray, d: np.ndarray, xy: np.ndarray, radii: np.ndarray,
-                   z0: np.ndarray, z1: np.ndarray) -> np.ndarray:
+def _hit_cylinders(
+    o: np.ndarray, d: np.ndarray, xy: np.ndarray, radii: np.ndarray, z0: np.ndarray, z1: np.ndarray
+) -> np.ndarray:
     ocx, ocy = (o[0] - xy[:, 0])[:, None], (o[1] - xy[:, 1])[:, None]
     dx, dy, dz = d[None, :, 0], d[None, :, 1], d[None, :, 2]
     a = dx * dx + dy * dy
     bh = dx * ocx + dy * ocy
-    cc = ocx ** 2 + ocy ** 2 - (radii ** 2)[:, None]
+    cc = ocx**2 + ocy**2 - (radii**2)[:, None]
     disc = bh * bh - a * cc
     with np.errstate(invalid="ignore", divide="ignore"):
         ts = (-bh - np.sqrt(disc)) / a
         zs = o[2] + ts * dz
         ok = (disc >= 0) & (ts > _EPS) & (zs >= z0[:, None]) & (zs <= z1[:, None])
         t = np.where(ok, ts, np.inf)
-        r2 = (radii ** 2)[:, None]
+        r2 = (radii**2)[:, None]
         for zc in (z0, z1):
             tc = (zc[:, None] - o[2]) / dz
             px, py = ocx + tc * dx, ocy + tc * dy
@@ -835,8 +941,16 @@ def _hit_cylinders(o: np.ndarray, d: np.ndarray, xy: np.ndarray, radii: np.ndarr
     return t
 
 
-def _hit_rects(o: np.ndarray, d: np.ndarray, centers: np.ndarray, normals: np.ndarray,
-               ax_a: np.ndarray, ax_b: np.ndarray, ha: np.ndarray, hb: np.ndarray) -> np.ndarray:
+def _hit_rects(
+    o: np.ndarray,
+    d: np.ndarray,
+    centers: np.ndarray,
+    normals: np.ndarray,
+    ax_a: np.ndarray,
+    ax_b: np.ndarray,
+    ha: np.ndarray,
+    hb: np.ndarray,
+) -> np.ndarray:
     oc = o[None, :] - centers
     den = normals @ d.T
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -866,9 +980,14 @@ def _corners(pr: _Prim) -> np.ndarray:
     return np.stack([c + sa * ha * a + sb * hb * b for sa in (-1.0, 1.0) for sb in (-1.0, 1.0)])
 
 
-def _screen_window(corners: np.ndarray, cam: np.ndarray, rot: np.ndarray,
-                   intr: tuple[float, float, float, float], height: int,
-                   width: int) -> tuple[int, int, int, int] | None:
+def _screen_window(
+    corners: np.ndarray,
+    cam: np.ndarray,
+    rot: np.ndarray,
+    intr: tuple[float, float, float, float],
+    height: int,
+    width: int,
+) -> tuple[int, int, int, int] | None:
     """Pixel window (v0, v1, u0, u1) covering the projection of a convex hull; None if off-screen."""
     pc = (corners - cam) @ rot  # world -> camera
     z = pc[:, 2]
@@ -894,13 +1013,13 @@ def _hit_one(pr: _Prim, o: np.ndarray, d: np.ndarray) -> np.ndarray:
         return _hit_spheres(o, d, g[0][None], np.array([g[1]]))[0]
     if pr.kind == "cyl":
         return _hit_cylinders(o, d, g[0][None], np.array([g[1]]), np.array([g[2]]), np.array([g[3]]))[0]
-    return _hit_rects(o, d, g[0][None], g[1][None], g[2][None], g[3][None], np.array([g[4]]),
-                      np.array([g[5]]))[0]
+    return _hit_rects(o, d, g[0][None], g[1][None], g[2][None], g[3][None], np.array([g[4]]), np.array([g[5]]))[0]
 
 
 # --------------------------------------------------------------------------------------------
 # Texturing
 # --------------------------------------------------------------------------------------------
+
 
 def _value_noise(lattice: np.ndarray, s: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Smooth 2-D value noise in [0, 1] from a wrapped random lattice."""
@@ -923,8 +1042,9 @@ def _texture(prim_tex: int, args: dict, albedo: np.ndarray, s: np.ndarray, t: np
         return np.broadcast_to(albedo, (n, 3))
     if prim_tex == _T_NOISE:
         cell = args["cell"]
-        v = 0.65 * _value_noise(args["lattice"], s / cell, t / cell) + \
-            0.35 * _value_noise(args["lattice"].T, s / (0.3 * cell) + 7.3, t / (0.3 * cell) + 3.1)
+        v = 0.65 * _value_noise(args["lattice"], s / cell, t / cell) + 0.35 * _value_noise(
+            args["lattice"].T, s / (0.3 * cell) + 7.3, t / (0.3 * cell) + 3.1
+        )
         return albedo[None, :] * (1.0 + 2.0 * args["amp"] * (v - 0.5))[:, None]
     if prim_tex == _T_STRIPES:
         coord = s if args.get("axis", 0) == 0 else t
@@ -951,8 +1071,8 @@ def _texture(prim_tex: int, args: dict, albedo: np.ndarray, s: np.ndarray, t: np
 # Rendering
 # --------------------------------------------------------------------------------------------
 
-def _edges(prim: np.ndarray, lab40: np.ndarray, depth: np.ndarray, normal: np.ndarray,
-           rel_thr: float) -> np.ndarray:
+
+def _edges(prim: np.ndarray, lab40: np.ndarray, depth: np.ndarray, normal: np.ndarray, rel_thr: float) -> np.ndarray:
     """Boundary map: mark the nearer pixel of every discontinuous 4-neighbour pair."""
     edge = np.zeros(prim.shape, dtype=bool)
     for axis in (0, 1):
@@ -1042,8 +1162,7 @@ def render_scene(rng: np.random.Generator, height: int = 96, width: int = 128) -
                 sign = np.sign(loc[np.arange(len(sel)), ax])
                 nl = np.zeros((len(sel), 3))
                 nl[np.arange(len(sel)), ax] = sign
-                nrm[sel] = np.stack([c * nl[:, 0] - sn * nl[:, 1], sn * nl[:, 0] + c * nl[:, 1], nl[:, 2]],
-                                    axis=1)
+                nrm[sel] = np.stack([c * nl[:, 0] - sn * nl[:, 1], sn * nl[:, 0] + c * nl[:, 1], nl[:, 2]], axis=1)
                 s = np.where(ax == 0, loc[:, 1], loc[:, 0])
                 tt = np.where(ax == 2, loc[:, 1], loc[:, 2])
             elif pr.kind == "sphere":
@@ -1057,9 +1176,11 @@ def render_scene(rng: np.random.Generator, height: int = 96, width: int = 128) -
                 zc, hz = 0.5 * (z0 + z1), 0.5 * (z1 - z0)
                 cap = np.abs(p[:, 2] - zc) / hz > np.sqrt(qx * qx + qy * qy) / r
                 rad = np.maximum(np.sqrt(qx * qx + qy * qy), 1e-12)
-                nrm[sel] = np.where(cap[:, None],
-                                    np.stack([0 * qx, 0 * qx, np.sign(p[:, 2] - zc)], axis=1),
-                                    np.stack([qx / rad, qy / rad, 0 * qx], axis=1))
+                nrm[sel] = np.where(
+                    cap[:, None],
+                    np.stack([0 * qx, 0 * qx, np.sign(p[:, 2] - zc)], axis=1),
+                    np.stack([qx / rad, qy / rad, 0 * qx], axis=1),
+                )
                 s = np.where(cap, qx, r * np.arctan2(qy, qx))
                 tt = np.where(cap, qy, p[:, 2])
             else:
@@ -1094,8 +1215,9 @@ def render_scene(rng: np.random.Generator, height: int = 96, width: int = 128) -
         sky = np.array([0.75, 0.85, 1.0]) * rng.uniform(1.0, 1.6)
         g = np.clip(1.0 - 0.25 * (pts[emit, 2] - 1.0), 0.6, 1.3)
         img[emit] = sky[None, :] * g[:, None]
-    expo = rng.uniform(0.85, 1.0) / max(float(np.partition(img.max(axis=1), int(0.97 * (n_pix - 1)))
-                                              [int(0.97 * (n_pix - 1))]), 1e-3)
+    expo = rng.uniform(0.85, 1.0) / max(
+        float(np.partition(img.max(axis=1), int(0.97 * (n_pix - 1)))[int(0.97 * (n_pix - 1))]), 1e-3
+    )
     img = np.clip(img * expo, 0.0, 1.0) ** (1.0 / 2.2)
     img = img.reshape(height, width, 3).astype(np.float32)
     img += rng.normal(0.0, rng.uniform(0.008, 0.02), img.shape).astype(np.float32)
@@ -1114,8 +1236,10 @@ def render_scene(rng: np.random.Generator, height: int = 96, width: int = 128) -
     invalid = glass.reshape(height, width) | (depth < _MIN_DEPTH)
     # Shadow holes: on the far side of occlusion boundaries.
     far = np.zeros((height, width), dtype=bool)
-    for sl_a, sl_b in (((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
-                       ((slice(None, -1), slice(None)), (slice(1, None), slice(None)))):
+    for sl_a, sl_b in (
+        ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+        ((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
+    ):
         da, db = depth[sl_a], depth[sl_b]
         jump = np.abs(da - db) > rel_thr * np.minimum(da, db)
         far[sl_a] |= jump & (da > db)

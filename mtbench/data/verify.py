@@ -24,8 +24,7 @@ class VerifyReport:
         return not self.errors
 
 
-def verify(reader: Reader, *, max_errors: int = 20,
-           progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+def verify(reader: Reader, *, max_errors: int = 20, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
     """Read every sample with every target the layout provides; collect distinct errors.
 
     A missing folder would fail for every sample: errors with the same message are kept once.
@@ -35,13 +34,17 @@ def verify(reader: Reader, *, max_errors: int = 20,
     counts = {split: reader.num_samples(split) for split in reader.splits()}
     report = VerifyReport(identity, counts, targets)
     if not counts:
-        report.errors.append(DataFormatError(reader.root, "no split found", expected=reader.describe(), found="no samples"))
+        report.errors.append(
+            DataFormatError(reader.root, "no split found", expected=reader.describe(), found="no samples")
+        )
         return report
     seen: set[str] = set()
     total, done = sum(counts.values()), 0
     for split, count in counts.items():
         if count == 0:
-            report.errors.append(DataFormatError(reader.root, f"split {split!r} is empty", expected="at least one sample"))
+            report.errors.append(
+                DataFormatError(reader.root, f"split {split!r} is empty", expected="at least one sample")
+            )
         for index in range(count):
             for target_set in ((), *((t,) for t in targets)):
                 try:
