@@ -179,17 +179,38 @@ def test_normals_median_even_count_with_distant_middle_values():
 
 
 def naive_edge_f(prob: torch.Tensor, gt: torch.Tensor, r: int) -> torch.Tensor:
-    """F(t) with a separate dilation of every thresholded map (the definition, no tricks)."""
-    gt = (gt > 0.5).float()
-    pool = (lambda x: F.max_pool2d(x, 2 * r + 1, stride=1, padding=r)) if r else (lambda x: x)
-    gt_near = pool(gt)
+    """F(t) by the definition, in plain Python loops: greedy one-to-one matching, nearest offsets first."""
+    gt = gt[:, 0] > 0.5
+    offsets = sorted(
+        ((dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)),
+        key=lambda o: (o[0] ** 2 + o[1] ** 2, o[0], o[1]),
+    )
+    batch, height, width = gt.shape
     out = []
     for k in range(1, 100):
-        pred = (prob >= torch.tensor(k / 100, dtype=prob.dtype)).float()
-        n_pred, n_gt = pred.sum().item(), gt.sum().item()
-        mp, mg = (pred * gt_near).sum().item(), (pool(pred) * gt).sum().item()
-        p = mp / n_pred if n_pred else 0.0
-        rec = mg / n_gt if n_gt else 0.0
+        pred = (prob[:, 0] >= torch.tensor(k / 100, dtype=prob.dtype)).tolist()
+        truth = gt.tolist()
+        used_p = [[[False] * width for _ in range(height)] for _ in range(batch)]
+        used_g = [[[False] * width for _ in range(height)] for _ in range(batch)]
+        matched = 0
+        for dy, dx in offsets:
+            for b in range(batch):
+                for y in range(height):
+                    for x in range(width):
+                        gy, gx = y + dy, x + dx
+                        if (
+                            pred[b][y][x]
+                            and not used_p[b][y][x]
+                            and 0 <= gy < height
+                            and 0 <= gx < width
+                            and truth[b][gy][gx]
+                            and not used_g[b][gy][gx]
+                        ):
+                            used_p[b][y][x] = used_g[b][gy][gx] = True
+                            matched += 1
+        n_pred, n_gt = sum(sum(row) for img in pred for row in img), int(gt.sum())
+        p = matched / n_pred if n_pred else 0.0
+        rec = matched / n_gt if n_gt else 0.0
         out.append(2 * p * rec / (p + rec) if p + rec > 0 else 0.0)
     return torch.tensor(out, dtype=torch.float64)
 
@@ -240,43 +261,45 @@ def test_edges_hand_worked():
     f = exact.f_measures()
     assert [f[k - 1].item() for k in (10, 30, 50, 70, 90)] == pytest.approx([1 / 3, 2 / 5, 1 / 2, 2 / 3, 0])
     assert exact.compute()["odsF"] == pytest.approx(2 / 3)
-    # tolerance 1: every pixel is within 1 of a ground-truth edge, so P = 1 whenever something is
-    # predicted; ground truth 4 is matched only while pixel 3 is predicted (t <= 0.25):
-    #   t <= 0.25: R = 1, F = 1; 0.25 < t <= 0.85: R = 1/2, F = 2/3
+    # tolerance 1, one-to-one: each ground-truth pixel justifies one predicted pixel.
+    #   t <= 0.25: predicted {0,1,2,3}: 1<->1 (distance 0), 3<->4 (distance 1); 0 and 2 find gt 1
+    #              taken: P = 2/4, R = 1, F = 2/3
+    #   0.25 < t <= 0.35: {0,1,2}: only 1<->1: P = 1/3, R = 1/2, F = 2/5
+    #   0.35 < t <= 0.65: {1,2}: P = 1/2, R = 1/2, F = 1/2;  0.65 < t <= 0.85: {1}: F = 2/3
     near = EdgeEvaluator(tolerance_px=1)
     near.update(pred, gt)
     f = near.f_measures()
-    assert [f[k - 1].item() for k in (10, 30, 50, 70, 90)] == pytest.approx([1, 2 / 3, 2 / 3, 2 / 3, 0])
-    assert near.compute()["odsF"] == pytest.approx(1.0)
+    assert [f[k - 1].item() for k in (10, 30, 50, 70, 90)] == pytest.approx([2 / 3, 2 / 5, 1 / 2, 2 / 3, 0])
+    assert near.compute()["odsF"] == pytest.approx(2 / 3)
 
 
-def test_edges_histogram_counting_equals_per_threshold_dilation():
+def test_edges_match_the_loop_definition_across_batches():
     torch.manual_seed(4)
-    gt = (torch.rand(3, 1, 16, 20) > 0.9).float()
-    pred = torch.randn(3, 1, 16, 20) * 2 + gt * 2
+    gt = (torch.rand(3, 1, 9, 11) > 0.85).float()
+    pred = torch.randn(3, 1, 9, 11) * 2 + gt * 2
     for r in (0, 1, 2):
         ev = EdgeEvaluator(tolerance_px=r)
         ev.update(pred[:2], gt[:2])
         ev.update(pred[2:], gt[2:])
-        # batches summed as counts: equals the naive computation on the concatenated split
+        # batches summed as counts: equals the loop definition on the concatenated split
         assert torch.allclose(ev.f_measures(), naive_edge_f(torch.sigmoid(pred), gt, r), atol=1e-12)
+
+
+def test_thick_predictions_are_not_rewarded():
+    """A 3-pixel-wide band around a 1-pixel edge: precision 1/3 under one-to-one matching."""
+    gt = torch.zeros(1, 1, 10, 10)
+    gt[..., 5] = 1
+    pred = torch.full_like(gt, -10.0)
+    pred[..., 4:7] = 10.0
+    ev = EdgeEvaluator(tolerance_px=1)
+    ev.update(pred, gt)
+    assert ev.compute()["odsF"] == pytest.approx(2 * (1 / 3) * 1 / (1 / 3 + 1))
 
 
 def test_edges_default_tolerance_bsds_convention():
     assert EdgeEvaluator.default_tolerance(96, 128) == 1  # 0.0075 * 160 = 1.2
     assert EdgeEvaluator.default_tolerance(288, 384) == 4  # 0.0075 * 480 = 3.6
     assert EdgeEvaluator.default_tolerance(10, 10) == 1  # at least one pixel
-
-
-def test_edges_fast_at_nyu_size():
-    import time
-
-    ev = EdgeEvaluator()
-    pred, gt = torch.randn(16, 1, 96, 128), (torch.rand(16, 1, 96, 128) > 0.9).float()
-    start = time.perf_counter()
-    for _ in range(5):
-        ev.update(pred, gt)
-    assert time.perf_counter() - start < 2.0
 
 
 # --------------------------------------------------------------------------------------------- binary
