@@ -427,6 +427,79 @@ def bench_data(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+@bench_app.command("inference")
+@reports_errors
+def bench_inference(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (result.json + checkpoint.pt).")],
+    repeats: Annotated[int, typer.Option(help="Timed forwards per measurement (median).")] = 20,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's).")] = None,
+    latency: Annotated[bool, typer.Option(help="Time forwards (off: parameters and FLOPs only).")] = True,
+) -> None:
+    """Parameters, FLOPs and CPU latency (batch 1 and 16): dense-with-zeros against compact, in one run.
+
+    The numbers also go into the run's result.json (key `inference`).
+
+    Example: `mtbench bench inference runs/<run id>`
+    """
+    from mtbench.inference import bench_inference as measure
+
+    report = measure(run_dir, repeats=repeats, threads=threads, batch_sizes=(1, 16) if latency else ())
+    table = Table(
+        title=f"Inference, {run_dir.name}: input {report['input_size'][0]}×{report['input_size'][1]}, "
+        f"heads {', '.join(report['tasks'])}, CPU, {report['threads']} thread(s)",
+        title_justify="left",
+    )
+    for column in ("measure", "dense (zeros kept)", "compact", "compact ÷ dense"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    table.add_row(
+        "parameters",
+        f"{report['params']['dense']:,}",
+        f"{report['params']['compact']:,}",
+        f"{report['params']['compact'] / report['params']['dense']:.3f}",
+    )
+    table.add_row(
+        "FLOPs (1 image)",
+        f"{report['flops']['dense']:,}",
+        f"{report['flops']['compact']:,}",
+        f"{report['flops']['compact'] / report['flops']['dense']:.3f}",
+    )
+    for batch, timing in report["latency_ms"].items():
+        table.add_row(
+            f"latency, batch {batch} (ms)",
+            f"{timing['dense']:.2f}",
+            f"{timing['compact']:.2f}",
+            f"{timing['compact'] / timing['dense']:.3f}",
+        )
+        table.add_row(
+            f"latency, batch {batch}, BN folded (ms)",
+            f"{timing['dense']:.2f}",
+            f"{timing['compact_bn_folded']:.2f}",
+            f"{timing['compact_bn_folded'] / timing['dense']:.3f}",
+        )
+    console.print(table)
+
+
+@app.command("export")
+@reports_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (result.json + checkpoint.pt).")],
+    out: Annotated[Path, typer.Option("--out", help="Weights file (.safetensors); a .json config goes beside it.")],
+    fold_bn: Annotated[bool, typer.Option(help="Fold BatchNorm into the convs (faster inference).")] = False,
+) -> None:
+    """Rebuild the trained network with every zeroed channel removed; save, reload and check it.
+
+    Example: `mtbench export runs/<run id> --out model.safetensors`
+    """
+    from mtbench.inference import export_run
+
+    report = export_run(run_dir, out, fold_bn=fold_bn)
+    console.print(
+        f"exported {', '.join(report['tasks'])}: {report['dense_params']:,} → {report['compact_params']:,} "
+        f"parameters; reloaded from {report['file']} + {report['config']}; max |dense − compact| on random "
+        f"inputs = {report['max_abs_difference']:.2e}"
+    )
+
+
 # --- run --------------------------------------------------------------------------------------------
 
 
@@ -518,7 +591,10 @@ def print_run(payload: dict[str, Any]) -> None:
         f"wall time: training {timings['train_seconds']:.1f} s, meta-test {timings['meta_test_seconds']:.1f} s, "
         f"total {timings['total_seconds']:.1f} s on {payload['environment']['device']}"
     )
-    console.print(f"result: {payload['_path']} (stored as {payload['_stored']})")
+    console.print(
+        f"result: {payload['_path']} (stored as {payload['_stored']}); "
+        f"per-layer sparsity picture: {Path(payload['_path']).parent / 'sparsity.png'}"
+    )
 
 
 @contextmanager

@@ -99,7 +99,7 @@ class _Conv:
             raise ValueError(f"compact export supports square convs only, got {conv}")
         if self.bn is not None and not isinstance(self.bn, nn.BatchNorm2d):
             raise ValueError(f"compact export needs BatchNorm (GroupNorm mixes channels), got {self.bn}")
-        self.weight = conv.weight.detach().cpu().double()
+        self.weight = conv.weight.detach().cpu()
         self.nonzero = self.weight.flatten(2).ne(0).any(2)  # (out, in): W[o, c] ≠ 0
         self.padded = conv.padding[0] != 0
         self.extra = torch.zeros(conv.out_channels, dtype=torch.float64)
@@ -126,17 +126,23 @@ class _Conv:
         varying_in = const_in.isnan()
         value = const_in.nan_to_num(0.0)
         varying = (self.nonzero & varying_in).any(1)
+        pre = torch.zeros(self.out_channels, dtype=torch.float64)
         if self.padded:  # a non-zero constant through zero padding varies near the borders
             varying |= (self.nonzero & (value != 0)).any(1)
-            pre = torch.zeros(self.out_channels, dtype=torch.float64)
-        else:
-            pre = (self.weight.sum((2, 3)) * value).sum(1)
+        elif (value != 0).any():
+            pre = self.constant_sum(value)
         scale, shift = self.affine()
         out = scale * pre + shift
         if self.relu:
             out = out.clamp_min(0.0)
         self.const_out = torch.where(varying, torch.full_like(out, float("nan")), out)
         return self.const_out
+
+    def constant_sum(self, value: Tensor, rows: Tensor | None = None) -> Tensor:
+        """``Σ_c value_c · Σ_xy W[o, c]`` (float64): constant inputs through an unpadded conv."""
+        columns = value.nonzero().flatten()
+        weight = self.weight if rows is None else self.weight.index_select(0, rows)
+        return (weight.index_select(1, columns).double().sum((2, 3)) * value[columns]).sum(1)
 
     def backward(self, keep_out: Tensor) -> Tensor:
         """Liveness: given the outputs to compute, which inputs this conv reads."""
@@ -552,15 +558,18 @@ def _conv_tensors(node: _Conv, space_in: Tensor, fold_bn: bool, dtype: torch.dty
     keep = node.keep_out
     if not keep.any():
         return {}
-    weight = node.weight[keep][:, space_in].clone()
-    weight[:, ~node.reads[space_in]] = 0.0
+    rows, columns = keep.nonzero().flatten(), space_in.nonzero().flatten()
+    weight = node.weight.index_select(0, rows).index_select(1, columns)  # a copy
+    unread = ~node.reads[space_in]
+    if unread.any():
+        weight[:, unread] = 0.0
     folded = torch.where(node.fold, node.const_in, torch.zeros_like(node.const_in))
-    delta = (node.weight[keep].sum((2, 3)) * folded).sum(1)  # constant inputs' contribution (unpadded convs)
+    delta = node.constant_sum(folded, rows)  # constant inputs' contribution (unpadded convs)
     extra = node.extra[keep]
     if fold_bn:
         scale, shift = node.affine()
         return {
-            "conv.weight": (weight * scale[keep].view(-1, 1, 1, 1)).to(dtype),
+            "conv.weight": (weight * scale[keep].to(weight.dtype).view(-1, 1, 1, 1)).to(dtype),
             "conv.bias": (shift[keep] + scale[keep] * delta + extra).to(dtype),
         }
     out = {"conv.weight": weight.to(dtype)}
@@ -684,7 +693,7 @@ def compact(model: nn.Module, fold_bn: bool = False) -> CompactNet:
     state: dict[str, Tensor] = {}
     backbone_cfg: list[dict[str, Any]] = []
     space = image_keep
-    for i, (unit, keep_out) in enumerate(zip(units, keeps_out)):
+    for i, (unit, keep_out) in enumerate(zip(units, keeps_out, strict=True)):
         prefix = f"backbone.{i}"
         if isinstance(unit, _Pool):
             pool = unit.pool
@@ -855,15 +864,35 @@ def _json_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
+def _dump(value: Any, indent: str = "") -> str:
+    """Indented JSON, but lists of numbers on one line (the channel index lists stay short)."""
+    if isinstance(value, dict) and value:
+        inner = indent + " "
+        items = ",\n".join(f"{inner}{json.dumps(k)}: {_dump(v, inner)}" for k, v in value.items())
+        return "{\n" + items + "\n" + indent + "}"
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        inner = indent + " "
+        return "[\n" + ",\n".join(inner + _dump(v, inner) for v in value) + "\n" + indent + "]"
+    return json.dumps(value)
+
+
 def save_compact(net: CompactNet, path: Path) -> None:
-    """Write ``path`` (safetensors: every parameter and BN buffer) and ``path.with_suffix('.json')``."""
+    """Write ``path`` (safetensors: every parameter and BN buffer) and ``path.with_suffix('.json')``.
+
+    The JSON is ``net.config``: ``backbone`` (one entry per unit: ``conv`` with its in/out channel
+    counts, kernel/stride/padding/dilation, bias/bn/relu flags and the kept original output channel
+    ``channels``; ``maxpool``; ``block`` with its ``branch`` convs, ``shortcut`` (a conv,
+    ``"identity"`` or null), the ``branch_index``/``shortcut_gather``/``shortcut_index`` lists and the
+    ``add_bias`` flag), ``heads`` (task → kind ``dense``/``image``/``aspp`` and its convs),
+    ``input_index``/``feature_index`` and ``source`` (the ArchSpec and head kinds).
+    """
     config_path = _json_path(path)
     write_safetensors(
         Path(path),
         {k: v.detach().cpu() for k, v in net.state_dict().items()},
         {"format": FORMAT, "version": str(FORMAT_VERSION)},
     )
-    config_path.write_text(json.dumps(net.config, indent=1) + "\n")
+    config_path.write_text(_dump(net.config) + "\n")
 
 
 def load_compact(path: Path) -> CompactNet:

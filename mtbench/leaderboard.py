@@ -108,6 +108,9 @@ class Row:
     delta_seen: Cell
     delta_unseen: Cell
     sparsity: Cell
+    params: Cell
+    gflops: Cell
+    layers: list[tuple[str, float]]
     rank: float | None = None
 
 
@@ -148,6 +151,7 @@ def rows(group: Group) -> list[Row]:
             metrics[(task, metric)] = Cell(values, complete=len(values) == len(seeds))
         sparsity = [p["sparsity"]["group_sparsity"] for p in seeds.values() if p.get("sparsity")]
         delta_seen, delta_unseen = _delta_cells(group, method)
+        accounted = [p["inference"] for p in seeds.values() if p.get("inference")]
         table.append(
             Row(
                 method,
@@ -156,10 +160,25 @@ def rows(group: Group) -> list[Row]:
                 delta_seen,
                 delta_unseen,
                 Cell([100 * s for s in sparsity], complete=len(sparsity) == len(seeds)),
+                Cell([float(a["params"]["compact"]) for a in accounted], complete=len(accounted) == len(seeds)),
+                Cell([a["flops"]["compact"] / 1e9 for a in accounted], complete=len(accounted) == len(seeds)),
+                _mean_layers(seeds.values()),
             )
         )
     _rank(table, columns)
     return sorted(table, key=lambda r: (r.rank is None, r.rank if r.rank is not None else 0, r.method))
+
+
+def _mean_layers(payloads: Iterable[dict[str, Any]]) -> list[tuple[str, float]]:
+    """Per-layer zeroed-group percentage, averaged over seeds (empty if any seed lacks it)."""
+    payloads = list(payloads)
+    stats = [p["sparsity"].get("layers") for p in payloads if p.get("sparsity")]
+    if not stats or len(stats) != len(payloads) or any(not s or len(s) != len(stats[0]) for s in stats):
+        return []
+    return [
+        (layer["name"], sum(100 * s[i]["zero_groups"] / s[i]["groups"] for s in stats) / len(stats))
+        for i, layer in enumerate(stats[0])
+    ]
 
 
 def _rank(table: list[Row], columns: list[tuple[str, str, bool, bool]]) -> None:
@@ -196,13 +215,14 @@ def _title(group: Group) -> str:
 def _header(group: Group) -> list[str]:
     head = ["rank", "method", "seeds"]
     head += [f"{task} {metric} {'↑' if higher else '↓'}" for task, metric, higher, _ in group.metric_columns]
-    return head + ["Δm seen % ↑", "Δm held-out % ↑", "group sparsity %"]
+    return head + ["Δm seen % ↑", "Δm held-out % ↑", "group sparsity %", "params (compact)", "GFLOPs (compact)"]
 
 
 def _cells(group: Group, row: Row) -> list[str]:
     out = ["" if row.rank is None else f"{row.rank:.2f}", row.method, str(len(row.seeds))]
     out += [row.metrics[(task, metric)].text() for task, metric, _, _ in group.metric_columns]
-    return out + [row.delta_seen.text(2), row.delta_unseen.text(2), row.sparsity.text(1)]
+    params = "" if row.params.mean is None else f"{row.params.mean:,.0f}"
+    return out + [row.delta_seen.text(2), row.delta_unseen.text(2), row.sparsity.text(1), params, row.gflops.text(3)]
 
 
 NOTES = (
@@ -241,6 +261,8 @@ def render_csv(group: Group) -> str:
             "delta_m_seen",
             "delta_m_unseen",
             "group_sparsity_pct",
+            "params_compact",
+            "gflops_compact",
             *[f"{t}/{m}_std" for t, m, _, _ in group.metric_columns],
             "delta_m_seen_std",
             "delta_m_unseen_std",
@@ -265,6 +287,8 @@ def render_csv(group: Group) -> str:
                 num(row.delta_seen.mean),
                 num(row.delta_unseen.mean),
                 num(row.sparsity.mean),
+                num(row.params.mean),
+                num(row.gflops.mean),
                 *[num(c.std) for c in cells],
                 num(row.delta_seen.std),
                 num(row.delta_unseen.std),
@@ -325,6 +349,28 @@ def _scatter_svg(table: list[Row]) -> str:
     return "\n".join(parts)
 
 
+def _layer_svg(row: Row) -> str:
+    """Small inline bar chart: zeroed channel groups per shared conv layer (mean over seeds)."""
+    if not row.layers:
+        return ""
+    width, height, bar = max(160, 8 * len(row.layers) + 20), 90, 8
+    bars = []
+    for i, (name, value) in enumerate(row.layers):
+        h = 0.7 * height * value / 100
+        bars.append(
+            f'<rect class="layer" x="{10 + i * bar}" y="{height - 15 - h:.1f}" width="{bar - 2}" '
+            f'height="{h:.1f}" fill="#d62728"><title>{html.escape(name)}: {value:.1f} %</title></rect>'
+        )
+    return (
+        f'<figure class="layers"><svg width="{width}" height="{height}" role="img" '
+        f'aria-label="per-layer sparsity of {html.escape(row.method)}">'
+        f'<line x1="8" y1="{height - 15}" x2="{width - 4}" y2="{height - 15}" stroke="#333"/>'
+        + "".join(bars)
+        + f"</svg><figcaption>{html.escape(row.method)}: {row.sparsity.text(1) or '—'} % of groups</figcaption>"
+        "</figure>"
+    )
+
+
 SORT_SCRIPT = """
 document.querySelectorAll("table.sortable th").forEach(function (th, column) {
   th.addEventListener("click", function () {
@@ -360,7 +406,10 @@ def render_html(group: Group) -> str:
                 "" if row.metrics[(t, m)].mean is None else f"{row.metrics[(t, m)].mean:.8g}"
                 for t, m, _, _ in group.metric_columns
             ]
-            + ["" if c.mean is None else f"{c.mean:.8g}" for c in (row.delta_seen, row.delta_unseen, row.sparsity)]
+            + [
+                "" if c.mean is None else f"{c.mean:.8g}"
+                for c in (row.delta_seen, row.delta_unseen, row.sparsity, row.params, row.gflops)
+            ]
         )
         cells = "".join(
             f'<td data-value="{html.escape(v)}">{html.escape(text)}</td>'
@@ -382,6 +431,7 @@ def render_html(group: Group) -> str:
 body {{ font-family: sans-serif; margin: 1.5em; }} table {{ border-collapse: collapse; font-size: 13px; }}
 th, td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: right; }} th {{ cursor: pointer; background: #f3f3f3; }}
 td:nth-child(2) {{ text-align: left; }} .synthetic {{ color: #a60; font-weight: bold; }}
+.layer-charts {{ display: flex; flex-wrap: wrap; gap: 12px; }} figure.layers {{ margin: 0; font-size: 12px; }}
 </style></head><body>
 <h1>{html.escape(_title(group))}</h1>
 {banner}
@@ -391,6 +441,8 @@ td:nth-child(2) {{ text-align: left; }} .synthetic {{ color: #a60; font-weight: 
 </tbody></table>
 <h2>Δm against sparsity</h2>
 {_scatter_svg(table)}
+<h2>Zeroed channel groups per shared conv layer (input-channel groups, stem to last stage)</h2>
+<div class="layer-charts">{"".join(_layer_svg(row) for row in table)}</div>
 <script>{SORT_SCRIPT}</script>
 </body></html>
 """

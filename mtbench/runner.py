@@ -27,6 +27,7 @@ from mtbench.data.reader import Reader
 from mtbench.episodes import TaskView
 from mtbench.errors import ConfigError, DatasetNotFoundError
 from mtbench.methods import MethodInfo, methods
+from mtbench.plots import sparsity_chart
 from mtbench.presets import Budget
 from mtbench.presets import budget as get_budget
 from mtbench.results import default_results_dir, find_reference, store
@@ -330,6 +331,7 @@ def execute(
         time.perf_counter() - started,
         time.perf_counter() - load_start,
     )
+    payload["input_size"] = list(train_data.tensors["image"].shape[-2:])
     payload["delta_m"] = None
     if reference is not None or info.name == REFERENCE_METHOD:
         try:
@@ -342,6 +344,12 @@ def execute(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "result.json", payload)
     torch.save(method.state_dict(), out / "checkpoint.pt")
+    sparsity_chart(
+        shared_stats,
+        out / "sparsity.png",
+        title=f"{info.name} on {spec.name}, seed {request.seed}: zeroed channel groups per shared conv "
+        f"({100 * shared_stats['group_sparsity']:.1f} % overall)",
+    )
     stored, replaced = store(payload, results_dir)
     if replaced and notice:
         notice(f"this configuration and seed were run before: {stored} now holds the new result (not counted twice)")

@@ -21,6 +21,15 @@ DENSE = ("semseg", "depth", "normal", "edge")
 TOL = 1e-4
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP threads competing with other jobs are far slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _tasks(dense: tuple[str, ...] = DENSE) -> list:
     return [catalog.task("nyuv2", name) for name in dense] + [catalog.task("celebamask", "smiling")]
 
@@ -54,8 +63,14 @@ def _bn_constant(bn: nn.BatchNorm2d, channel: int, value: float) -> None:
     bn.running_mean[channel], bn.running_var[channel], bn.bias[channel] = 0.0, 1.0, value
 
 
-def _prepare(model: MultiTaskNet, images: torch.Tensor, tasks: list[str], seed: int, fraction: float = 0.5,
-             constants: bool = True) -> MultiTaskNet:
+def _prepare(
+    model: MultiTaskNet,
+    images: torch.Tensor,
+    tasks: list[str],
+    seed: int,
+    fraction: float = 0.5,
+    constants: bool = True,
+) -> MultiTaskNet:
     """Zero ~``fraction`` of the input groups (and some head groups), add constant channels, randomise BN."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -65,7 +80,7 @@ def _prepare(model: MultiTaskNet, images: torch.Tensor, tasks: list[str], seed: 
         if fraction > 0:  # feature channels ignored by every head (removable) / by one head only (kept)
             n = model.feature_channels
             order = torch.randperm(n, generator=gen)
-            every, one = order[: n // 4], order[n // 4: n // 2]
+            every, one = order[: n // 4], order[n // 4 : n // 2]
             for i, head in enumerate(model.heads.values()):
                 for conv in _head_input_convs(head):
                     conv.weight[:, every] = 0
@@ -79,12 +94,7 @@ def _prepare(model: MultiTaskNet, images: torch.Tensor, tasks: list[str], seed: 
             bn.reset_running_stats()
             bn.momentum = None
         model.train()
-        outputs = model(images, tasks)
-        for task, head in model.heads.items():  # outputs of order 1: the tolerance is absolute
-            last = _head_output_layer(head)
-            scale = outputs[task].std().clamp_min(1e-3) if task in outputs else 1.0
-            last.weight.div_(scale)
-            last.bias.div_(scale)
+        model(images, tasks)
         for bn in bns:
             bn.momentum = 0.1
             bn.running_var.clamp_(min=0.05).mul_(torch.empty_like(bn.running_var).uniform_(0.7, 1.4, generator=gen))
@@ -93,7 +103,14 @@ def _prepare(model: MultiTaskNet, images: torch.Tensor, tasks: list[str], seed: 
             bn.bias.normal_(0.0, 0.2, generator=gen)
         if constants:
             _constant_bn(model)
-    return model.eval()
+        model.eval()
+        outputs = model(images, tasks)
+        for task, head in model.heads.items():  # outputs of order 1: the tolerance is absolute
+            last = _head_output_layer(head)
+            scale = outputs[task].std().clamp_min(1e-3) if task in outputs else 1.0
+            last.weight.div_(scale)
+            last.bias.div_(scale)
+    return model
 
 
 def _constant_filters(model: MultiTaskNet) -> None:
@@ -143,9 +160,11 @@ def _run(model: nn.Module, images: torch.Tensor, tasks: list[str]) -> dict[str, 
         return model(images, tasks)
 
 
-CASES = {"smoke": (budget("smoke").arch, DENSE, (2, 3, 32, 40)),
-         "quick": (budget("quick").arch, DENSE, (2, 3, 40, 48)),
-         "paper": (budget("paper").arch, ("semseg", "depth"), (2, 3, 64, 64))}
+CASES = {
+    "smoke": (budget("smoke").arch, DENSE, (2, 3, 32, 40)),
+    "quick": (budget("quick").arch, DENSE, (2, 3, 40, 48)),
+    "paper": (budget("paper").arch, ("semseg", "depth"), (2, 3, 64, 64)),
+}
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -185,8 +204,17 @@ def test_compact_matches_dense_and_is_smaller(sparse_case, fold_bn: bool, tmp_pa
         assert stage1["add_bias"] and 2 in stage1["channels"] and 2 not in stage1["branch"][1]["channels"]
         project = units[4]["shortcut"]["channels"]
         assert 3 not in project
-    # a smaller feature set than the backbone's: every head ignores a quarter of the channels
+    # feature channels: kept iff some head reads them (a quarter ignored by every head: removed;
+    # another quarter ignored by the first head only: kept, with zero weight columns in that head)
+    read = torch.zeros(model.feature_channels, dtype=torch.bool)
+    for head in model.heads.values():
+        for conv in _head_input_convs(head):
+            read |= conv.weight.detach().flatten(2).ne(0).any(2).any(0)
+    assert net.config["feature_index"] == read.nonzero().flatten().tolist()
     assert net.config["feature_channels"] < model.feature_channels
+    first = next(iter(model.heads.values()))
+    ignored_by_first = ~_head_input_convs(first)[0].weight.detach().flatten(2).ne(0).any(2).any(0)
+    assert (ignored_by_first & read).any()
     # save → load
     path = tmp_path / "net.safetensors"
     save_compact(net, path)
@@ -222,8 +250,14 @@ def _chain_model(zero_group: int | None) -> MultiTaskNet:
     torch.manual_seed(4)
     spec = catalog.task("nyuv2", "depth")
     model = MultiTaskNet(ArchSpec("small", widths=(8, 8, 16), norm="batch"), [])
-    model.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
-                                   nn.Conv2d(4, 2, 3, padding=1, bias=False), nn.BatchNorm2d(2), nn.ReLU())
+    model.backbone = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 2, 3, padding=1, bias=False),
+        nn.BatchNorm2d(2),
+        nn.ReLU(),
+    )
     model.heads["depth"] = DenseHead(2, spec.out_channels, "batch", hidden=2)
     with torch.no_grad():
         for bn in (model.backbone[1], model.backbone[4]):
@@ -283,7 +317,7 @@ def test_files_are_safetensors_and_json_without_pickle(tmp_path: Path, monkeypat
     save_compact(net, path)
     raw = path.read_bytes()
     (length,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + length])
+    header = json.loads(raw[8 : 8 + length])
     entries = {k: v for k, v in header.items() if k != "__metadata__"}
     assert set(entries) == set(net.state_dict())
     assert len(raw) == 8 + length + max(v["data_offsets"][1] for v in entries.values())  # header + raw bytes only

@@ -46,7 +46,14 @@ def _payload(
         },
         "protocol": {"budget": "quick", "seen": ["semseg"], "unseen": ["depth"]},
         "tasks": tasks,
-        "sparsity": {"group_sparsity": sparsity},
+        "sparsity": {
+            "group_sparsity": sparsity,
+            "layers": [{"name": "stem.0", "groups": 4, "zero_groups": round(4 * sparsity)}],
+        },
+        "inference": {
+            "params": {"dense": 1000, "compact": round(1000 * (1 - sparsity))},
+            "flops": {"dense": 2e9, "compact": 2e9 * (1 - sparsity)},
+        },
     }
 
 
@@ -82,6 +89,9 @@ def test_means_stds_delta_m_and_blanks(tmp_path):
     # meta-sparsity has seed 2, for which no stl exists: Δm blank, not averaged over seed 0 alone
     assert table["meta-sparsity"].delta_seen.mean is None and table["meta-sparsity"].delta_seen.text() == ""
     assert table["meta-sparsity"].sparsity.mean == pytest.approx(60.0)
+    assert table["meta-sparsity"].params.mean == pytest.approx((500 + 300) / 2)
+    assert table["meta-sparsity"].gflops.mean == pytest.approx((1.0 + 0.6) / 2)
+    assert table["meta-sparsity"].layers == [("stem.0", pytest.approx((50 + 75) / 2))]
     # a method missing a metric gets no rank and a blank cell for it
     assert table["partial"].rank is None and table["partial"].metrics[("depth", "absErr")].mean is None
     assert table["ew"].rank is not None
@@ -144,3 +154,4 @@ def test_html_renders_in_headless_chromium(tmp_path):
     dom = done.stdout
     assert 'data-ready="yes"' in dom, done.stderr[-2000:]  # the sorting script ran
     assert dom.count("<tr>") >= 3 and 'class="point"' in dom and "<svg" in dom
+    assert 'class="layer"' in dom  # the per-layer sparsity pictures

@@ -1,0 +1,61 @@
+"""`mtbench export` and `mtbench bench inference` on real (smoke) runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mtbench.runner import RunRequest, execute
+
+
+@pytest.fixture(scope="module")
+def sparse_run(tmp_path_factory, nyu_mtan):
+    """A smoke fixed-lambda run with a λ large enough to zero many groups in three steps."""
+    out = tmp_path_factory.mktemp("runs") / "fl"
+    execute(
+        RunRequest(
+            method="fixed-lambda",
+            data_root=nyu_mtan,
+            budget="smoke",
+            unseen=("depth",),
+            overrides={"lam": "60"},
+            out=out,
+            reference=False,
+        )
+    )
+    return out
+
+
+def test_run_writes_a_sparsity_picture(sparse_run):
+    picture = sparse_run / "sparsity.png"
+    assert picture.is_file() and picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    payload = json.loads((sparse_run / "result.json").read_text())
+    assert payload["sparsity"]["group_sparsity"] > 0.2 and payload["input_size"] == [24, 32]
+
+
+def test_export_reloads_with_identical_outputs(cli, sparse_run, tmp_path):
+    target = tmp_path / "model.safetensors"
+    code, text = cli("export", sparse_run, "--out", target)
+    assert code == 0, text
+    assert target.is_file() and target.with_suffix(".json").is_file()
+    from mtbench.inference import export_run
+
+    report = export_run(sparse_run, tmp_path / "again.safetensors")
+    assert report["max_abs_difference"] <= 1e-4
+    assert report["compact_params"] < report["dense_params"]
+
+
+def test_bench_inference_records_accounting_in_the_result(cli, sparse_run):
+    code, text = cli("bench", "inference", sparse_run, "--repeats", "2")
+    assert code == 0, text
+    assert "parameters" in text and "FLOPs" in text and "latency, batch 16" in text and "compact ÷ dense" in text
+    report = json.loads((sparse_run / "result.json").read_text())["inference"]
+    assert report["params"]["compact"] < report["params"]["dense"]
+    assert report["flops"]["compact"] < report["flops"]["dense"]
+    assert set(report["latency_ms"]) == {"1", "16"}
+
+
+def test_missing_run_folder_is_a_clear_error(cli, tmp_path):
+    code, text = cli("bench", "inference", tmp_path)
+    assert code == 1 and "result.json" in text
