@@ -68,16 +68,21 @@ _loaded_builtins = False
 _loaded_files: dict[tuple[Path, str], list[str]] = {}  # (file, sha256) -> method names: loading twice is a no-op
 
 
-def _infos_of(module: ModuleType) -> list[MethodInfo]:
-    infos = list(getattr(module, "METHODS", ())) + ([module.METHOD] if hasattr(module, "METHOD") else [])
+def _checked(infos: list[Any], where: str) -> list[MethodInfo]:
+    """``infos`` if every one is a `MethodInfo`; a `PluginError` naming ``where`` otherwise."""
     for info in infos:
         if not isinstance(info, MethodInfo):
             raise PluginError(
-                f"{module.__name__}: METHOD(S) must hold MethodInfo objects",
-                expected="mtbench.methods.MethodInfo",
+                f"{where} does not provide MethodInfo objects",
+                expected="mtbench.methods.MethodInfo, or a module defining METHOD or METHODS",
                 found=type(info).__name__,
             )
     return infos
+
+
+def _infos_of(module: ModuleType) -> list[MethodInfo]:
+    infos = list(getattr(module, "METHODS", ())) + ([module.METHOD] if hasattr(module, "METHOD") else [])
+    return _checked(infos, f"module {module.__name__}")
 
 
 def _register_all(infos: Iterable[MethodInfo], source: str) -> list[str]:
@@ -105,18 +110,7 @@ def load_builtins() -> None:
             ) from exc
         infos = _infos_of(loaded) if isinstance(loaded, ModuleType) else [loaded]
         dist = entry.dist.name if entry.dist else "unknown package"
-        _register_all(_infos_of_checked(infos, entry.name), f"entry point {entry.name} ({dist})")
-
-
-def _infos_of_checked(infos: list[Any], where: str) -> list[MethodInfo]:
-    for info in infos:
-        if not isinstance(info, MethodInfo):
-            raise PluginError(
-                f"entry point {where!r} does not point at a MethodInfo",
-                expected="mtbench.methods.MethodInfo or a module defining METHOD",
-                found=type(info).__name__,
-            )
-    return infos
+        _register_all(_checked(infos, f"entry point {entry.name!r}"), f"entry point {entry.name} ({dist})")
 
 
 def load_plugin_path(path: str | Path) -> list[str]:

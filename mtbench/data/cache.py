@@ -281,8 +281,6 @@ def prepare(
 def _feature(value: np.ndarray, dtype: str) -> Any:
     import datasets
 
-    quiet_datasets()
-
     if value.ndim == 0:
         return datasets.Value(dtype)
     if value.ndim == 2:
