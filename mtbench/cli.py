@@ -430,7 +430,7 @@ def bench_data(
 @bench_app.command("inference")
 @reports_errors
 def bench_inference(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder (result.json + checkpoint.pt).")],
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders (result.json + checkpoint.pt).")],
     repeats: Annotated[int, typer.Option(help="Timed forwards per measurement (median).")] = 20,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's).")] = None,
     latency: Annotated[bool, typer.Option(help="Time forwards (off: parameters and FLOPs only).")] = True,
@@ -439,44 +439,36 @@ def bench_inference(
 
     The numbers also go into the run's result.json (key `inference`).
 
-    Example: `mtbench bench inference runs/<run id>`
+    Examples: `mtbench bench inference runs/<run id>`, `mtbench bench inference --no-latency runs/*`
     """
     from mtbench.inference import bench_inference as measure
 
-    report = measure(run_dir, repeats=repeats, threads=threads, batch_sizes=(1, 16) if latency else ())
+    for run_dir in run_dirs:
+        report = measure(run_dir, repeats=repeats, threads=threads, batch_sizes=(1, 16) if latency else ())
+        console.print(_inference_table(run_dir, report))
+
+
+def _inference_table(run_dir: Path, report: dict[str, Any]) -> Table:
+    size = report["input_size"]
     table = Table(
-        title=f"Inference, {run_dir.name}: input {report['input_size'][0]}×{report['input_size'][1]}, "
-        f"heads {', '.join(report['tasks'])}, CPU, {report['threads']} thread(s)",
+        title=f"Inference, {run_dir.name}: input {size[0]}×{size[1]}, heads {', '.join(report['tasks'])}, CPU, "
+        f"{report['threads']} thread(s)",
         title_justify="left",
     )
     for column in ("measure", "dense (zeros kept)", "compact", "compact ÷ dense"):
         table.add_column(column, justify="left" if column == "measure" else "right")
-    table.add_row(
-        "parameters",
-        f"{report['params']['dense']:,}",
-        f"{report['params']['compact']:,}",
-        f"{report['params']['compact'] / report['params']['dense']:.3f}",
-    )
-    table.add_row(
-        "FLOPs (1 image)",
-        f"{report['flops']['dense']:,}",
-        f"{report['flops']['compact']:,}",
-        f"{report['flops']['compact'] / report['flops']['dense']:.3f}",
-    )
+    for name, key in (("parameters", "params"), ("FLOPs (1 image)", "flops")):
+        dense, small = report[key]["dense"], report[key]["compact"]
+        table.add_row(name, f"{dense:,}", f"{small:,}", f"{small / dense:.3f}")
     for batch, timing in report["latency_ms"].items():
-        table.add_row(
-            f"latency, batch {batch} (ms)",
-            f"{timing['dense']:.2f}",
-            f"{timing['compact']:.2f}",
-            f"{timing['compact'] / timing['dense']:.3f}",
-        )
-        table.add_row(
-            f"latency, batch {batch}, BN folded (ms)",
-            f"{timing['dense']:.2f}",
-            f"{timing['compact_bn_folded']:.2f}",
-            f"{timing['compact_bn_folded'] / timing['dense']:.3f}",
-        )
-    console.print(table)
+        for label, key in (("", "compact"), (", BN folded", "compact_bn_folded")):
+            table.add_row(
+                f"latency, batch {batch}{label} (ms)",
+                f"{timing['dense']:.2f}",
+                f"{timing[key]:.2f}",
+                f"{timing[key] / timing['dense']:.3f}",
+            )
+    return table
 
 
 @app.command("export")
