@@ -887,6 +887,7 @@ def save_compact(net: CompactNet, path: Path) -> None:
     ``input_index``/``feature_index`` and ``source`` (the ArchSpec and head kinds).
     """
     config_path = _json_path(path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(
         Path(path),
         {k: v.detach().cpu() for k, v in net.state_dict().items()},

@@ -35,7 +35,7 @@ def test_run_writes_a_sparsity_picture(sparse_run):
 
 
 def test_export_reloads_with_identical_outputs(cli, sparse_run, tmp_path):
-    target = tmp_path / "model.safetensors"
+    target = tmp_path / "new" / "folder" / "model.safetensors"  # missing folders are created
     code, text = cli("export", sparse_run, "--out", target)
     assert code == 0, text
     assert target.is_file() and target.with_suffix(".json").is_file()
