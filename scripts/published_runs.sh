@@ -4,6 +4,8 @@
 # folder already holds result.json is skipped, so an interrupted sweep resumes where it stopped.
 #
 #   bash scripts/published_runs.sh [WORKDIR]        # default WORKDIR: ~/mtbench-sweep
+#   ONLY=celebamask-synth OMP_NUM_THREADS=1 bash scripts/published_runs.sh   # one data set per worker:
+#   on two cores, two one-thread workers finish sooner than one two-thread worker
 #   mtbench bench inference --no-latency WORKDIR/runs/*   (parameters and FLOPs for the table)
 #   mtbench leaderboard publish WORKDIR/runs/*
 set -uo pipefail
@@ -13,6 +15,7 @@ methods="stl ew uw dwa gradnorm pcgrad mgda cagrad famo fixed-lambda meta-dense 
 for seed in 0 1 2; do
   for spec in "nyuv2-synth depth" "celebamask-synth smiling"; do
     set -- $spec
+    [ -n "${ONLY:-}" ] && [ "$1" != "$ONLY" ] && continue
     for method in $methods; do
       out="runs/$1-$method-seed$seed"
       [ -f "$out/result.json" ] && continue
