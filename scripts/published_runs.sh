@@ -5,14 +5,14 @@
 #
 #   bash scripts/published_runs.sh [WORKDIR]        # default WORKDIR: ~/mtbench-sweep
 #   ONLY=celebamask-synth OMP_NUM_THREADS=1 bash scripts/published_runs.sh   # one data set per worker:
-#   on two cores, two one-thread workers finish sooner than one two-thread worker
+#   on two cores, two one-thread workers finish sooner than one two-thread worker; SEEDS="2" limits the seeds
 #   mtbench bench inference --no-latency WORKDIR/runs/*   (parameters and FLOPs for the table)
 #   mtbench leaderboard publish WORKDIR/runs/*
 set -uo pipefail
 work=${1:-$HOME/mtbench-sweep}
 mkdir -p "$work" && cd "$work" || exit 1
 methods="stl ew uw dwa gradnorm pcgrad mgda cagrad famo fixed-lambda meta-dense meta-sparsity"
-for seed in 0 1 2; do
+for seed in ${SEEDS:-0 1 2}; do
   for spec in "nyuv2-synth depth" "celebamask-synth smiling"; do
     set -- $spec
     [ -n "${ONLY:-}" ] && [ "$1" != "$ONLY" ] && continue
