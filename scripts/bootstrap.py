@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TORCH_PAIR = ("torch==2.14.1", "torchvision==0.29.2")
+TORCH_PAIR = ("torch==2.14.1", "torchvision==0.29.1")
 LEARN2LEARN = "learn2learn==0.2.0"
 CYTHON = "cython>=3,<4"
 
