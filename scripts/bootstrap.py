@@ -19,6 +19,7 @@ Pass ``--no-editable`` for a regular (non-editable) install of mtbench.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -112,6 +113,17 @@ def main() -> None:
     target = f"{REPO}[dev]"
     pip(target) if options.no_editable else pip("-e", target)
     run(sys.executable, "-c", "import learn2learn, mtbench; print('mtbench', mtbench.__version__, 'ready')")
+    ensure_command_on_path()
+
+
+def ensure_command_on_path() -> None:
+    """Under pyenv a new console script is only on PATH after ``pyenv rehash``; run it for the user."""
+    pyenv = shutil.which("pyenv")
+    if pyenv is None:
+        return
+    root = subprocess.run([pyenv, "root"], capture_output=True, text=True).stdout.strip()
+    if root and Path(sys.executable).resolve().is_relative_to(Path(root).resolve()):
+        run(pyenv, "rehash")
 
 
 if __name__ == "__main__":
