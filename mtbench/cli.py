@@ -540,7 +540,7 @@ def print_run(payload: dict[str, Any]) -> None:
             for index, (metric, entry) in enumerate(task["metrics"].items()):
                 table.add_row(
                     name if index == 0 else "",
-                    metric,
+                    metric if entry.get("in_delta_m", True) else f"{metric} (not in Δm)",
                     "↑" if entry["higher_is_better"] else "↓",
                     f"{entry['value']:.4f}",
                     end_section=index == len(task["metrics"]) - 1,

@@ -62,10 +62,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtbench.models import ASPPHead, BasicBlock, DenseHead, ImageHead, SmallResNet
+from mtbench.models import ASPPHead, BasicBlock, DenseHead, ImageHead, SmallResNet, global_pool
 
 FORMAT = "mtbench-compact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: image heads pool by max (1: by mean)
 
 # --------------------------------------------------------------------------------------------------
 # Analysis: an explicit graph of the source network (units, blocks, heads) with channel masks.
@@ -459,7 +459,7 @@ class CompactImageHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, cfg["out"]))
 
     def forward(self, features: Tensor, size: tuple[int, int]) -> Tensor:
-        return self.mlp(self.conv(features).mean(dim=(2, 3)))
+        return self.mlp(global_pool(self.conv(features)))
 
 
 class CompactASPPHead(nn.Module):

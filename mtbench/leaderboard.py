@@ -77,6 +77,18 @@ class Group:
         keys = sorted(columns, key=lambda k: (order.index(k[0]) if k[0] in order else len(order), 0))
         return [(task, metric, *columns[(task, metric)]) for task, metric in keys]
 
+    @property
+    def outside_delta_m(self) -> set[tuple[str, str]]:
+        """(task, metric) pairs that the results mark as left out of Δm."""
+        return {
+            (task, metric)
+            for seeds in self.runs.values()
+            for payload in seeds.values()
+            for task, entry in payload["tasks"].items()
+            for metric, value in entry["metrics"].items()
+            if not value.get("in_delta_m", True)
+        }
+
 
 def _slug(dataset: str, protocol: dict[str, Any], signature: dict[str, Any]) -> str:
     unseen = "+".join(protocol["unseen"]) or "none"
@@ -214,7 +226,11 @@ def _title(group: Group) -> str:
 
 def _header(group: Group) -> list[str]:
     head = ["rank", "method", "seeds"]
-    head += [f"{task} {metric} {'↑' if higher else '↓'}" for task, metric, higher, _ in group.metric_columns]
+    outside = group.outside_delta_m
+    head += [
+        f"{task} {metric} {'↑' if higher else '↓'}{'†' if (task, metric) in outside else ''}"
+        for task, metric, higher, _ in group.metric_columns
+    ]
     return head + ["Δm seen % ↑", "Δm held-out % ↑", "group sparsity %", "params (compact)", "GFLOPs (compact)"]
 
 
@@ -232,11 +248,19 @@ NOTES = (
     "fine-tuned from the trained backbone only, never seen in training; stl's held-out numbers come from a "
     "random backbone (no transfer). Rank: mean over metric columns. A blank cell means an input is missing."
 )
+NOTE_OUTSIDE = (
+    " † Shown and ranked, but not in Δm: Δm divides by the reference, and a reference that predicts a "
+    "single class has F1 = 0."
+)
+
+
+def _notes(group: Group) -> str:
+    return NOTES + (NOTE_OUTSIDE if group.outside_delta_m else "")
 
 
 def render_markdown(group: Group) -> str:
     table = rows(group)
-    lines = [GENERATED, "", f"## {_title(group)}", "", NOTES, ""]
+    lines = [GENERATED, "", f"## {_title(group)}", "", _notes(group), ""]
     header = _header(group)
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
@@ -435,7 +459,7 @@ td:nth-child(2) {{ text-align: left; }} .synthetic {{ color: #a60; font-weight: 
 </style></head><body>
 <h1>{html.escape(_title(group))}</h1>
 {banner}
-<p>{html.escape(NOTES)} Click a column header to sort.</p>
+<p>{html.escape(_notes(group))} Click a column header to sort.</p>
 <table class="sortable" id="leaderboard"><thead><tr>{head}</tr></thead><tbody>
 {chr(10).join(body)}
 </tbody></table>

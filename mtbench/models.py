@@ -146,8 +146,18 @@ class ASPPHead(nn.Module):
         return F.interpolate(self.body(features), size=size, mode="bilinear", align_corners=False)
 
 
+def global_pool(features: Tensor) -> Tensor:
+    """Global max pooling (B, C, H, W) -> (B, C), the image heads' pooling.
+
+    Max, not average: image-level attributes are mostly local evidence (glasses, a smile, a hat), and
+    after norm + ReLU the spatial mean of a channel is nearly the same for every image, so an
+    average-pooled head of the small presets stayed at the majority class for such attributes.
+    """
+    return features.amax(dim=(2, 3))
+
+
 class ImageHead(nn.Module):
-    """Image-level head: 3×3 conv + norm + ReLU, global average pool, two-layer MLP."""
+    """Image-level head: 3×3 conv + norm + ReLU, global max pool, two-layer MLP."""
 
     def __init__(self, in_channels: int, out_channels: int, norm: Norm, hidden: int | None = None) -> None:
         super().__init__()
@@ -156,7 +166,7 @@ class ImageHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_channels))
 
     def forward(self, features: Tensor, size: tuple[int, int]) -> Tensor:
-        return self.mlp(self.conv(features).mean(dim=(2, 3)))
+        return self.mlp(global_pool(self.conv(features)))
 
 
 @dataclass(frozen=True)

@@ -433,7 +433,12 @@ def result_payload(
                 "version": r.task.version,
                 "title": r.task.title,
                 "metrics": {
-                    m.name: {"value": r.metrics[m.name], "higher_is_better": m.higher_is_better} for m in r.task.metrics
+                    m.name: {
+                        "value": r.metrics[m.name],
+                        "higher_is_better": m.higher_is_better,
+                        "in_delta_m": m.in_delta_m,
+                    }
+                    for m in r.task.metrics
                 },
                 "finetune_seconds": r.finetune_seconds,
                 "eval_seconds": r.eval_seconds,

@@ -79,7 +79,7 @@ def run_delta_m(payload: dict, reference: dict) -> dict:
     """Δm of a run against a reference run, seen and held-out tasks apart, in both conventions.
 
     Returns ``{"seen": {ALL_METRICS: x, PER_TASK: y}, "unseen": {...}, "reference_run": id}``; a role with
-    no tasks is omitted.
+    no tasks is omitted. Metrics a result marks ``"in_delta_m": false`` (see `MetricSpec`) are left out.
     """
     out: dict = {
         "reference_run": reference["run_id"],
@@ -96,6 +96,8 @@ def run_delta_m(payload: dict, reference: dict) -> dict:
                     f"reference run lacks task {task!r}", expected="the same tasks", found=", ".join(reference["tasks"])
                 )
             for metric, value in entry["metrics"].items():
+                if not value.get("in_delta_m", True):
+                    continue
                 key = f"{task}/{metric}"
                 values[key] = value["value"]
                 ref[key] = reference["tasks"][task]["metrics"][metric]["value"]

@@ -20,11 +20,14 @@ class MetricSpec:
         name: key in result files, e.g. ``"mIoU"``.
         higher_is_better: direction, used by Δm and ranking.
         description: what it measures, for tables and ``--help``.
+        in_delta_m: whether Δm uses it. False for a metric whose reference can legitimately be 0
+            (Δm divides by the reference), e.g. F1 of a classifier that predicts one class.
     """
 
     name: str
     higher_is_better: bool
     description: str = ""
+    in_delta_m: bool = True
 
     @property
     def arrow(self) -> str:

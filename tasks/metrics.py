@@ -27,6 +27,11 @@ EDGES = (
 )
 BINARY = (
     MetricSpec("acc", True, "accuracy"),
-    MetricSpec("f1", True, "F1 score of the positive class"),
+    MetricSpec(
+        "f1",
+        True,
+        "F1 score of the positive class (not in Δm: a reference that predicts one class has F1 = 0)",
+        in_delta_m=False,
+    ),
     MetricSpec("balancedAcc", True, "balanced accuracy (mean recall of both classes)"),
 )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mtbench.leaderboard import build, collect, render_csv, rows
+from mtbench.leaderboard import build, collect, render_csv, render_markdown, rows
 from mtbench.results import store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,6 +108,18 @@ def test_synthetic_and_real_never_share_a_table(tmp_path):
     assert sum("SYNTHETIC" in text for text in markdown) == 1
 
 
+def test_metrics_outside_delta_m_are_marked_and_left_out(tmp_path):
+    payloads = [_payload("stl", 0, 0.40, 1.0), _payload("ew", 0, 0.44, 0.9)]
+    for payload, f1 in zip(payloads, (0.0, 0.5)):  # stl's F1 of 0 must not void Δm
+        payload["tasks"]["depth"]["metrics"]["f1"] = {"value": f1, "higher_is_better": True, "in_delta_m": False}
+    (group,) = collect(_store(tmp_path / "r", payloads))
+    table = {row.method: row for row in rows(group)}
+    assert table["ew"].delta_unseen.mean == pytest.approx(10.0)  # absErr only
+    assert table["ew"].metrics[("depth", "f1")].mean == pytest.approx(0.5)
+    markdown = render_markdown(group)
+    assert "depth f1 ↑†" in markdown and "depth absErr ↓ " in markdown and "† Shown and ranked" in markdown
+
+
 def test_csv_has_blank_for_missing_aggregates(tmp_path):
     results = _store(tmp_path / "r", [_payload("ew", 0, 0.4, 1.0)])  # no stl at all
     (group,) = collect(results)
@@ -127,12 +139,11 @@ def test_committed_leaderboard_matches_a_fresh_build(tmp_path):
         )
 
 
-def test_html_renders_in_headless_chromium(tmp_path):
+def _render(page: Path, profile: Path) -> str:
+    """The DOM of ``page`` after Debian's headless chromium ran its scripts (skips without chromium)."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    results = _store(tmp_path / "r", [_payload("stl", 0, 0.4, 1.0), _payload("ew", 0, 0.44, 0.9, sparsity=0.3)])
-    page = next(p for p in build(results, tmp_path / "board") if p.suffix == ".html")
     done = subprocess.run(
         [
             browser,
@@ -143,7 +154,7 @@ def test_html_renders_in_headless_chromium(tmp_path):
             "--disable-component-update",
             "--disable-sync",
             "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--user-data-dir={profile}",
             "--dump-dom",
             page.as_uri(),
         ],
@@ -151,7 +162,24 @@ def test_html_renders_in_headless_chromium(tmp_path):
         text=True,
         timeout=120,
     )
-    dom = done.stdout
-    assert 'data-ready="yes"' in dom, done.stderr[-2000:]  # the sorting script ran
+    assert 'data-ready="yes"' in done.stdout, done.stderr[-2000:]  # the sorting script ran
+    return done.stdout
+
+
+def test_html_renders_in_headless_chromium(tmp_path):
+    results = _store(tmp_path / "r", [_payload("stl", 0, 0.4, 1.0), _payload("ew", 0, 0.44, 0.9, sparsity=0.3)])
+    page = next(p for p in build(results, tmp_path / "board") if p.suffix == ".html")
+    dom = _render(page, tmp_path / "profile")
     assert dom.count("<tr>") >= 3 and 'class="point"' in dom and "<svg" in dom
     assert 'class="layer"' in dom  # the per-layer sparsity pictures
+
+
+def test_committed_pages_render_in_headless_chromium(tmp_path):
+    pages = sorted((REPO / "leaderboard").glob("*.html"))
+    if not pages:
+        pytest.skip("no leaderboard page is committed yet")
+    for page in pages:
+        dom = _render(page, tmp_path / "profile")
+        methods = len(list(csv.DictReader(io.StringIO(page.with_suffix(".csv").read_text()))))
+        assert dom.count("<tr>") == methods + 1, page.name  # header + one row per method
+        assert dom.count('class="point"') >= 1 and 'class="layer"' in dom, page.name

@@ -54,3 +54,47 @@ def test_errors():
         delta_m({"a": 1.0}, {"a": 0.0}, {"a": True})
     with pytest.raises(ScoringError, match="no task in groups"):
         delta_m({"a": 1.0, "b": 1.0}, {"a": 1.0, "b": 1.0}, {"a": True, "b": True}, {"a": "t"})
+
+
+def _run(run_id: str, tasks: dict) -> dict:
+    return {"run_id": run_id, "method": {"name": run_id}, "tasks": tasks}
+
+
+def test_run_delta_m_leaves_out_metrics_marked_outside_delta_m():
+    """An attribute's F1 with a one-class reference (F1 = 0) is reported, not divided by."""
+    from mtbench.scoring import ALL_METRICS, PER_TASK, run_delta_m
+
+    def attribute(acc: float, f1: float, seen: bool) -> dict:
+        return {
+            "seen": seen,
+            "metrics": {
+                "acc": {"value": acc, "higher_is_better": True, "in_delta_m": True},
+                "f1": {"value": f1, "higher_is_better": True, "in_delta_m": False},
+            },
+        }
+
+    seg = {"seen": True, "metrics": {"mIoU": {"value": 0.6, "higher_is_better": True}}}  # no flag: in Δm
+    reference = _run(
+        "stl",
+        {
+            "seg": {**seg, "metrics": {"mIoU": {"value": 0.5, "higher_is_better": True}}},
+            "smiling": attribute(0.45, 0.0, False),
+        },
+    )
+    method = _run("ew", {"seg": seg, "smiling": attribute(0.54, 0.3, False)})
+    delta = run_delta_m(method, reference)
+    assert delta["seen"][ALL_METRICS] == pytest.approx(20.0)  # (0.6 − 0.5) / 0.5
+    assert delta["unseen"][ALL_METRICS] == pytest.approx(20.0)  # (0.54 − 0.45) / 0.45; F1 left out
+    assert delta["unseen"][PER_TASK] == pytest.approx(20.0)
+    method["tasks"]["smiling"]["metrics"]["f1"]["in_delta_m"] = True
+    reference["tasks"]["smiling"]["metrics"]["f1"]["in_delta_m"] = True
+    with pytest.raises(ScoringError, match="zero"):
+        run_delta_m(method, reference)
+
+
+def test_attribute_f1_is_declared_outside_delta_m():
+    from mtbench import catalog
+
+    metrics = {m.name: m for m in catalog.task("celebamask", "smiling").metrics}
+    assert not metrics["f1"].in_delta_m and metrics["acc"].in_delta_m and metrics["balancedAcc"].in_delta_m
+    assert all(m.in_delta_m for m in catalog.task("nyuv2", "semseg").metrics)
