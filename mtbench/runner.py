@@ -269,7 +269,10 @@ def execute(
                     f"(stored in {results_dir} and reused by later runs)"
                 )
             reference = execute(
-                dataclasses.replace(request, method=REFERENCE_METHOD, overrides={}, out=None, reference=False),
+                # the data set is resolved by now: naming it keeps the reference run from repeating notices
+                dataclasses.replace(
+                    request, method=REFERENCE_METHOD, overrides={}, out=None, reference=False, dataset=spec.name
+                ),
                 notice,
                 progress,
             )

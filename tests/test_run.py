@@ -185,3 +185,17 @@ def test_readme_plugin_example_runs(cli, nyu_mtan, tmp_path):
     payload = json.loads((tmp_path / "run" / "result.json").read_text())
     assert payload["method"]["config"] == {"temperature": 1.5}
     assert payload["method"]["source"].startswith(f"file {plugin}")
+
+
+def test_default_data_is_the_synthetic_stand_in_said_once(tmp_path):
+    """No --dataset and no prepared NYU-v2: nyuv2-synth is generated once, said once, tagged synthetic."""
+    notices: list[str] = []
+    request = RunRequest(
+        method="ew", budget="smoke", unseen=("depth",), results=tmp_path / "results", out=tmp_path / "ew"
+    )
+    payload = execute(request, notice=notices.append)
+    assert payload["dataset"]["name"] == "nyuv2-synth" and payload["dataset"]["synthetic"] is True
+    assert sum("SYNTHETIC stand-in nyuv2-synth" in n for n in notices) == 1, notices
+    assert sum("generating nyuv2-synth" in n for n in notices) <= 1
+    assert any("training it first" in n for n in notices)  # the stl reference ran on the same data
+    assert payload["delta_m"]["reference_method"] == "stl"
