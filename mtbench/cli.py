@@ -451,8 +451,9 @@ def bench_inference(
 def _inference_table(run_dir: Path, report: dict[str, Any]) -> Table:
     size = report["input_size"]
     table = Table(
-        title=f"Inference, {run_dir.name}: input {size[0]}×{size[1]}, heads {', '.join(report['tasks'])}, CPU, "
-        f"{report['threads']} thread(s)",
+        title=f"Inference, {run_dir.name}: input {size[0]}×{size[1]}, heads {', '.join(report['tasks'])}"
+        + (f" ({report['networks']} networks, summed)" if report.get("networks", 1) > 1 else "")
+        + f", CPU, {report['threads']} thread(s)",
         title_justify="left",
     )
     for column in ("measure", "dense (zeros kept)", "compact", "compact ÷ dense"):
@@ -485,9 +486,10 @@ def export(
     from mtbench.inference import export_run
 
     report = export_run(run_dir, out, fold_bn=fold_bn)
+    files = "; ".join(f"{weights} + {config}" for weights, config in report["files"])
     console.print(
-        f"exported {', '.join(report['tasks'])}: {report['dense_params']:,} → {report['compact_params']:,} "
-        f"parameters; reloaded from {report['file']} + {report['config']}; max |dense − compact| on random "
+        f"exported {', '.join(report['tasks'])} ({report['networks']} network(s)): {report['dense_params']:,} → "
+        f"{report['compact_params']:,} parameters; reloaded from {files}; max |dense − compact| on random "
         f"inputs = {report['max_abs_difference']:.2e}"
     )
 

@@ -17,13 +17,25 @@ from mtbench.models import ArchSpec, MultiTaskNet
 
 
 @dataclass
+class Network:
+    """One trained network of a run and the task heads it serves."""
+
+    tasks: list[str]
+    model: MultiTaskNet
+
+
+@dataclass
 class RunModel:
-    """The trained network of a run, rebuilt from its folder."""
+    """The trained network(s) of a run, rebuilt from its folder: one for a multi-task method, one per
+    task for single-task learning (serving every task then means running every network)."""
 
     payload: dict[str, Any]
-    model: MultiTaskNet
-    tasks: list[str]
+    networks: list[Network]
     input_size: tuple[int, int]
+
+    @property
+    def tasks(self) -> list[str]:
+        return [task for network in self.networks for task in network.tasks]
 
 
 def _input_size(payload: dict[str, Any]) -> tuple[int, int]:
@@ -45,7 +57,7 @@ def _input_size(payload: dict[str, Any]) -> tuple[int, int]:
 
 
 def load_run(run_dir: Path) -> RunModel:
-    """Rebuild the trained network of ``run_dir`` (``result.json`` + ``checkpoint.pt``, no pickled code)."""
+    """Rebuild the trained network(s) of ``run_dir`` (``result.json`` + ``checkpoint.pt``, no pickled code)."""
     run_dir = Path(run_dir)
     result, checkpoint = run_dir / "result.json", run_dir / "checkpoint.pt"
     for path in (result, checkpoint):
@@ -62,34 +74,44 @@ def load_run(run_dir: Path) -> RunModel:
     family = payload["dataset"]["family"]
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if "model" in state:
-        tasks = list(payload["protocol"]["seen"])
-        weights = state["model"]
-    else:  # one network per task (stl): the first seen task's network
-        key = sorted(k for k in state if k.startswith("model/"))[0]
-        tasks, weights = [key.split("/", 1)[1]], state[key]
-    model = MultiTaskNet(arch, [catalog.task(family, name) for name in tasks])
-    model.load_state_dict(weights)
-    return RunModel(payload, model.eval(), tasks, _input_size(payload))
+        parts = [(list(payload["protocol"]["seen"]), state["model"])]
+    else:  # one network per seen task (stl), in the protocol's task order
+        parts = [([task], state[f"model/{task}"]) for task in payload["protocol"]["seen"]]
+    networks = []
+    for tasks, weights in parts:
+        model = MultiTaskNet(arch, [catalog.task(family, name) for name in tasks])
+        model.load_state_dict(weights)
+        networks.append(Network(tasks, model.eval()))
+    return RunModel(payload, networks, _input_size(payload))
 
 
 def export_run(run_dir: Path, out: Path, *, fold_bn: bool = False, seed: int = 0) -> dict[str, Any]:
-    """Compact the run's network, save it (safetensors + JSON), reload it and check it against the dense one."""
+    """Compact the run's network(s), save (safetensors + JSON), reload and check against the dense ones.
+
+    A run with one network per task writes ``<out stem>-<task><suffix>`` for each.
+    """
     run = load_run(run_dir)
-    net = compact(run.model, fold_bn=fold_bn)
-    save_compact(net, Path(out))
-    reloaded = load_compact(Path(out))
+    out = Path(out)
     generator = torch.Generator().manual_seed(seed)
     images = torch.rand(2, 3, *run.input_size, generator=generator)
-    with torch.no_grad():
-        dense, small = run.model(images, run.tasks), reloaded(images, run.tasks)
-    difference = max(float((dense[t] - small[t]).abs().max()) for t in run.tasks)
+    files, difference, dense_params, compact_params = [], 0.0, 0, 0
+    for network in run.networks:
+        target = out if len(run.networks) == 1 else out.with_name(f"{out.stem}-{network.tasks[0]}{out.suffix}")
+        save_compact(compact(network.model, fold_bn=fold_bn), target)
+        reloaded = load_compact(target)
+        with torch.no_grad():
+            dense, small = network.model(images, network.tasks), reloaded(images, network.tasks)
+        difference = max([difference, *(float((dense[t] - small[t]).abs().max()) for t in network.tasks)])
+        dense_params += count_params(network.model)
+        compact_params += count_params(reloaded)
+        files.append((str(target), str(target.with_suffix(".json"))))
     return {
         "tasks": run.tasks,
+        "networks": len(run.networks),
         "max_abs_difference": difference,
-        "dense_params": count_params(run.model),
-        "compact_params": count_params(reloaded),
-        "file": str(out),
-        "config": str(Path(out).with_suffix(".json")),
+        "dense_params": dense_params,
+        "compact_params": compact_params,
+        "files": files,
     }
 
 
@@ -103,32 +125,36 @@ def bench_inference(
 ) -> dict[str, Any]:
     """Parameters, FLOPs and CPU latency, dense-with-zeros against compact, measured in one process.
 
+    For a run with one network per task (stl) every measure is the sum over its networks.
+
     The report goes into the run's ``result.json`` (key ``inference``) unless ``update`` is False.
     """
     run = load_run(run_dir)
     if threads:
         torch.set_num_threads(threads)
-    net = compact(run.model, fold_bn=False)
-    folded = compact(run.model, fold_bn=True)
+    dense = [network.model for network in run.networks]
+    plain = [compact(model, fold_bn=False) for model in dense]
+    folded = [compact(model, fold_bn=True) for model in dense]
+    task_lists = [network.tasks for network in run.networks]
     report: dict[str, Any] = {
         "input_size": list(run.input_size),
         "tasks": run.tasks,
+        "networks": len(run.networks),
         "threads": torch.get_num_threads(),
         "device": "cpu",
-        "params": {"dense": count_params(run.model), "compact": count_params(net)},
+        "params": {"dense": sum(map(count_params, dense)), "compact": sum(map(count_params, plain))},
     }
     flops_image = torch.rand(1, 3, *run.input_size)
     report["flops"] = {
-        "dense": count_flops(run.model, flops_image, run.tasks),
-        "compact": count_flops(net, flops_image, run.tasks),
+        kind: sum(count_flops(model, flops_image, tasks) for model, tasks in zip(models, task_lists))
+        for kind, models in (("dense", dense), ("compact", plain))
     }
     report["latency_ms"] = {}
     for batch in batch_sizes:  # empty: parameters and FLOPs only (fast, no timing)
         images = torch.rand(batch, 3, *run.input_size)
         report["latency_ms"][str(batch)] = {
-            "dense": 1e3 * latency(run.model, images, run.tasks, repeats=repeats),
-            "compact": 1e3 * latency(net, images, run.tasks, repeats=repeats),
-            "compact_bn_folded": 1e3 * latency(folded, images, run.tasks, repeats=repeats),
+            kind: 1e3 * sum(latency(model, images, tasks, repeats=repeats) for model, tasks in zip(models, task_lists))
+            for kind, models in (("dense", dense), ("compact", plain), ("compact_bn_folded", folded))
         }
     if update:
         path = Path(run_dir) / "result.json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from mtbench.runner import RunRequest, execute
 
@@ -59,3 +60,24 @@ def test_bench_inference_records_accounting_in_the_result(cli, sparse_run):
 def test_missing_run_folder_is_a_clear_error(cli, tmp_path):
     code, text = cli("bench", "inference", tmp_path)
     assert code == 1 and "result.json" in text
+
+
+def test_single_task_runs_are_accounted_as_all_their_networks(nyu_mtan, tmp_path):
+    """stl serves its seen tasks with one network each: parameters, FLOPs and exports cover all of them."""
+    from mtbench.export import count_flops, count_params
+    from mtbench.inference import bench_inference, export_run, load_run
+
+    out = tmp_path / "stl"
+    execute(RunRequest(method="stl", data_root=nyu_mtan, budget="smoke", unseen=("depth",), out=out, reference=False))
+    run = load_run(out)
+    seen = json.loads((out / "result.json").read_text())["protocol"]["seen"]
+    assert [n.tasks for n in run.networks] == [[task] for task in seen] and len(seen) > 1
+    report = bench_inference(out, batch_sizes=(1,), repeats=1)
+    single = [count_params(n.model) for n in run.networks]
+    assert report["networks"] == len(seen) and report["params"]["dense"] == sum(single)
+    image = torch.rand(1, 3, *run.input_size)
+    assert report["flops"]["dense"] == sum(count_flops(n.model, image, n.tasks) for n in run.networks)
+    exported = export_run(out, tmp_path / "stl.safetensors")
+    assert [w for w, _ in exported["files"]] == [str(tmp_path / f"stl-{task}.safetensors") for task in seen]
+    assert all((tmp_path / f"stl-{task}.safetensors").is_file() for task in seen)
+    assert exported["max_abs_difference"] <= 1e-4 and exported["dense_params"] == sum(single)
