@@ -123,7 +123,9 @@ def ensure_command_on_path() -> None:
         return
     root = subprocess.run([pyenv, "root"], capture_output=True, text=True).stdout.strip()
     if root and Path(sys.executable).resolve().is_relative_to(Path(root).resolve()):
-        run(pyenv, "rehash")
+        say(f"$ {pyenv} rehash")
+        if subprocess.run([pyenv, "rehash"]).returncode != 0:  # not fatal: `python -m mtbench` works anyway
+            say("`pyenv rehash` failed: run it yourself, or use `python -m mtbench`")
 
 
 if __name__ == "__main__":
