@@ -363,14 +363,30 @@ def _scatter_svg(table: list[Row]) -> str:
         )
     for tick in (y_low, 0.0, y_high):
         parts.append(f'<text x="{pad - 6}" y="{sy(tick) + 4:.1f}" text-anchor="end" font-size="11">{tick:.1f}</text>')
-    for x, y, name in points:
+    label_y = _spread([sy(y) + 4 for _, y, _ in points], gap=12.0)
+    for (x, y, name), text_y in zip(points, label_y):
         parts.append(
             f'<circle class="point" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="#1f77b4">'
             f"<title>{html.escape(name)}: Δm {y:+.2f} %, sparsity {x:.1f} %</title></circle>"
         )
-        parts.append(f'<text x="{sx(x) + 7:.1f}" y="{sy(y) - 6:.1f}" font-size="11">{html.escape(name)}</text>')
+        label_x = sx(x) + 18
+        parts.append(
+            f'<line x1="{sx(x) + 5:.1f}" y1="{sy(y):.1f}" x2="{label_x - 2:.1f}" y2="{text_y - 4:.1f}" stroke="#bbb"/>'
+        )
+        parts.append(f'<text x="{label_x:.1f}" y="{text_y:.1f}" font-size="11">{html.escape(name)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def _spread(wanted: list[float], gap: float) -> list[float]:
+    """Label positions as close to ``wanted`` as possible while at least ``gap`` apart (keeps the order)."""
+    order = sorted(range(len(wanted)), key=lambda i: wanted[i])
+    placed = [0.0] * len(wanted)
+    previous = -math.inf
+    for i in order:
+        placed[i] = max(wanted[i], previous + gap)
+        previous = placed[i]
+    return placed
 
 
 def _layer_svg(row: Row) -> str:

@@ -183,3 +183,12 @@ def test_committed_pages_render_in_headless_chromium(tmp_path):
         methods = len(list(csv.DictReader(io.StringIO(page.with_suffix(".csv").read_text()))))
         assert dom.count("<tr>") == methods + 1, page.name  # header + one row per method
         assert dom.count('class="point"') >= 1 and 'class="layer"' in dom, page.name
+
+
+def test_plot_labels_never_overlap():
+    from mtbench.leaderboard import _spread
+
+    placed = _spread([30.0, 30.0, 31.0, 100.0, 5.0], gap=12.0)
+    assert placed[4] == 5.0 and placed[0] == 30.0 and placed[3] == 100.0  # nothing moves without need
+    ordered = sorted(placed)
+    assert all(b - a >= 12.0 for a, b in zip(ordered, ordered[1:]))
