@@ -517,6 +517,8 @@ def _sparkline(values: list[float]) -> str:
 
 def print_run(payload: dict[str, Any]) -> None:
     """The tables a user reads after a run."""
+    from mtbench.scoring import counts_in_delta_m
+
     data = payload["dataset"]
     kind = "[yellow]SYNTHETIC[/]" if data["synthetic"] else "real"
     protocol = payload["protocol"]
@@ -542,7 +544,7 @@ def print_run(payload: dict[str, Any]) -> None:
             for index, (metric, entry) in enumerate(task["metrics"].items()):
                 table.add_row(
                     name if index == 0 else "",
-                    metric if entry.get("in_delta_m", True) else f"{metric} (not in Δm)",
+                    metric if counts_in_delta_m(entry) else f"{metric} (not in Δm)",
                     "↑" if entry["higher_is_better"] else "↓",
                     f"{entry['value']:.4f}",
                     end_section=index == len(task["metrics"]) - 1,

@@ -75,6 +75,11 @@ def delta_m(
     return sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
 
 
+def counts_in_delta_m(metric_entry: Mapping) -> bool:
+    """Whether a result file's metric entry enters Δm (``"in_delta_m"``, absent in older files = yes)."""
+    return bool(metric_entry.get("in_delta_m", True))
+
+
 def run_delta_m(payload: dict, reference: dict) -> dict:
     """Δm of a run against a reference run, seen and held-out tasks apart, in both conventions.
 
@@ -96,7 +101,7 @@ def run_delta_m(payload: dict, reference: dict) -> dict:
                     f"reference run lacks task {task!r}", expected="the same tasks", found=", ".join(reference["tasks"])
                 )
             for metric, value in entry["metrics"].items():
-                if not value.get("in_delta_m", True):
+                if not counts_in_delta_m(value):
                     continue
                 key = f"{task}/{metric}"
                 values[key] = value["value"]
