@@ -61,7 +61,11 @@ class MTLMethod(Method):
 
     def setup(self, ctx: TrainContext) -> None:
         self.model = ctx.new_model()
-        self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=ctx.budget.lr)
+        self.optimizer = self.make_optimizer(ctx)
+
+    def make_optimizer(self, ctx: TrainContext) -> torch.optim.Optimizer:
+        """Adam over `trainable_parameters`; sparse methods return a `ProximalAdam` instead."""
+        return torch.optim.Adam(self.trainable_parameters(), lr=ctx.budget.lr)
 
     def trainable_parameters(self) -> list[Tensor]:
         """What the optimiser updates; methods with their own weights (e.g. log-variances) add them."""
