@@ -41,6 +41,23 @@ def task_combinations(tasks: Sequence[str], mode: Combinations = "subsets") -> l
     return [combo for size in range(1, len(tasks) + 1) for combo in itertools.combinations(tasks, size)]
 
 
+META_VAL_SALT = 9173
+
+
+def meta_validation_split(num_samples: int, fraction: float, minimum: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Carve a meta-validation split out of the training split: ``(meta-train indices, meta-val indices)``.
+
+    The same for every seed and method (like the authors' NYU ``meta_gt_sets``, a fixed list), sorted,
+    disjoint, with at least ``minimum`` samples (a query batch) in the meta-validation part and one in
+    the rest. Never touches the test split.
+    """
+    if not 0 < fraction < 1:
+        raise ConfigError("meta-validation fraction out of range", expected="0 < fraction < 1", found=str(fraction))
+    count = min(max(1, minimum, round(fraction * num_samples)), num_samples - 1)
+    order = np.random.default_rng([META_VAL_SALT, num_samples]).permutation(num_samples)
+    return np.sort(order[count:]), np.sort(order[:count])
+
+
 class EpisodeSampler:
     """Draws episodes over the seen tasks from ``num_samples`` training samples.
 
@@ -51,6 +68,9 @@ class EpisodeSampler:
         query_size: samples in the query batch (disjoint from the support batch).
         seed: episode ``i`` depends only on ``(seed, i)``.
         combinations: how task combinations are drawn (`task_combinations`).
+        support_pool / query_pool: if given, support indices are drawn from ``support_pool`` and query
+            indices from ``query_pool`` (e.g. a meta-validation split); otherwise both from the whole
+            split, disjoint within the episode.
     """
 
     def __init__(
@@ -62,10 +82,25 @@ class EpisodeSampler:
         query_size: int,
         seed: int,
         combinations: Combinations = "subsets",
+        support_pool: Sequence[int] | None = None,
+        query_pool: Sequence[int] | None = None,
     ) -> None:
+        if (support_pool is None) != (query_pool is None):
+            raise ConfigError("support_pool and query_pool go together", found="only one of them")
+        if support_pool is not None and query_pool is not None:
+            if set(support_pool) & set(query_pool):
+                raise ConfigError("support and query pools overlap", expected="disjoint index pools")
+            if support_size > len(support_pool) or query_size > len(query_pool) or min(support_size, query_size) < 1:
+                raise ConfigError(
+                    "support and query batches do not fit in their pools",
+                    expected=f"1 ≤ support ≤ {len(support_pool)}, 1 ≤ query ≤ {len(query_pool)}",
+                    found=f"support={support_size}, query={query_size}",
+                    fix="use smaller batches, more training samples or a larger meta-validation fraction",
+                )
+        self.pools = None if support_pool is None else (np.asarray(support_pool), np.asarray(query_pool))
         if not tasks:
             raise ConfigError("no tasks to draw episodes from", expected="at least one seen task", found="none")
-        if support_size < 1 or query_size < 1 or support_size + query_size > num_samples:
+        if self.pools is None and (support_size < 1 or query_size < 1 or support_size + query_size > num_samples):
             raise ConfigError(
                 "support and query batches do not fit in the training split",
                 expected=f"1 ≤ support, 1 ≤ query, support + query ≤ {num_samples}",
@@ -79,6 +114,11 @@ class EpisodeSampler:
     def episode(self, index: int) -> Episode:
         rng = np.random.default_rng([self.seed, index])
         combo = self.combinations[int(rng.integers(len(self.combinations)))]
+        if self.pools is not None:
+            support_pool, query_pool = self.pools
+            support = rng.choice(support_pool, size=self.support_size, replace=False)
+            query = rng.choice(query_pool, size=self.query_size, replace=False)
+            return Episode(index, combo, tuple(int(i) for i in support), tuple(int(i) for i in query))
         drawn = rng.choice(self.num_samples, size=self.support_size + self.query_size, replace=False)
         return Episode(
             index,

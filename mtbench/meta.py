@@ -2,23 +2,42 @@
 
 Our formulation (the paper's algorithm box was not available; see DESIGN §2). One meta-iteration:
 
-1. draw an episode: a non-empty subset C of the seen tasks, a support batch S and a disjoint query
-   batch Q from the training split;
-2. inner loop on a learn2learn ``MAML.clone()`` (K steps, inner lr α):
-   θ′ = θ − α ∇θ [ L_S(θ; C) + Σ_l λ_l Ω_l(θ_shared) ],   λ = exp(ρ) (one global ρ, or one per layer);
-3. outer loss L_Q(θ′; C), **without** a penalty term (with one, λ could only shrink);
-4. backpropagate to θ (backbone and heads) and to ρ; Adam steps (separate learning rate for ρ);
-5. proximal step (block soft-thresholding) on the shared conv groups of θ with threshold η·λ_l.
+1. draw an episode: a non-empty subset C of the seen tasks, a support batch S from the meta-training
+   part of the training split and a query batch Q from a meta-validation split carved from it
+   (``query_split="meta-val"``, the default, as the authors' NYU ``meta_gt_sets``; ``"train"`` draws
+   both, disjoint, from the whole training split); held-out tasks' labels are never read;
+2. inner loop on a learn2learn ``MAML.clone()`` (K steps, inner lr α), with λ = exp(ρ) (one global ρ,
+   or one per layer) entering in one of two ways (``lam_path``):
+   - ``penalty`` (default): θ′ = θ − α ∇θ [ L_S(θ; C) + Σ_l λ_l Ω_l(θ_shared) ];
+   - ``prox``: θ′ = prox_{αλ}(θ − α ∇θ L_S(θ; C)), block soft-thresholding of the shared groups inside
+     the meta-graph; λ's gradient then flows through the surviving groups' shrinkage
+     ∂θ′_g/∂λ = −α√n_g v_g/‖v_g‖ (v = θ − α∇L_S), and a group the inner prox zeroes passes none;
+3. outer loss L_Q(θ′; C), **without** a penalty term (with one, λ only ever shrinks);
+4. backpropagate to θ (backbone and heads) and to ρ; the meta-optimizer is the authors' proximal Adam
+   (`mtbench.sparsity.ProximalAdam`; separate learning rate for ρ), whose step ends with
+5. the proximal step on the shared conv groups of θ with threshold η·λ_l·√n_g, in the metric of Adam's
+   denominator (``prox="adam"``) or Euclidean (``prox="plain"``).
 
-λ gets its meta-gradient through θ′: ∂L_Q/∂λ_l = −α ⟨∇L_Q(θ′), ∇Ω_l(θ)⟩ for one inner step, so λ grows
-when shrinking the groups helps the query loss.
+λ's meta-gradient (``hypergradient="maml"``, default): through θ′. For K = 1 and the penalty path,
+∂L_Q/∂λ_l = −α ⟨∇L_Q(θ′), ∇Ω_l(θ)⟩, so λ grows when shrinking the groups helps the query loss. This
+horizon is one inner step: it cannot see what sparsity buys later in training.
 
-Second order (``first_order=False``): the inner gradient is taken with ``create_graph=True`` through
-learn2learn's ``adapt``; λ's path is part of that graph. First order (default on CPU): the task-loss
-gradient is detached (first-order MAML) but the penalty term keeps λ in the graph, the update being
-θ′ = θ − α (ĝ_S + λ ∇Ω(θ)^) with ^ = detached, applied with learn2learn's ``maml_update``. For K = 1
-this gives λ's gradient exactly (∂θ′/∂λ = −α∇Ω(θ) does not depend on second derivatives); θ's own
-gradient is first-order MAML.
+``hypergradient="online"`` (a longer horizon, our variant): forward-mode sensitivity of the meta-
+parameters to λ along the actual training trajectory, first order (Hessian terms dropped, as in
+first-order MAML): Z_l ← mask_l ⊙ (γ Z_l + (θ_{t+1} − v_t)/λ_l), where v_t is θ after the Adam step and
+before the prox, so (θ_{t+1} − v_t)/λ_l = ∂prox/∂λ_l of the surviving groups (exact for the plain and
+the D-metric prox: the prox moves a surviving group by −τ D⁻¹x/‖x‖ with τ ∝ λ) and zeroed groups carry
+no sensitivity; γ = 1 − 1/horizon truncates it. The hypergradient is ∂L_Q/∂λ_l ≈ ⟨∇_{θ_l} L_Q, Z_l⟩,
+i.e. "would the query loss be lower had the last ~horizon steps shrunk less/more".
+
+Second order (``first_order=False``): the inner gradient is taken with ``create_graph=True``; the group
+norm's derivative at a zero group is defined as 0 (`mtbench.sparsity._safe_sqrt`), as in the first-order
+path — without that, autograd of √ at 0 turns everything into NaN after the first zeroed group. First
+order (default on CPU): the task-loss gradient is detached (first-order MAML) but λ stays in the graph,
+θ′ = θ − α (ĝ_S + λ ∇Ω(θ)^) with ^ = detached; for K = 1 this gives λ's gradient exactly.
+
+Every run records ∂L_Q/∂λ per logged step and the fraction of steps where it was positive (λ pushed
+down), beside λ's trajectory.
 """
 
 from __future__ import annotations
@@ -34,7 +53,16 @@ import torch
 from torch import Tensor
 
 from mtbench.episodes import Episode
-from mtbench.sparsity import group_lasso, group_lasso_grad, prox_group_lasso_, shared_conv_weights
+from mtbench.sparsity import (
+    ProximalAdam,
+    ProxOptions,
+    group_lasso,
+    group_lasso_grad,
+    group_norms,
+    group_soft_threshold,
+    shared_conv_weights,
+    sparse_param_groups,
+)
 from mtbench.training import Batch, Method, TrainContext
 
 
@@ -51,7 +79,7 @@ def import_learn2learn() -> Any:
 
 
 @dataclass
-class MetaConfig:
+class MetaConfig(ProxOptions):
     """Configuration of the episodic meta-learner.
 
     Attributes:
@@ -63,7 +91,12 @@ class MetaConfig:
         rho_lr: Adam learning rate of ρ.
         per_layer: one λ per shared conv layer instead of one global λ.
         combinations: task combinations per episode: ``subsets`` (2^T − 1, the authors'), ``all``, ``single``.
-        axis: group axis, ``in`` (input channels, the authors') or ``out``.
+        query_split: ``meta-val`` (queries from a meta-validation split carved from training) or ``train``.
+        meta_val_fraction: size of that meta-validation split, as a fraction of the training split.
+        lam_path: how λ enters the inner loop: ``penalty`` (gradient of λΩ) or ``prox`` (inner prox step).
+        hypergradient: ``maml`` (through θ′, one episode) or ``online`` (sensitivity along training).
+        horizon: the online hypergradient's truncation, in outer steps (γ = 1 − 1/horizon).
+        axis / prox / bias_correction: see `mtbench.sparsity.ProxOptions`.
     """
 
     inner_steps: int = 1
@@ -74,7 +107,11 @@ class MetaConfig:
     rho_lr: float = 0.05
     per_layer: bool = False
     combinations: Literal["subsets", "all", "single"] = "subsets"
-    axis: Literal["in", "out"] = "in"
+    query_split: Literal["meta-val", "train"] = "meta-val"
+    meta_val_fraction: float = 0.2
+    lam_path: Literal["penalty", "prox"] = "penalty"
+    hypergradient: Literal["maml", "online"] = "maml"
+    horizon: int = 100
 
 
 class EpisodicMetaLearner(Method):
@@ -85,6 +122,8 @@ class EpisodicMetaLearner(Method):
     def __init__(self, config: MetaConfig) -> None:
         super().__init__(config)
         self.rho: Tensor | None = None
+        self.hyper_steps = 0
+        self.hyper_positive = 0
 
     # --- set-up --------------------------------------------------------------------------------------
     def setup(self, ctx: TrainContext) -> None:
@@ -107,11 +146,21 @@ class EpisodicMetaLearner(Method):
                 requires_grad=cfg.learn_lambda,
             )
         self.maml = l2l.algorithms.MAML(self.model, lr=cfg.inner_lr, first_order=cfg.first_order, allow_unused=True)
-        groups = [{"params": list(self.model.parameters()), "lr": ctx.budget.lr}]
+        groups = (
+            sparse_param_groups(self.model, ctx.budget.lr, self._current_lambdas, cfg.axis)
+            if self.penalised
+            else [{"params": list(self.model.parameters()), "lr": ctx.budget.lr}]
+        )
         if self.rho is not None and cfg.learn_lambda:
             groups.append({"params": [self.rho], "lr": cfg.rho_lr})
-        self.optimizer = torch.optim.Adam(groups)
-        self.sampler = ctx.episodes(cfg.combinations)
+        self.optimizer = ProximalAdam(groups, lr=ctx.budget.lr, prox=cfg.prox, bias_correction=cfg.bias_correction)
+        fraction = cfg.meta_val_fraction if cfg.query_split == "meta-val" else None
+        self.sampler = ctx.episodes(cfg.combinations, meta_val_fraction=fraction)
+        self.sensitivity = (
+            [torch.zeros_like(w) for _, w in shared_conv_weights(self.model)]
+            if cfg.hypergradient == "online" and self.penalised
+            else None
+        )
 
     # --- λ -------------------------------------------------------------------------------------------
     def lambdas(self) -> Tensor | None:
@@ -121,6 +170,10 @@ class EpisodicMetaLearner(Method):
         lam = self.rho.exp()
         return lam.expand(len(self.shared_positions)) if lam.numel() == 1 else lam
 
+    def _current_lambdas(self) -> list[float]:
+        lam = self.lambdas()
+        return [] if lam is None else lam.detach().cpu().tolist()
+
     def lam(self) -> float | list[float] | None:
         if self.rho is None:
             return 0.0
@@ -129,27 +182,37 @@ class EpisodicMetaLearner(Method):
 
     # --- one meta-iteration --------------------------------------------------------------------------
     def adapt(self, ctx: TrainContext, support: Batch, tasks: tuple[str, ...], lam: Tensor | None) -> Any:
-        """The inner loop: a learn2learn clone adapted K steps on the support batch (+ λΩ)."""
+        """The inner loop: a learn2learn clone adapted K steps on the support batch, λ entering by ``lam_path``."""
         cfg: MetaConfig = self.config
         l2l = import_learn2learn()
         learner = self.maml.clone()
+        penalty = lam is not None and cfg.lam_path == "penalty"
         for _ in range(cfg.inner_steps):
-            support_loss = sum(ctx.losses(learner, support, tasks).values())
             params = list(learner.parameters())
             shared = [params[i] for i in self.shared_positions]
-            if not cfg.first_order:
-                objective = support_loss
-                if lam is not None:
-                    objective = objective + sum(lam[l] * group_lasso([w], cfg.axis) for l, w in enumerate(shared))
-                learner.adapt(objective)
-                continue
-            grads = list(torch.autograd.grad(support_loss, params, allow_unused=True))
-            if lam is not None:
-                penalty_grads = group_lasso_grad([w.detach() for w in shared], cfg.axis)
-                for l, (position, g_omega) in enumerate(zip(self.shared_positions, penalty_grads)):
-                    task_grad = grads[position] if grads[position] is not None else torch.zeros_like(g_omega)
-                    grads[position] = task_grad + lam[l] * g_omega
-            l2l.algorithms.maml.maml_update(learner, cfg.inner_lr, grads)
+            objective = sum(ctx.losses(learner, support, tasks).values())
+            if penalty and not cfg.first_order:
+                objective = objective + sum(lam[l] * group_lasso([w], cfg.axis) for l, w in enumerate(shared))
+            grads = [
+                g if g is not None else torch.zeros_like(p)
+                for g, p in zip(
+                    torch.autograd.grad(objective, params, create_graph=not cfg.first_order, allow_unused=True),
+                    params,
+                )
+            ]
+            if penalty and cfg.first_order:
+                for l, (position, g_omega) in enumerate(
+                    zip(self.shared_positions, group_lasso_grad([w.detach() for w in shared], cfg.axis))
+                ):
+                    grads[position] = grads[position] + lam[l] * g_omega
+            updates = [-cfg.inner_lr * g for g in grads]
+            if lam is not None and cfg.lam_path == "prox":
+                for l, position in enumerate(self.shared_positions):
+                    moved = params[position] + updates[position]
+                    updates[position] = (
+                        group_soft_threshold(moved, cfg.inner_lr * lam[l], cfg.axis) - params[position]
+                    )
+            l2l.utils.update_module(learner, updates=updates)
         return learner
 
     def query_loss(self, ctx: TrainContext, episode: Episode, support: Batch, query: Batch) -> Tensor:
@@ -164,12 +227,50 @@ class EpisodicMetaLearner(Method):
         loss = self.query_loss(ctx, episode, support, query)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
-        if self.penalised:
-            lam = self.lambdas().detach()
-            weights = [w for _, w in shared_conv_weights(self.model)]
-            prox_group_lasso_(weights, [ctx.budget.lr * lam[l] for l in range(len(weights))], self.config.axis)
-        return {"loss": float(loss.detach()), "tasks": len(episode.tasks)}
+        logged: dict[str, float] = {"loss": float(loss.detach()), "tasks": len(episode.tasks)}
+        if self.sensitivity is not None and self.rho is not None and self.rho.requires_grad:
+            self._online_hypergradient()
+        if self.rho is not None and self.rho.grad is not None:
+            # ρ.grad = Σ_l λ_l ∂L/∂λ_l; for a global λ, ∂L_Q/∂λ = ρ.grad / λ (per layer: their mean)
+            lam_grad = float((self.rho.grad / self.rho.detach().exp()).mean())
+            self.hyper_steps += 1
+            self.hyper_positive += lam_grad > 0
+            logged["lambda_grad"] = lam_grad
+            logged["lambda_grad_positive"] = self.hyper_positive / self.hyper_steps
+        if self.sensitivity is None:
+            self.optimizer.step()
+        else:
+            torch.optim.Adam.step(self.optimizer)
+            before = [w.detach().clone() for _, w in shared_conv_weights(self.model)]
+            self.optimizer.apply_prox()
+            self._update_sensitivity(before)
+        return logged
+
+    # --- the online (longer-horizon) hypergradient ---------------------------------------------------
+    def _online_hypergradient(self) -> None:
+        """Replace ρ's gradient by λ_l ⟨∇_{θ_l} L_Q, Z_l⟩ (see the module docstring)."""
+        assert self.sensitivity is not None and self.rho is not None
+        weights = [w for _, w in shared_conv_weights(self.model)]
+        per_layer = torch.stack(
+            [
+                (w.grad * z).sum() if w.grad is not None else w.new_zeros(())
+                for w, z in zip(weights, self.sensitivity)
+            ]
+        )
+        lam = self.lambdas().detach()
+        grad = lam * per_layer
+        self.rho.grad = grad.sum().view(1) if self.rho.numel() == 1 else grad
+
+    @torch.no_grad()
+    def _update_sensitivity(self, before_prox: list[Tensor]) -> None:
+        assert self.sensitivity is not None
+        cfg: MetaConfig = self.config
+        gamma = 1.0 - 1.0 / max(cfg.horizon, 1)
+        lam = self.lambdas().detach()
+        shape = (1, -1, 1, 1) if cfg.axis == "in" else (-1, 1, 1, 1)
+        for l, ((_, weight), v, z) in enumerate(zip(shared_conv_weights(self.model), before_prox, self.sensitivity)):
+            alive = (group_norms(weight, cfg.axis) > 0).view(shape)
+            z.mul_(gamma).add_((weight - v) / lam[l]).mul_(alive)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtbench.episodes import Episode, EpisodeSampler, TaskView
+from mtbench.episodes import Episode, EpisodeSampler, TaskView, meta_validation_split
 from mtbench.losses import task_loss
 from mtbench.metrics import evaluator_for
 from mtbench.models import MultiTaskNet, init_seeded
 from mtbench.presets import Budget
-from mtbench.sparsity import shared_conv_weights, sparsity_stats, zero_group_masks
+from mtbench.sparsity import Axis, shared_conv_weights, sparsity_stats, zero_group_masks
 from mtbench.specs import TaskSpec
 
 Batch = dict[str, Tensor]
@@ -119,15 +119,24 @@ class TrainContext:
     def train_batch(self, step: int, tasks: Sequence[str] | None = None, salt: int = 0) -> Batch:
         return self.batch(self.train_indices(step, salt), tasks or self.task_names)
 
-    def episodes(self, combinations: str = "subsets") -> EpisodeSampler:
+    def episodes(self, combinations: str = "subsets", meta_val_fraction: float | None = None) -> EpisodeSampler:
+        """Episodes over the seen tasks; with ``meta_val_fraction``, queries come from a meta-validation
+        split carved from the training split (`meta_validation_split`) and supports from the rest."""
+        pools = (
+            meta_validation_split(len(self.train), meta_val_fraction, minimum=self.budget.batch_size)
+            if meta_val_fraction
+            else (None, None)
+        )
         return EpisodeSampler(
             len(self.train),
             self.task_names,
             support_size=self.budget.batch_size,
             query_size=self.budget.batch_size,
             seed=self.seed,
-            combinations=combinations,
-        )  # type: ignore[arg-type]
+            combinations=combinations,  # type: ignore[arg-type]
+            support_pool=pools[0],
+            query_pool=pools[1],
+        )
 
     def episode_batches(self, episode: Episode) -> tuple[Batch, Batch]:
         return self.batch(episode.support, episode.tasks), self.batch(episode.query, episode.tasks)
@@ -171,6 +180,15 @@ class Method:
     def lam(self) -> float | list[float] | None:
         return None
 
+    @property
+    def sparsity_axis(self) -> Axis:
+        """The channel-group axis of this method's sparsity (``in`` unless its config says otherwise).
+
+        Statistics, the meta-test masks and the run's sparsity record all read it, so an ``axis=out``
+        run reports and keeps output-channel groups.
+        """
+        return getattr(self.config, "axis", "in")
+
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict()} if self.model is not None else {}
 
@@ -188,7 +206,7 @@ class TrainOutcome:
 
 def _mean_group_sparsity(method: Method, ctx: TrainContext) -> float:
     models = {id(m): m for m in (method.model_for(t, ctx) for t in ctx.seen)}
-    return float(np.mean([sparsity_stats(m).group_sparsity for m in models.values()]))
+    return float(np.mean([sparsity_stats(m, method.sparsity_axis).group_sparsity for m in models.values()]))
 
 
 def train(
@@ -233,11 +251,13 @@ def _apply_masks(weights: list[Tensor], masks: list[Tensor]) -> None:
         weight.mul_(mask)
 
 
-def finetune(model: MultiTaskNet, task: TaskSpec, data: TensorSet, ctx: TrainContext, seed: int) -> MultiTaskNet:
-    """Fine-tune backbone + ``task``'s head on ``data``; groups that are zero stay exactly zero."""
+def finetune(
+    model: MultiTaskNet, task: TaskSpec, data: TensorSet, ctx: TrainContext, seed: int, axis: Axis = "in"
+) -> MultiTaskNet:
+    """Fine-tune backbone + ``task``'s head on ``data``; groups (along ``axis``) that are zero stay exactly zero."""
     model.train()
     weights = [w for _, w in shared_conv_weights(model)]
-    masks = zero_group_masks(weights)
+    masks = zero_group_masks(weights, axis)
     optimizer = torch.optim.Adam(model.parameters(), lr=ctx.budget.finetune_lr)
     single = TrainContext(ctx.budget, [task], data, seed, ctx.device, ctx.channels_last, ctx.autocast)
     for step in range(ctx.budget.finetune_steps):
@@ -297,7 +317,7 @@ def meta_test(
             init_seeded(head, ctx.seed * 1000 + 500 + offset)
             model.heads[task.name] = head.to(ctx.device)
         start = time.perf_counter()
-        finetune(model, task, load(task, "train"), ctx, seed=ctx.seed * 1000 + 700 + offset)
+        finetune(model, task, load(task, "train"), ctx, seed=ctx.seed * 1000 + 700 + offset, axis=method.sparsity_axis)
         tuned = time.perf_counter()
         metrics = evaluate(model, task, load(task, "test"), ctx)
         results.append(TaskResult(task, seen, metrics, tuned - start, time.perf_counter() - tuned))
