@@ -18,7 +18,9 @@ class Budget:
     """One preset.
 
     Attributes:
-        name: ``smoke`` (seconds, for tests), ``quick`` (CPU default, minutes) or ``paper`` (GPU).
+        name: ``smoke`` (seconds, for tests), ``quick`` (CPU default, minutes), ``plateau`` (quick ×3
+            steps: sparse models recover), ``scarce`` (quick on 128 training samples: the
+            over-parameterised regime where parsimony should pay) or ``paper`` (GPU).
         arch: the network.
         synth_samples: size of the synthetic set generated when a run uses a synthetic stand-in.
         synth_options: generator size options per synthetic data set (overrides its defaults).
@@ -71,6 +73,34 @@ BUDGETS: dict[str, Budget] = {
         name="quick",
         arch=ArchSpec("small", widths=(16, 32, 64), blocks=1, norm="batch", head_hidden=32),
         synth_samples=1000,
+        steps=600,
+        batch_size=8,
+        lr=1e-3,
+        finetune_steps=150,
+        finetune_lr=1e-3,
+        finetune_batch=8,
+        eval_batch=50,
+        log_every=10,
+    ),
+    # Protocols for the sparsity question (see README "Which protocol answers which question"):
+    "plateau": Budget(
+        name="plateau",
+        arch=ArchSpec("small", widths=(16, 32, 64), blocks=1, norm="batch", head_hidden=32),
+        synth_samples=1000,
+        steps=1800,
+        batch_size=8,
+        lr=1e-3,
+        finetune_steps=150,
+        finetune_lr=1e-3,
+        finetune_batch=8,
+        eval_batch=50,
+        log_every=30,
+    ),
+    "scarce": Budget(
+        name="scarce",
+        arch=ArchSpec("small", widths=(16, 32, 64), blocks=1, norm="batch", head_hidden=32),
+        synth_samples=1000,
+        max_train_samples=128,
         steps=600,
         batch_size=8,
         lr=1e-3,
