@@ -515,7 +515,7 @@ def _sparkline(values: list[float]) -> str:
     return "".join(bars[int((v - low) / span * (len(bars) - 1))] for v in values[::step])
 
 
-def print_run(payload: dict[str, Any]) -> None:
+def print_run(payload: dict[str, Any], front: dict[str, Any] | None = None) -> None:
     """The tables a user reads after a run."""
     from mtbench.scoring import counts_in_delta_m
 
@@ -566,6 +566,26 @@ def print_run(payload: dict[str, Any]) -> None:
         console.print(
             f"final sparsity of the shared backbone: {100 * sparsity['group_sparsity']:.1f} % of channel "
             f"groups, {100 * sparsity['param_sparsity']:.1f} % of conv parameters   {_sparkline(history)}"
+        )
+    hyper = [h["lambda_grad"] for h in payload["history"] if "lambda_grad" in h]
+    if hyper:
+        positive = payload["history"][-1].get("lambda_grad_positive")
+        console.print(
+            f"λ's meta-gradient ∂L_Q/∂λ: positive (pushing λ down) on {100 * positive:.0f} % of the steps; "
+            f"logged values median {sorted(hyper)[len(hyper) // 2]:+.3g}   {_sparkline(hyper)}"
+        )
+    accounting = payload.get("inference")
+    if accounting and sparsity is not None and accounting["params"]["dense"]:
+        console.print(
+            f"compact network (zeroed channels removed): {accounting['params']['compact'] / accounting['params']['dense']:.3f}× "
+            f"the parameters, {accounting['flops']['compact'] / max(accounting['flops']['dense'], 1):.3f}× the FLOPs "
+            f"of the dense one ({accounting['params']['compact']:,} params)"
+        )
+    if front is not None:
+        unseen = "" if front["unseen"] is None else f", held-out {front['unseen']:+.2f} %"
+        console.print(
+            f"fixed-λ front at {front['sparsity_pct']:.1f} % sparsity ({front['variants']} stored λ values): "
+            f"Δm seen {front['seen']:+.2f} %{unseen} — compare with this run's Δm below"
         )
     delta = payload.get("delta_m")
     if delta and "unavailable" in delta:
@@ -648,7 +668,8 @@ def run(
     `mtbench run fixed-lambda --unseen depth --set lam=0.5`,
     `mtbench run meta-sparsity --dataset celebamask-synth --unseen smiling --budget smoke`
     """
-    from mtbench.runner import RunRequest, execute, parse_set
+    from mtbench.results import default_results_dir
+    from mtbench.runner import RunRequest, execute, front_at, parse_set
 
     request = RunRequest(
         method=method,
@@ -668,7 +689,8 @@ def run(
     payload = execute(
         request, notice=lambda text: err_console.print(f"[yellow]notice:[/] {_escape(text)}"), progress=run_progress
     )
-    print_run(payload)
+    sparse = payload["lambda"]["start"] not in (None, 0.0) or (payload.get("sparsity") or {}).get("group_sparsity", 0) > 0
+    print_run(payload, front_at(payload, results or default_results_dir()) if sparse else None)
 
 
 # --- leaderboard ------------------------------------------------------------------------------------

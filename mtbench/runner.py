@@ -316,7 +316,8 @@ def execute(
         results = meta_test(method, ctx, order, load, progress=step)
         update(len(order), len(order), {})
 
-    shared_stats = sparsity_stats(method.model_for(seen[0], ctx)).to_dict()
+    shared_stats = sparsity_stats(method.model_for(seen[0], ctx), method.sparsity_axis).to_dict()
+    shared_stats["axis"] = method.sparsity_axis
     payload = result_payload(
         request,
         info,
@@ -345,8 +346,9 @@ def execute(
                 notice(f"Δm not computed: {error.problem}")
     out = request.out or Path("runs") / payload["run_id"]
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "result.json", payload)
     torch.save(method.state_dict(), out / "checkpoint.pt")
+    atomic_write_json(out / "result.json", payload)
+    payload["inference"] = _account(out, notice)
     sparsity_chart(
         shared_stats,
         out / "sparsity.png",
@@ -359,6 +361,48 @@ def execute(
     payload["_path"] = str(out / "result.json")
     payload["_stored"] = str(stored)
     return payload
+
+
+def _account(run_dir: Path, notice: Notice | None) -> dict[str, Any] | None:
+    """Parameters and FLOPs of the trained network(s), dense against compact (no latency: that is a benchmark).
+
+    The compact network is the one `mtbench export` writes (zeroed channels physically removed).
+    """
+    from mtbench.inference import bench_inference
+
+    try:
+        return bench_inference(run_dir, batch_sizes=(), update=True)
+    except Exception as error:  # the run itself is complete; say why its accounting is missing
+        if notice:
+            notice(f"parameter/FLOP accounting failed ({type(error).__name__}: {error}); `mtbench bench inference` retries")
+        return None
+
+
+def front_at(payload: dict[str, Any], results_dir: Path) -> dict[str, Any] | None:
+    """The stored fixed-λ front of this run's data set and protocol, read at this run's sparsity.
+
+    Returns ``{"sparsity_pct", "seen", "unseen", "variants"}`` (Δm of the front, interpolated between the
+    fixed-λ variants' means over seeds), or None when fewer than two fixed-λ variants are stored or the
+    run's sparsity is outside the front.
+    """
+    from mtbench import leaderboard
+    from mtbench.results import protocol_signature
+
+    if not payload.get("sparsity"):
+        return None
+    signature = protocol_signature(payload)
+    for group in leaderboard.collect(results_dir):
+        sample = next(iter(next(iter(group.runs.values())).values()))
+        if protocol_signature(sample) != signature:
+            continue
+        front = leaderboard.front_rows(leaderboard.rows(group))
+        pct = 100 * payload["sparsity"]["group_sparsity"]
+        seen = leaderboard.front_delta_at(front, pct, "seen")
+        if len(front) < 2 or seen is None:
+            return None
+        return {"sparsity_pct": pct, "seen": seen, "unseen": leaderboard.front_delta_at(front, pct, "unseen"),
+                "variants": len(front)}
+    return None
 
 
 def protocol_dict(plan: Budget, seen: Sequence[TaskSpec], held_out: Sequence[TaskSpec]) -> dict[str, Any]:
