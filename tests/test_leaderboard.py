@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from mtbench.leaderboard import build, collect, render_csv, render_markdown, rows
+from mtbench.leaderboard import (
+    build,
+    collect,
+    front_comparisons,
+    front_delta_at,
+    front_rows,
+    interpolate_front,
+    render_csv,
+    render_html,
+    render_markdown,
+    rows,
+)
 from mtbench.results import store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,6 +39,8 @@ def _payload(
     sparsity: float = 0.0,
     created: str = "2026-01-01T00:00:00+00:00",
     drop_metric: bool = False,
+    overrides: dict[str, str] | None = None,
+    lam: tuple[float | list[float] | None, float | list[float] | None] = (None, None),
 ) -> dict:
     tasks = {
         "semseg": {"seen": True, "metrics": {"mIoU": {"value": miou, "higher_is_better": True}}},
@@ -38,7 +53,9 @@ def _payload(
         "run_id": f"{method}-{seed}",
         "created": created,
         "seed": seed,
-        "method": {"name": method, "config": {}},
+        "method": {"name": method, "config": dict(overrides or {})},  # overrides change the resolved config
+        "overrides": dict(overrides or {}),
+        "lambda": {"start": lam[0], "end": lam[1], "trajectory": []},
         "dataset": {
             "name": "nyuv2-synth" if synthetic else "nyuv2",
             "synthetic": synthetic,
@@ -180,9 +197,13 @@ def test_committed_pages_render_in_headless_chromium(tmp_path):
         pytest.skip("no leaderboard page is committed yet")
     for page in pages:
         dom = _render(page, tmp_path / "profile")
-        methods = len(list(csv.DictReader(io.StringIO(page.with_suffix(".csv").read_text()))))
-        assert dom.count("<tr>") == methods + 1, page.name  # header + one row per method
-        assert dom.count('class="point"') >= 1 and 'class="layer"' in dom, page.name
+        records = list(csv.DictReader(io.StringIO(page.with_suffix(".csv").read_text())))
+        main_table = dom[dom.index('id="leaderboard"') :]
+        main_table = main_table[: main_table.index("</table>")]
+        assert main_table.count("<tr>") == len(records) + 1, page.name  # header + one row per variant
+        plottable = [r for r in records if r["group_sparsity_pct"] != "" and r["delta_m_seen"] != ""]
+        assert dom.count('class="point"') == len(plottable) >= 1, page.name  # one point per plottable variant
+        assert 'class="layer"' in dom, page.name
 
 
 def test_plot_labels_never_overlap():
@@ -192,3 +213,166 @@ def test_plot_labels_never_overlap():
     assert placed[4] == 5.0 and placed[0] == 30.0 and placed[3] == 100.0  # nothing moves without need
     ordered = sorted(placed)
     assert all(b - a >= 12.0 for a, b in zip(ordered, ordered[1:]))
+
+
+# --- variants, λ, the fixed-λ front and the plot ----------------------------------------------------------
+
+
+def test_interpolate_front_by_hand():
+    points = [(60.0, -25.0), (20.0, -5.0), (40.0, -9.0)]  # unsorted on purpose
+    # 30 % lies halfway between (20, -5) and (40, -9): -7; 50 % halfway between (40, -9) and (60, -25): -17
+    assert interpolate_front(points, 30.0) == pytest.approx(-7.0)
+    assert interpolate_front(points, 50.0) == pytest.approx(-17.0)
+    assert interpolate_front(points, 45.0) == pytest.approx(-13.0)  # a quarter of the way: -9 - 16/4
+    assert interpolate_front(points, 40.0) == pytest.approx(-9.0)  # at a node
+    assert interpolate_front(points, 20.0) == pytest.approx(-5.0) and interpolate_front(points, 60.0) == -25.0
+    assert interpolate_front(points, 10.0) is None and interpolate_front(points, 60.5) is None  # outside
+    assert interpolate_front([(20.0, -5.0)], 20.0) is None  # a single point is no front
+    assert interpolate_front([], 0.0) is None
+
+
+def test_variants_with_different_overrides_get_their_own_rows(tmp_path):
+    results = _store(
+        tmp_path / "r",
+        [
+            _payload("stl", 0, 0.40, 1.0),
+            _payload("stl", 0, 0.80, 2.0, overrides={"width": "2"}),  # a variant of stl is not the reference
+            _payload("fixed-lambda", 0, 0.38, 1.1, sparsity=0.2, overrides={"lam": "0.01"}),
+            _payload("fixed-lambda", 0, 0.30, 1.3, sparsity=0.6, overrides={"lam": "0.1"}),
+            _payload("meta-sparsity", 0, 0.36, 1.2, overrides={"lam_path": "prox", "alpha": "2"}),
+        ],
+    )
+    (group,) = collect(results)
+    table = {row.method: row for row in rows(group)}
+    assert set(table) == {
+        "stl",
+        "stl (width=2)",
+        "fixed-lambda (lam=0.01)",
+        "fixed-lambda (lam=0.1)",
+        "meta-sparsity (alpha=2, lam_path=prox)",  # keys sorted
+    }
+    assert table["fixed-lambda (lam=0.1)"].base == "fixed-lambda"
+    # Δm against plain stl (0.40, 1.0): (0.38 - 0.40) / 0.40 = -5 %, (0.30 - 0.40) / 0.40 = -25 %
+    assert table["fixed-lambda (lam=0.01)"].delta_seen.mean == pytest.approx(-5.0)
+    assert table["fixed-lambda (lam=0.1)"].delta_seen.mean == pytest.approx(-25.0)
+    assert table["stl (width=2)"].delta_seen.mean == pytest.approx(100.0)
+    records = list(csv.DictReader(io.StringIO(render_csv(group))))
+    assert sorted(r["method"] for r in records if r["base_method"] == "fixed-lambda") == [
+        "fixed-lambda (lam=0.01)",
+        "fixed-lambda (lam=0.1)",
+    ]
+
+
+def _front_payloads() -> list[dict]:
+    """stl, a fixed-λ front of two variants (two seeds each), meta-sparsity between them, dense ew and mgda."""
+    return [
+        _payload("stl", 0, 0.40, 1.0),
+        _payload("stl", 1, 0.40, 1.0),
+        # λ = 0.01: sparsity 10 % and 30 % (mean 20), Δm seen -2.5 / -7.5 (mean -5), held out -5 / -15 (mean -10)
+        _payload("fixed-lambda", 0, 0.39, 1.05, sparsity=0.1, overrides={"lam": "0.01"}, lam=(0.01, 0.01)),
+        _payload("fixed-lambda", 1, 0.37, 1.15, sparsity=0.3, overrides={"lam": "0.01"}, lam=(0.01, 0.01)),
+        # λ = 0.1: sparsity 60 %, Δm seen -25, held out -30
+        _payload("fixed-lambda", 0, 0.30, 1.3, sparsity=0.6, overrides={"lam": "0.1"}, lam=(0.1, 0.1)),
+        _payload("fixed-lambda", 1, 0.30, 1.3, sparsity=0.6, overrides={"lam": "0.1"}, lam=(0.1, 0.1)),
+        # meta-sparsity: sparsity 50 %, Δm seen -10, held out -20
+        _payload("meta-sparsity", 0, 0.36, 1.2, sparsity=0.5, lam=(0.1, 0.004)),
+        _payload("meta-sparsity", 1, 0.36, 1.2, sparsity=0.5, lam=(0.1, 0.0044)),
+        _payload("ew", 0, 0.44, 0.9),
+        _payload("ew", 1, 0.44, 0.9),
+        _payload("mgda", 0, 0.42, 0.95),
+        _payload("mgda", 1, 0.42, 0.95),
+    ]
+
+
+def test_front_table_difference_matches_hand_computation(tmp_path):
+    (group,) = collect(_store(tmp_path / "r", _front_payloads()))
+    table = rows(group)
+    front = front_rows(table)
+    assert [r.method for r in front] == ["fixed-lambda (lam=0.01)", "fixed-lambda (lam=0.1)"]
+    # front at 50 %: three quarters of the way from 20 % to 60 %
+    #   seen: -5 + 0.75 * (-25 - -5) = -20 -> meta-sparsity -10 is 10 points better
+    #   held out: -10 + 0.75 * (-30 - -10) = -25 -> meta-sparsity -20 is 5 points better
+    assert front_delta_at(front, 50.0, "seen") == pytest.approx(-20.0)
+    assert front_delta_at(front, 50.0, "unseen") == pytest.approx(-25.0)
+    comparisons = {c.row.method: c for c in front_comparisons(table)}
+    assert set(comparisons) == {"meta-sparsity", "ew", "mgda", "stl"}  # every non-fixed-λ variant with a sparsity
+    meta = comparisons["meta-sparsity"]
+    assert meta.difference_seen == pytest.approx(10.0) and meta.difference_unseen == pytest.approx(5.0)
+    assert comparisons["ew"].front_seen is None and comparisons["ew"].difference_seen is None  # 0 % < 20 %
+    markdown = render_markdown(group)
+    section = markdown[markdown.index("### Against the fixed-λ front") :]
+    line = next(line for line in section.splitlines() if line.startswith("| meta-sparsity |"))
+    assert [cell.strip() for cell in line.strip("|").split("|")] == [
+        "meta-sparsity",
+        "2",
+        "50.0 ± 0.0",
+        "-10.00 ± 0.00",
+        "-20.00",
+        "+10.00",
+        "-20.00 ± 0.00",
+        "-25.00",
+        "+5.00",
+    ]
+    ew_line = next(line for line in section.splitlines() if line.startswith("| ew |"))
+    assert ew_line.split("|")[5].strip() == "" and ew_line.split("|")[6].strip() == ""
+    assert "positive difference = better than fixed-λ at equal sparsity" in section.lower()
+    assert 'id="front"' in render_html(group)
+
+
+def test_no_front_table_with_a_single_fixed_lambda_variant(tmp_path):
+    payloads = [p for p in _front_payloads() if p["overrides"] != {"lam": "0.1"}]
+    (group,) = collect(_store(tmp_path / "r", payloads))
+    assert front_comparisons(rows(group)) == []
+    assert "fixed-λ front" not in render_markdown(group) and 'id="front"' not in render_html(group)
+
+
+def test_lambda_column(tmp_path):
+    payloads = [
+        _payload("meta-sparsity", 0, 0.36, 1.2, sparsity=0.5, lam=(0.1, 0.004)),
+        _payload("meta-sparsity", 1, 0.36, 1.2, sparsity=0.5, lam=(0.1, 0.0044)),
+        # per-layer λ: geometric means sqrt(0.01 * 0.04) = 0.02 and sqrt(0.001 * 0.004) = 0.002
+        _payload("meta-sparsity", 0, 0.36, 1.2, overrides={"per_layer": "true"}, lam=([0.01, 0.04], [0.001, 0.004])),
+        _payload("ew", 0, 0.44, 0.9),
+        _payload("old", 0, 0.44, 0.9),
+    ]
+    del payloads[-1]["lambda"], payloads[-1]["overrides"]  # a result file from before these fields existed
+    payloads[-1]["sparsity"]["group_sparsity"] = None
+    (group,) = collect(_store(tmp_path / "r", payloads))
+    table = {row.method: row for row in rows(group)}
+    assert table["meta-sparsity"].lam_text == "0.1 → 0.0042"
+    assert table["meta-sparsity (per_layer=true)"].lam_text == "0.02 → 0.002"
+    assert table["ew"].lam_text == "" and table["old"].lam_text == "" and table["old"].sparsity.mean is None
+    markdown = render_markdown(group)
+    assert "| λ start → end |" in markdown
+    meta_line = next(line for line in markdown.splitlines() if line.startswith("|") and "| meta-sparsity |" in line)
+    assert "| 0.1 → 0.0042 |" in meta_line
+    records = {r["method"]: r for r in csv.DictReader(io.StringIO(render_csv(group)))}
+    assert float(records["meta-sparsity"]["lambda_start"]) == pytest.approx(0.1)
+    assert float(records["meta-sparsity"]["lambda_end"]) == pytest.approx(0.0042)
+    assert math.isclose(float(records["meta-sparsity (per_layer=true)"]["lambda_end"]), 0.002, rel_tol=1e-6)
+    assert records["ew"]["lambda_start"] == "" and records["ew"]["lambda_end"] == ""
+
+
+def _svg_texts(page: str) -> list[str]:
+    svg = page[page.index('<svg id="plot"') :]
+    svg = svg[: svg.index("</svg>")]
+    return [re.sub(r"<[^>]+>", "", text) for text in re.findall(r"<text[^>]*>(.*?)</text>", svg)]
+
+
+def test_plot_labels_sparse_methods_and_the_front_but_not_dense_ones(tmp_path):
+    (group,) = collect(_store(tmp_path / "r", _front_payloads()))
+    page = render_html(group)
+    texts = _svg_texts(page)
+    assert "meta-sparsity" in texts and "ew" in texts
+    assert "λ=0.01" in texts and "λ=0.1" in texts  # the front points carry their λ
+    variants = {row.method for row in rows(group)}
+    assert {text for text in texts if text in variants} == {"meta-sparsity", "ew"}  # no mgda, no stl
+    svg = page[page.index('<svg id="plot"') : page.index("</svg>")]
+    assert svg.count('class="point"') == 6  # every variant with a sparsity and a Δm seen
+    assert svg.count('data-family="dense"') == 3 and svg.count('data-family="front"') == 2
+    assert "<title>mgda: Δm +5.00 %" in svg  # dense points keep a tooltip
+    assert 'class="front"' in svg  # the polyline through the front
+    caption = page[page.index('<figcaption class="dense-methods">') :]
+    caption = caption[: caption.index("</figcaption>")]
+    # sorted by Δm seen, best first: ew +10, mgda +5, stl 0
+    assert caption.index("ew +10.00") < caption.index("mgda +5.00") < caption.index("stl +0.00")
