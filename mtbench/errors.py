@@ -70,3 +70,30 @@ class DataFormatError(MtbenchError):
 
 class HeldOutTargetError(MtbenchError):
     """Code tried to read the targets of a task held out from training."""
+
+
+class OutputError(MtbenchError):
+    """An output folder (run folder, results store) cannot be created or written.
+
+    Raised before any data is loaded or any training starts, so no run is lost to it.
+    """
+
+
+class UnsafeNameError(RegistryError):
+    """A name that becomes part of a file or folder name (a method, a data set) is not of the safe form."""
+
+
+class ResultFileError(MtbenchError):
+    """A result file (or a results folder) is missing, unreadable, malformed, or not the one that was published.
+
+    Attributes:
+        path: the offending file or folder.
+    """
+
+    def __init__(self, path: str | Path, problem: str, **kwargs: str | None) -> None:
+        self.path = Path(path)
+        super().__init__(f"{self.path}: {problem}", **kwargs)
+
+
+class LeaderboardError(MtbenchError):
+    """The leaderboard cannot be built or published as asked (e.g. a path that would leave its folder)."""

@@ -4,12 +4,72 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-from mtbench.errors import DuplicateNameError, UnknownNameError
+from mtbench.errors import DuplicateNameError, UnknownNameError, UnsafeNameError
 
 T = TypeVar("T")
+
+SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+SAFE_NAME_MAX_LENGTH = 64
+SAFE_NAME_RULE = (
+    f"1 to {SAFE_NAME_MAX_LENGTH} characters from a-z 0-9 . _ -, starting with a letter or digit, without '..'"
+)
+# Kinds whose names become file and folder names (runs/, results/, leaderboard/): only safe names register.
+PATH_NAME_KINDS = frozenset({"method", "dataset"})
+
+
+def _unsafe_because(name: object) -> str | None:
+    """Why ``name`` is not a safe file or folder name, or None when it is."""
+    if not isinstance(name, str):
+        return f"a {type(name).__name__}, not a string"
+    if not name:
+        return "an empty name"
+    if len(name) > SAFE_NAME_MAX_LENGTH:
+        return f"{len(name)} characters"
+    if "/" in name or "\\" in name:
+        return "a path separator ('/' or '\\')"
+    if ".." in name:
+        return "'..'"
+    if name.startswith("."):
+        return "a leading '.'"
+    if name != name.lower():
+        return "upper-case letters"
+    if not SAFE_NAME.fullmatch(name):
+        bad = sorted({c for c in name if not re.fullmatch(r"[a-z0-9._-]", c)})
+        return "the character(s) " + " ".join(repr(c) for c in bad) if bad else "a leading '-' or '_'"
+    return None
+
+
+def safe_name(kind: str, name: object, *, where: str | None = None) -> str:
+    """``name`` unchanged if it can be used as a file or folder name as is; an `UnsafeNameError` otherwise.
+
+    One rule for every name that ends up in a path: ``[a-z0-9][a-z0-9._-]*``, at most 64 characters, no
+    ``..`` (so no ``/``, no ``..`` component, no hidden file, nothing that differs only in case).
+
+    Args:
+        kind: what the name names (``"method"``, ``"dataset"`` ...), for the message.
+        name: the name to check.
+        where: where the name came from (a plugin file, a result file), for the message.
+    """
+    reason = _unsafe_because(name)
+    if reason is None:
+        return name  # type: ignore[return-value]  # _unsafe_because returned None, so it is a str
+    origin = f" (from {where})" if where else ""
+    raise UnsafeNameError(
+        f"{kind} name {name!r}{origin} cannot be used in a file or folder name",
+        expected=SAFE_NAME_RULE,
+        found=f"{name!r}: {reason}",
+        fix=f"rename the {kind}, e.g. {_suggest(name)!r}",
+    )
+
+
+def _suggest(name: object) -> str:
+    """A safe name close to ``name`` (for the fix line)."""
+    text = re.sub(r"[^a-z0-9._-]+", "-", str(name).lower()).replace("..", ".").strip(".-_")
+    return text[:SAFE_NAME_MAX_LENGTH] or "my-name"
 
 
 def matches(name: str, pattern: str | None) -> bool:
@@ -33,7 +93,12 @@ class Registry(Generic[T]):
         self._sources: dict[str, str] = {}
 
     def register(self, name: str, item: T, *, source: str = "builtin") -> T:
-        """Add ``item`` under ``name``; ``source`` says where it came from."""
+        """Add ``item`` under ``name``; ``source`` says where it came from.
+
+        A method or data-set name must be a `safe_name`: it becomes part of run, result and table paths.
+        """
+        if self.kind in PATH_NAME_KINDS:
+            safe_name(self.kind, name, where=source)
         if name in self._items:
             raise DuplicateNameError(
                 f"{self.kind} {name!r} is registered twice",

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 
+import pytest
+
+from mtbench.errors import ResultFileError
 from mtbench.results import config_key, find_reference, load_results, store
 from mtbench.runner import RunRequest, execute
 from mtbench.scoring import ALL_METRICS, PER_TASK
@@ -61,6 +64,7 @@ def _fake(method: str, seed: int, value: float) -> dict:
     return {
         "schema_version": 1,
         "run_id": f"{method}-{seed}-{value}",
+        "created": "2026-01-01T00:00:00+00:00",
         "method": {"name": method, "config": {}},
         "seed": seed,
         "dataset": {"name": "nyuv2-synth", "synthetic": True, "identity": {"fingerprint": "f"}},
@@ -95,3 +99,24 @@ def test_concurrent_writers_never_lose_or_corrupt_results(tmp_path):
     assert len(loaded) == 4 * 5
     assert all(p["tasks"]["semseg"]["metrics"]["mIoU"]["value"] == 19.0 for p in loaded)
     assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_the_runner_writes_a_schema_version_the_results_store_reads():
+    from mtbench.results import SCHEMA_VERSIONS
+    from mtbench.runner import SCHEMA_VERSION
+
+    assert SCHEMA_VERSION in SCHEMA_VERSIONS
+
+
+def test_strict_loading_names_a_broken_file_and_find_reference_skips_it(tmp_path):
+    good, _ = store(_fake("stl", 0, 0.5), tmp_path)
+    broken, _ = store(_fake("stl", 1, 0.5), tmp_path)
+    broken.write_text(broken.read_text()[:100])  # truncated
+    with pytest.raises(ResultFileError, match="not valid JSON") as caught:
+        list(load_results(tmp_path))
+    assert caught.value.path == broken
+    assert [path for path, _ in load_results(tmp_path, strict=False)] == [good]
+    assert find_reference(tmp_path, _fake("ew", 0, 0.1))["seed"] == 0
+    assert find_reference(tmp_path, _fake("ew", 1, 0.1)) is None  # broken counts as absent: the run retrains it
+    with pytest.raises(ResultFileError, match="results folder not found"):
+        list(load_results(tmp_path / "missing"))
