@@ -657,9 +657,15 @@ def run(
     budget: Annotated[str, typer.Option(help="smoke (seconds) | quick (CPU minutes) | paper (GPU).")] = "quick",
     set_: Annotated[list[str] | None, typer.Option("--set", help="Method option key=value (repeatable).")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<run id>).")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps (Apple GPUs).")] = "auto",
     results: Annotated[Path | None, typer.Option(help="Results store (default $MTBENCH_RESULTS or ./results).")] = None,
-    reference: Annotated[bool, typer.Option(help="Train (once) and use the stl reference for Δm.")] = True,
+    reference: Annotated[
+        bool,
+        typer.Option(
+            help="Use the stl reference for Δm, trained once if not stored yet (into OUT-stl-reference beside "
+            "--out OUT; its time is reported apart from the total)."
+        ),
+    ] = True,
     plugins: PluginsOption = None,
 ) -> None:
     """(Meta-)train METHOD on the seen tasks, then meta-test every seen and held-out task.
@@ -691,6 +697,10 @@ def run(
     )
     sparse = payload["lambda"]["start"] not in (None, 0.0) or (payload.get("sparsity") or {}).get("group_sparsity", 0) > 0
     print_run(payload, front_at(payload, results or default_results_dir()) if sparse else None)
+    timings = payload["timings"]
+    if timings.get("reference_seconds"):
+        what = "trained first" if timings.get("reference_trained") else "waited for (a concurrent run trained it)"
+        console.print(f"reference stl {what}: {timings['reference_seconds']:.1f} s (not in the total above)")
 
 
 # --- leaderboard ------------------------------------------------------------------------------------
@@ -708,6 +718,11 @@ def leaderboard_build(
 ) -> None:
     """Regenerate the Markdown, CSV and HTML tables, one per data set and protocol.
 
+    Every result file is checked first (readable, known schema, well-formed, safe names); a results folder
+    with a MANIFEST.json (the leaderboard's own, written by `publish`) must match it, so a result changed
+    or added by hand is refused. On any error nothing changes. The new tables replace the old ones in one
+    atomic swap: the folder holds the complete old set or the complete new set, even if interrupted.
+
     Example: `mtbench leaderboard build`
     """
     from mtbench.leaderboard import build
@@ -719,17 +734,37 @@ def leaderboard_build(
 @leaderboard_app.command("publish")
 @reports_errors
 def leaderboard_publish(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders (or result.json files).")],
+    runs: Annotated[
+        list[Path] | None, typer.Argument(help="Run folders (or result.json files).", show_default=False)
+    ] = None,
     out: LeaderboardDir = Path("leaderboard"),
+    record_existing: Annotated[
+        bool,
+        typer.Option(
+            "--record-existing",
+            help="Accept the result files already in leaderboard/results as they are now and record all of "
+            "them in results/MANIFEST.json (a store without a manifest, or a result edited or removed on "
+            "purpose). Check them first, e.g. with `git diff leaderboard/results`.",
+        ),
+    ] = False,
 ) -> None:
-    """Copy selected runs' result files into leaderboard/results/ and rebuild the tables.
+    """Copy selected runs' result files into leaderboard/results/, record their hashes, rebuild the tables.
 
-    Example: `mtbench leaderboard publish runs/2026*-meta-sparsity-*`
+    Each input and the results already published are checked before anything is written. The SHA-256 of
+    each published result goes into leaderboard/results/MANIFEST.json; `build` refuses a result that does
+    not match it.
+
+    Examples: `mtbench leaderboard publish runs/2026*-meta-sparsity-*`,
+    `mtbench leaderboard publish --record-existing` (record the committed results in the manifest)
     """
     from mtbench.leaderboard import publish
 
-    stored = publish(runs, out)
-    console.print(f"published {len(stored)} result(s) into {out / 'results'} and rebuilt the tables")
+    stored = publish(runs or [], out, record_existing=record_existing)
+    recorded = " and recorded the existing results" if record_existing else ""
+    console.print(
+        f"published {len(stored)} result(s) into {out / 'results'}{recorded}; manifest "
+        f"{out / 'results' / 'MANIFEST.json'}; rebuilt the tables"
+    )
 
 
 def main() -> None:

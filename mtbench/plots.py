@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,55 @@ def sparsity_chart(sparsity: dict[str, Any], out: Path, title: str = "") -> Path
             f"group sparsity {100 * sparsity['group_sparsity']:.1f} %, "
             f"parameter sparsity {100 * sparsity['param_sparsity']:.1f} % of the shared convs"
         ),
+        fontsize=9,
+    )
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def lambda_chart(history: list[dict[str, Any]], out: Path, title: str = "") -> Path | None:
+    """λ's trajectory beside its meta-gradient ∂L_Q/∂λ and the group sparsity, over training steps.
+
+    Returns None (and draws nothing) for a run without a learned λ (no ``lambda_grad`` in its history).
+    """
+    logged = [h for h in history if "lambda_grad" in h and "lambda" in h]
+    if not logged:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    steps = [h["step"] for h in logged]
+    lam = [h["lambda"] if not isinstance(h["lambda"], list) else sum(h["lambda"]) / len(h["lambda"]) for h in logged]
+    grads = [h["lambda_grad"] for h in logged]
+    fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(7.0, 6.4), sharex=True)
+    top.plot(steps, lam, color="#1f77b4")
+    top.set_yscale("log")
+    top.set_ylabel("λ (log scale)")
+    middle.bar(steps, grads, width=max(1.0, 0.8 * (steps[1] - steps[0])) if len(steps) > 1 else 1.0,
+               color=["#d62728" if g > 0 else "#2ca02c" for g in grads])
+    middle.axhline(0, color="#333", linewidth=0.8)
+    magnitudes = sorted(abs(g) for g in grads if g) or [1e-6]
+    linthresh = magnitudes[len(magnitudes) // 2] / 10  # below a tenth of the median size: linear
+    middle.set_yscale("symlog", linthresh=linthresh)
+    top_decade = math.ceil(math.log10(magnitudes[-1]))
+    decades = [10.0**k for k in range(top_decade - 2, top_decade + 1) if 10.0**k > linthresh]
+    middle.set_yticks([-d for d in reversed(decades)] + [0.0] + decades)
+    middle.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    middle.set_ylabel("∂L_Q/∂λ\n(red: pushes λ down)")
+    bottom.plot(steps, [100 * h["group_sparsity"] for h in logged], color="#9467bd")
+    bottom.set_ylabel("zeroed groups (%)")
+    bottom.set_xlabel("meta-iteration")
+    positive = logged[-1].get("lambda_grad_positive")
+    fig.suptitle(
+        (title + "\n" if title else "")
+        + (f"∂L_Q/∂λ > 0 on {100 * positive:.0f} % of all steps" if positive is not None else ""),
         fontsize=9,
     )
     fig.tight_layout()

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import difflib
+import functools
+import hashlib
+import json
+import os
 import platform
+import re
+import shutil
 import sys
+import tempfile
 import time
 import typing
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -23,14 +32,14 @@ from mtbench import catalog
 from mtbench.data.cache import ArrowCacheReader, _locked, find_prepared, mtbench_home
 from mtbench.data.io import atomic_write_json
 from mtbench.data.layouts import open_reader
-from mtbench.data.reader import Reader
+from mtbench.data.reader import SYNTH_MANIFEST, Reader
 from mtbench.episodes import TaskView
-from mtbench.errors import ConfigError, DatasetNotFoundError
+from mtbench.errors import ConfigError, DatasetNotFoundError, OutputError, UnknownNameError
 from mtbench.methods import MethodInfo, methods
-from mtbench.plots import sparsity_chart
+from mtbench.plots import lambda_chart, sparsity_chart
 from mtbench.presets import Budget
 from mtbench.presets import budget as get_budget
-from mtbench.results import default_results_dir, find_reference, store
+from mtbench.results import default_results_dir, find_reference, result_path, store
 from mtbench.scoring import ScoringError, run_delta_m
 from mtbench.sparsity import sparsity_stats
 from mtbench.specs import DatasetSpec, TaskSpec
@@ -38,6 +47,10 @@ from mtbench.training import TensorSet, TrainContext, meta_test, train
 
 SCHEMA_VERSION = 1
 REFERENCE_METHOD = "stl"
+#: Free space an output folder must have before a run starts (a smoke run writes about 1 MiB; a paper run more).
+MIN_FREE_BYTES = 50 * 2**20
+#: Default parent of run folders (``runs/<run id>``).
+RUNS_DIR = Path("runs")
 
 Notice = Callable[[str], None]
 ProgressFactory = Callable[[str], AbstractContextManager[Callable[..., None]]]
@@ -115,6 +128,136 @@ def parse_set(items: Sequence[str]) -> dict[str, str]:
     return overrides
 
 
+# --- checks before anything is loaded or trained -------------------------------------------------------
+
+
+def check_output_dir(path: Path, role: str, option: str) -> None:
+    """Fail fast unless ``path`` is (or can become) a writable folder with ``MIN_FREE_BYTES`` free.
+
+    The nearest existing folder on the way to ``path`` is probed by creating and deleting a temporary file,
+    so permissions, read-only file systems and files in the way are all caught; nothing is left behind and
+    ``path`` itself is not created here.
+
+    Args:
+        path: the folder a run will write into.
+        role: what it is, for the message (``--out``, ``results store`` …).
+        option: the option that chooses it (``--out``, ``--results``), for the fix.
+    """
+    fix = f"pass {option} a folder you can write to"
+    if os.path.lexists(path) and not path.is_dir():
+        raise OutputError(
+            f"{role} {path} is not a folder",
+            expected="a folder (existing or to be created)",
+            found="a file" if path.is_file() else "something that is not a folder",
+            fix=f"remove or rename {path}, or {fix}",
+        )
+    existing = path
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(
+            f"{role} {path} cannot be created: {existing} is not a folder",
+            expected=f"{existing} to be a folder",
+            found="a file" if existing.is_file() else "something that is not a folder",
+            fix=fix,
+        )
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".mtbench-write-probe-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise OutputError(
+            f"{role} {path} is not writable",
+            expected=f"permission to create files in {existing}",
+            found=f"{type(error).__name__}: {error.strerror or error}",
+            fix=fix,
+        ) from None
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise OutputError(
+            f"{role} {path}: too little free space",
+            expected=f"at least {MIN_FREE_BYTES // 2**20} MiB free on the file system of {existing}",
+            found=f"{free / 2**20:.1f} MiB",
+            fix=f"free some space, or {fix}",
+        )
+
+
+def check_device_name(name: str) -> None:
+    """Reject a ``--device`` that is none of auto, cpu, cuda, cuda:N, mps (when torch has MPS)."""
+    has_mps = hasattr(torch.backends, "mps")
+    allowed = ["auto", "cpu", "cuda", "cuda:N", *(["mps"] if has_mps else [])]
+    if name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", name) or (name == "mps" and has_mps):
+        return
+    raise ConfigError(
+        f"unknown device {name!r}",
+        expected=" | ".join(allowed),
+        found=name,
+        fix="--device auto uses CUDA when available, else the CPU",
+    )
+
+
+def _short(name: str) -> str:
+    return name.split("/")[-1]
+
+
+def _duplicates(names: Sequence[str]) -> list[str]:
+    return [name for name, count in Counter(map(_short, names)).items() if count > 1]
+
+
+def check_task_options(family: str, tasks: Sequence[str] | None, unseen: Sequence[str]) -> None:
+    """Reject repeated names, a task both seen and held out, and task names not of ``family``."""
+    for option, names in (("--unseen", unseen), ("--tasks", tasks or ())):
+        repeated = _duplicates(names)
+        if repeated:
+            raise ConfigError(
+                f"{option} names {', '.join(repeated)} more than once",
+                expected=f"each task once in {option}",
+                found=" ".join(f"{option} {n}" for n in names),
+                fix=f"give each task once: {' '.join(f'{option} {n}' for n in dict.fromkeys(map(_short, names)))}",
+            )
+    held_out = {_short(n) for n in unseen}
+    both = [n for n in dict.fromkeys(map(_short, tasks or ())) if n in held_out]
+    if both:
+        raise ConfigError(
+            f"{', '.join(both)} is both a seen task (--tasks) and held out (--unseen)",
+            expected="--tasks (seen, trained on) and --unseen (held out from training) to be disjoint",
+            found=f"--tasks {' '.join(tasks or ())}; --unseen {' '.join(unseen)}",
+            fix="drop it from --tasks to hold it out, or from --unseen to train on it",
+        )
+    for name in (*unseen, *(tasks or ())):
+        task_of(family, name)
+
+
+def task_of(family: str, name: str) -> TaskSpec:
+    """``catalog.task`` that also refuses another family's task, and whose error says which data set the
+    task belongs to and which command lists the right ones (``mtbench ls tasks FAMILY``)."""
+    short = _short(name)
+    try:
+        task = catalog.task(family, name)
+        if task.family == family:
+            return task
+    except UnknownNameError:
+        pass
+    own = [t.name for t in catalog.family_tasks(family)]
+    elsewhere = sorted({t.family for _, t in catalog.tasks().items() if t.name == short and t.family != family})
+    listing = f"`mtbench ls tasks {family}` lists them"
+    if elsewhere:
+        sets = [n for n in catalog.datasets().names() if catalog.dataset(n).family in elsewhere]
+        fix = (
+            f"{short!r} is a task of {' and '.join(elsewhere)}: run on {' or '.join(sets)} with --dataset, "
+            f"or pick a {family} task ({listing})"
+        )
+    else:
+        close = difflib.get_close_matches(short, own, n=3, cutoff=0.5)
+        fix = f"did you mean {', '.join(repr(c) for c in close)}? {listing}" if close else listing
+    raise UnknownNameError(
+        f"unknown {family} task {short!r}",
+        expected=f"one of the {family} tasks: {', '.join(own)}",
+        found=repr(name),
+        fix=fix,
+    )
+
+
 # --- data ---------------------------------------------------------------------------------------------
 
 
@@ -140,6 +283,14 @@ def resolve_data(
         spec = catalog.dataset(dataset or "nyuv2")
         reader = open_reader(spec.family, data_root)
         actual = reader.identity(content=False)
+        if spec.synthetic and (not actual.synthetic or actual.dataset != spec.name):
+            what = f"synthetic {actual.dataset}" if actual.synthetic else f"real {actual.dataset}"
+            raise ConfigError(
+                f"--data-root {data_root} is not {spec.name}: it is {what} data ({reader.layout} layout)",
+                expected=f"a folder written by `mtbench data synth {spec.name}` (it carries {SYNTH_MANIFEST})",
+                found=f"no {SYNTH_MANIFEST}" if not actual.synthetic else f"{SYNTH_MANIFEST} of {actual.dataset}",
+                fix=f"name what the folder holds: --dataset {actual.dataset if actual.synthetic else spec.family}",
+            )
         if actual.synthetic and not spec.synthetic:
             spec = catalog.dataset(actual.dataset)
         return spec, reader
@@ -181,12 +332,12 @@ def _split_name(reader: Reader, wanted: str) -> str:
 def resolve_tasks(
     spec: DatasetSpec, reader: Reader, tasks: Sequence[str] | None, unseen: Sequence[str]
 ) -> tuple[list[TaskSpec], list[TaskSpec]]:
-    held_out = [catalog.task(spec.family, name) for name in unseen]
+    held_out = [task_of(spec.family, name) for name in unseen]
     for task in held_out:
         if not task.may_hold_out:
             raise ConfigError(f"task {task.name!r} may not be held out", found=task.name)
     names = tasks if tasks else [t for t in spec.default_tasks]
-    seen = [catalog.task(spec.family, n) for n in names if n not in {t.name for t in held_out}]
+    seen = [task_of(spec.family, n) for n in names if n not in {t.name for t in held_out}]
     if not seen:
         raise ConfigError(
             "no seen task left to train on",
@@ -205,16 +356,70 @@ def resolve_tasks(
 
 
 def pick_device(name: str) -> torch.device:
+    """The torch device for ``--device``; unknown names and absent devices raise `ConfigError`."""
+    check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "CUDA requested but not available",
+                expected="a CUDA device",
+                found="none",
+                fix="use --device cpu or auto",
+            )
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"no CUDA device {index}",
+                expected=f"cuda:0 … cuda:{torch.cuda.device_count() - 1}",
+                found=name,
+                fix="use --device cuda or auto",
+            )
+    if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(
-            "CUDA requested but not available", expected="a CUDA device", found="none", fix="use --device cpu or auto"
+            "MPS requested but not available", expected="an Apple GPU", found="none", fix="use --device cpu or auto"
         )
     return torch.device(name)
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``), or None when unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+@functools.lru_cache(maxsize=1)
+def math_libraries() -> list[str]:
+    """The BLAS/oneDNN builds torch uses, one short line each (from ``torch.__config__.show()``)."""
+    lines = []
+    for line in torch.__config__.show().splitlines():
+        text = line.strip().lstrip("- ").strip()
+        if text.startswith("Build settings") or not re.search(r"MKL|Math Kernel|oneDNN|DNNL|OpenBLAS", text):
+            continue
+        if not re.search(r"\d+\.\d+", text):  # "LAPACK is enabled" and the like: no version, no information
+            continue
+        text = re.sub(r"\s*\(Git Hash [^)]*\)", "", text).split(" for ")[0]
+        lines.append(text[:100])
+    return lines
+
+
 def environment(device: torch.device) -> dict[str, Any]:
+    """Software and hardware a result was made with.
+
+    Exact numbers of a seed hold for one machine and thread count only: the CPU model, its kernel choice
+    (``cpu_capability``: AVX2, AVX512 …) and the number of threads change floating-point reduction order.
+    They are recorded here but are *not* part of the configuration key, so a re-run on another machine
+    replaces the stored result (with a notice) instead of splitting leaderboard cells by hardware:
+    conclusions rest on intervals over seeds, not on the last digits of one seed.
+    """
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
     info: dict[str, Any] = {
         "mtbench": mtbench.__version__,
         "torch": torch.__version__,
@@ -223,6 +428,9 @@ def environment(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "cpu_model": cpu_model(),
+        "cpu_capability": capability() if capability else None,
+        "math_libraries": math_libraries(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -238,9 +446,29 @@ def environment(device: torch.device) -> dict[str, Any]:
 def execute(
     request: RunRequest, notice: Notice | None = None, progress: ProgressFactory | None = None
 ) -> dict[str, Any]:
-    """Run one configuration end to end and write its result JSON; returns the result payload."""
+    """Run one configuration end to end and write its result JSON; returns the result payload.
+
+    Before any data is generated, loaded or trained on, the request is checked: output folders writable,
+    device known, task names of the data set's family, no task repeated or both seen and held out.
+
+    The stl reference (for Δm), when not stored yet, is trained first, once even when runs race (under a
+    lock in the results store), into the run folder ``<out>-stl-reference`` beside ``--out`` (without
+    ``--out``: ``runs/<its run id>``). Its time is ``timings.reference_seconds``, not in ``total_seconds``.
+
+    Runs with other thread counts or CPUs share a configuration key (see `environment`); a run that
+    replaces a stored result made with another thread count or CPU says so.
+    """
     started = time.perf_counter()
     plan = get_budget(request.budget)
+    family = catalog.dataset(request.dataset or "nyuv2").family
+    check_task_options(family, request.tasks, request.unseen)
+    device = pick_device(request.device)
+    results_dir = request.results or default_results_dir()
+    if request.out is not None:
+        check_output_dir(request.out, "--out", "--out")
+    else:
+        check_output_dir(RUNS_DIR, "the default --out parent", "--out")
+    check_output_dir(results_dir, "--results" if request.results else "the results store", "--results")
     registry = methods(request.plugins)
     info: MethodInfo = registry.get(request.method)
     config = build_config(info.config, request.overrides)
@@ -248,34 +476,20 @@ def execute(
     seen, held_out = resolve_tasks(spec, reader, request.tasks, request.unseen)
     train_split = _split_name(reader, spec.train_split)
     test_split = _split_name(reader, spec.test_split)
-    device = pick_device(request.device)
-    torch.manual_seed(request.seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
     on_cuda = device.type == "cuda"
 
     identity = reader.identity()
-    results_dir = request.results or default_results_dir()
     signature = {
         "dataset": {"name": spec.name, "synthetic": identity.synthetic, "identity": identity.to_dict()},
         "protocol": protocol_dict(plan, seen, held_out),
     }
-    reference = None
+    reference, reference_seconds, reference_trained = None, 0.0, False
     if request.reference and info.name != REFERENCE_METHOD:
-        reference = find_reference(results_dir, {**signature, "seed": request.seed})
-        if reference is None:
-            if notice:
-                notice(
-                    f"no {REFERENCE_METHOD} reference for this data set, protocol and seed yet: training it first "
-                    f"(stored in {results_dir} and reused by later runs)"
-                )
-            reference = execute(
-                # the data set is resolved by now: naming it keeps the reference run from repeating notices
-                dataclasses.replace(
-                    request, method=REFERENCE_METHOD, overrides={}, out=None, reference=False, dataset=spec.name
-                ),
-                notice,
-                progress,
-            )
+        reference, reference_seconds, reference_trained = obtain_reference(
+            request, spec, signature, results_dir, registry.get(REFERENCE_METHOD), notice, progress
+        )
+    torch.manual_seed(request.seed)  # after the reference: its training must not shift this run's RNG state
+    torch.use_deterministic_algorithms(True, warn_only=True)
     view = TaskView(reader, train_split, seen, held_out)
     count = len(view) if plan.max_train_samples is None else min(len(view), plan.max_train_samples)
     load_start = time.perf_counter()
@@ -332,9 +546,11 @@ def execute(
         results,
         shared_stats,
         device,
-        time.perf_counter() - started,
+        time.perf_counter() - started - reference_seconds,
         time.perf_counter() - load_start,
     )
+    payload["timings"]["reference_seconds"] = reference_seconds
+    payload["timings"]["reference_trained"] = reference_trained
     payload["input_size"] = list(train_data.tensors["image"].shape[-2:])
     payload["delta_m"] = None
     if reference is not None or info.name == REFERENCE_METHOD:
@@ -344,10 +560,15 @@ def execute(
             payload["delta_m"] = {"unavailable": str(error)}
             if notice:
                 notice(f"Δm not computed: {error.problem}")
-    out = request.out or Path("runs") / payload["run_id"]
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(method.state_dict(), out / "checkpoint.pt")
-    atomic_write_json(out / "result.json", payload)
+    out = request.out or RUNS_DIR / payload["run_id"]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(method.state_dict(), out / "checkpoint.pt")
+        atomic_write_json(out / "result.json", payload)
+    except OSError as error:  # checked before training; a disk that filled up since still gets a short message
+        raise OutputError(
+            f"cannot write the run folder {out}", expected="a writable folder with free space", found=str(error)
+        ) from None
     payload["inference"] = _account(out, notice)
     sparsity_chart(
         shared_stats,
@@ -355,12 +576,133 @@ def execute(
         title=f"{info.name} on {spec.name}, seed {request.seed}: zeroed channel groups per shared conv "
         f"({100 * shared_stats['group_sparsity']:.1f} % overall)",
     )
-    stored, replaced = store(payload, results_dir)
+    lambda_chart(
+        payload["history"], out / "lambda.png", title=f"{info.name} on {spec.name}, seed {request.seed}: λ and its meta-gradient"
+    )
+    previous = _stored_environment(result_path(results_dir, payload))
+    try:
+        stored, replaced = store(payload, results_dir)
+    except OSError as error:
+        raise OutputError(
+            f"cannot write into the results store {results_dir}",
+            expected="a writable folder with free space",
+            found=str(error),
+            fix=f"the run itself is in {out}; `mtbench leaderboard publish {out}` stores it elsewhere",
+        ) from None
     if replaced and notice:
-        notice(f"this configuration and seed were run before: {stored} now holds the new result (not counted twice)")
+        notice(_replacement_notice(stored, previous, payload["environment"]))
     payload["_path"] = str(out / "result.json")
     payload["_stored"] = str(stored)
     return payload
+
+
+def _reference_out(out: Path | None) -> Path | None:
+    """Run folder of an auto-trained reference: ``<out>-stl-reference`` beside ``--out``; None: ``runs/<id>``."""
+    if out is None:
+        return None
+    base = out.absolute()
+    return base.parent / f"{base.name}-{REFERENCE_METHOD}-reference"
+
+
+def _why_unusable(path: Path) -> str | None:
+    """Why a stored result file that the store did not return cannot serve, or None when there is no file."""
+    if not path.exists():
+        return None
+    try:
+        json.loads(path.read_text())
+    except OSError as error:
+        return f"unreadable: {error.strerror or error}"
+    except ValueError as error:
+        return f"not valid JSON: {error}"
+    return "valid JSON but not a usable mtbench result"
+
+
+def obtain_reference(
+    request: RunRequest,
+    spec: DatasetSpec,
+    signature: dict[str, Any],
+    results_dir: Path,
+    reference_info: MethodInfo,
+    notice: Notice | None,
+    progress: ProgressFactory | None,
+) -> tuple[dict[str, Any], float, bool]:
+    """The stored stl reference of this data set, protocol and seed, trained first if missing.
+
+    Concurrent runs that need the same reference serialise on a lock file in the results store: the
+    first trains it, the others wait and re-read the store. A stored reference file that cannot be read is
+    named as corrupt before it is replaced.
+
+    Returns:
+        (reference payload, seconds spent obtaining it, whether this call trained it). The seconds are 0
+        when it was stored already, else the training time or the time waited for a concurrent run.
+    """
+    query = {**signature, "seed": request.seed}
+    found = find_reference(results_dir, query)
+    if found is not None:
+        return found, 0.0, False
+    start = time.perf_counter()
+    digest = hashlib.sha256(json.dumps(query, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    with _locked(results_dir / ".locks" / f"{REFERENCE_METHOD}-reference-{digest}.lock"):
+        found = find_reference(results_dir, query)  # a concurrent run may have trained it while we waited
+        if found is not None:
+            if notice:
+                notice(f"a concurrent run trained the {REFERENCE_METHOD} reference meanwhile: reusing it")
+            return found, time.perf_counter() - start, False
+        expected_file = result_path(
+            results_dir,
+            {
+                **query,
+                "method": {"name": REFERENCE_METHOD, "config": dataclasses.asdict(reference_info.config())},
+            },
+        )
+        out = _reference_out(request.out)
+        where = f"run folder {out}" if out is not None else f"run folder under {RUNS_DIR}/"
+        problem = _why_unusable(expected_file)
+        if notice and problem is not None:
+            notice(
+                f"the stored {REFERENCE_METHOD} reference {expected_file} is corrupt ({problem}): training it "
+                f"again first ({where}); the new result replaces that file"
+            )
+        elif notice:
+            notice(
+                f"no {REFERENCE_METHOD} reference for this data set, protocol and seed yet: training it first "
+                f"({where}; stored in {results_dir} and reused by later runs)"
+            )
+        reference = execute(
+            # the data set is resolved by now: naming it keeps the reference run from repeating notices
+            dataclasses.replace(
+                request, method=REFERENCE_METHOD, overrides={}, out=out, reference=False, dataset=spec.name
+            ),
+            notice,
+            progress,
+        )
+    return reference, time.perf_counter() - start, True
+
+
+def _stored_environment(path: Path) -> dict[str, Any] | None:
+    """The ``environment`` of the result stored at ``path``: {} when absent, None when unreadable."""
+    if not path.is_file():
+        return {}
+    try:
+        payload = json.loads(path.read_text())
+        return dict(payload.get("environment") or {})
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
+def _replacement_notice(stored: Path, previous: dict[str, Any] | None, current: dict[str, Any]) -> str:
+    """What a re-run of a stored configuration and seed says; names a thread count or CPU that changed."""
+    if previous is None:
+        return f"{stored} held an unreadable result; it now holds this run's"
+    text = f"this configuration and seed were run before: {stored} now holds the new result (not counted twice)"
+    changed = [key for key in ("threads", "cpu_model") if key in previous and previous[key] != current.get(key)]
+    if changed:
+        text += (
+            f"; it replaces a result made with {previous.get('threads', '?')} thread(s) on CPU "
+            f"{previous.get('cpu_model') or 'unknown'} (this run: {current.get('threads')} on "
+            f"{current.get('cpu_model') or 'unknown'}), so exact numbers may differ"
+        )
+    return text
 
 
 def _account(run_dir: Path, notice: Notice | None) -> dict[str, Any] | None:

@@ -76,3 +76,5 @@ def test_run_prints_lambda_gradient_compact_ratio_and_the_front(cli, nyu_mtan, t
     stored = json.loads((tmp_path / "ms" / "result.json").read_text())
     assert stored["inference"]["params"]["compact"] <= stored["inference"]["params"]["dense"]
     assert all("lambda_grad" in entry for entry in stored["history"])
+    picture = tmp_path / "ms" / "lambda.png"  # λ beside its meta-gradient, for a learned λ only
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "fl100" / "lambda.png").exists()
