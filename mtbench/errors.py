@@ -97,3 +97,11 @@ class ResultFileError(MtbenchError):
 
 class LeaderboardError(MtbenchError):
     """The leaderboard cannot be built or published as asked (e.g. a path that would leave its folder)."""
+
+
+class SplitError(DataFormatError):
+    """A split a layout needs (e.g. ``train``, ``val``) is missing or holds no samples.
+
+    Raised when the data set is opened, so no verify, prepare or run starts on it. ``path`` names the
+    folder or list file that should hold the split.
+    """

@@ -78,3 +78,21 @@ def test_prepare_cli_then_open_cache_by_detection(cli, nyu_mtan, tmp_path):
     assert isinstance(reader, ArrowCacheReader) and reader.identity().synthetic
     code, text = cli("data", "verify", "nyuv2", "--root", path)
     assert code == 0, text
+
+
+def test_cache_with_a_missing_or_empty_split_cannot_be_opened(nyu_mtan, tmp_path):
+    from mtbench.errors import SplitError
+
+    prepared = prepare(MtanReader(nyu_mtan), cache_root=tmp_path)
+    meta_path = prepared.path / CACHE_META
+    meta = json.loads(meta_path.read_text())
+    assert meta["required_splits"] == ["train", "val"]
+    meta["ids"]["val"] = []
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(SplitError, match="the val split has no samples") as caught:
+        open_reader("nyuv2", prepared.path)
+    assert caught.value.path == prepared.path / "val"
+    meta["split_order"] = ["train"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(SplitError, match="the val split is missing"):
+        ArrowCacheReader(prepared.path)

@@ -97,6 +97,7 @@ def test_nyudmt_png_zero_becomes_ignore(tmp_path):
     Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(tmp_path / "images" / "a.jpg")
     Image.fromarray(np.array([[0, 1, 40], [2, 0, 5]], np.uint8)).save(tmp_path / "segmentation" / "a.png")
     (tmp_path / "gt_sets" / "train.txt").write_text("a\n")
+    (tmp_path / "gt_sets" / "val.txt").write_text("a\n")  # both splits must exist to open the set
     labels = NyudMtReader(tmp_path).read("train", 0, ("semantic40",))["semantic40"]
     np.testing.assert_array_equal(labels, [[-1, 0, 39], [1, -1, 4]])
 
@@ -190,3 +191,50 @@ def test_celeba_parquet_mirror_equals_the_official_masks(face_official, face_par
 def test_open_reader_rejects_a_layout_of_another_family(nyu_mtan):
     with pytest.raises(DataFormatError, match="belongs to nyuv2"):
         open_reader("celebamask", nyu_mtan, "nyuv2-mtan")
+
+
+# --- which file a size mismatch blames; split checks of the parquet mirrors ----------------------------------
+
+
+def test_nyudmt_targets_resized_together_are_blamed_when_the_image_matches_the_other_samples(nyu_nyudmt, copy_of):
+    root = copy_of(nyu_nyudmt)
+    sample = "train_00003"
+    seg = root / "segmentation" / f"{sample}.png"
+    Image.open(seg).resize((16, 12), Image.Resampling.NEAREST).save(seg)
+    for folder in ("depth", "normals", "edge"):
+        path = root / folder / f"{sample}.npy"
+        np.save(path, np.load(path)[::2, ::2])
+    reader = NyudMtReader(root)
+    with pytest.raises(DataFormatError, match="restore this file") as caught:
+        reader.read("train", 3, ("semantic40",))
+    assert caught.value.path == seg
+    with pytest.raises(DataFormatError, match="restore the target files of this sample") as caught:
+        reader.read("train", 3, reader.targets())
+    assert caught.value.path == seg
+
+
+def test_mtan_wrong_size_image_is_blamed(nyu_mtan, copy_of):
+    root = copy_of(nyu_mtan)
+    image = root / "train" / "image" / "4.npy"
+    np.save(image, np.zeros((12, 16, 3), np.float32))
+    with pytest.raises(DataFormatError, match="its targets are 24×32, like the other samples") as caught:
+        MtanReader(root).read("train", 4, ("depth",))
+    assert caught.value.path == image
+
+
+def test_parquet_mirror_with_a_missing_or_empty_split_cannot_be_opened(nyu_parquet, copy_of):
+    import pyarrow.parquet as pq
+
+    from mtbench.errors import SplitError
+
+    root = copy_of(nyu_parquet)
+    shard = next((root / "data").glob("val-*.parquet"))
+    table = pq.read_table(shard)
+    shard.unlink()
+    with pytest.raises(SplitError, match="the val split is missing") as caught:
+        open_reader("nyuv2", root)
+    assert caught.value.path == root / "data" / "val-*.parquet"
+    pq.write_table(table.slice(0, 0), shard)
+    with pytest.raises(SplitError, match="the val split has no samples") as caught:
+        open_reader("nyuv2", root)
+    assert caught.value.path == shard

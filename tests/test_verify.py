@@ -194,3 +194,17 @@ def test_celeba_parquet_label_out_of_range(cli, tmp_path):
         path = write_celeba_parquet(root, split, [(np.zeros((32, 32, 3), np.uint8), labels)])
     code, text = cli("data", "verify", "celebamask", "--root", root)
     assert code == 1 and "labels out of range" in text and str(path.parent) in text.replace("\n", "")
+
+
+def test_celeba_mapping_non_integer_field_and_missing_header(cli, face_official, copy_of):
+    from mtbench.data.celebamask import MAPPING_FILE
+
+    root = copy_of(face_official)
+    path = root / MAPPING_FILE
+    lines = path.read_text().splitlines()
+    broken = list(lines)
+    broken[4] = broken[4].replace(broken[4].split()[1], "12x4", 1)
+    path.write_text("\n".join(broken) + "\n")
+    _verify_fails_naming(cli, root, "celebamask", path, "line 5 is malformed")
+    path.write_text("\n".join(lines[1:]) + "\n")
+    _verify_fails_naming(cli, root, "celebamask", path, "line 1 is a data line, not the header")

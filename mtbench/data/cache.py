@@ -77,8 +77,11 @@ class ArrowCacheReader(Reader):
         self.family = self.meta["identity"]["family"]  # type: ignore[misc]
         sources = self.meta["target_sources"]  # a JSON object: key order is not kept, "targets" is
         self.target_sources = {t: sources[t] for t in self.meta["targets"]}  # type: ignore[misc]
+        #: the source layout's required splits (caches written before they were recorded: those present)
+        self.required_splits = tuple(self.meta.get("required_splits", self.meta["split_order"]))  # type: ignore[misc]
         self._splits: dict[str, Any] = {}
         self._views: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self.check_splits()
 
     @classmethod
     def detect(cls, root: Path) -> bool:
@@ -94,6 +97,9 @@ class ArrowCacheReader(Reader):
 
     def splits(self) -> tuple[str, ...]:
         return tuple(self.meta["split_order"])
+
+    def split_source(self, split: str) -> Path:
+        return self.root / split
 
     def _split(self, split: str) -> Any:
         self.check_split(split)
@@ -112,11 +118,11 @@ class ArrowCacheReader(Reader):
 
     def sample_ids(self, split: str) -> list[str]:
         self.check_split(split)
-        return list(self.meta["ids"][split])
+        return list(self.meta["ids"].get(split, []))
 
     def num_samples(self, split: str) -> int:
         self.check_split(split)
-        return len(self.meta["ids"][split])
+        return len(self.meta["ids"].get(split, []))
 
     def _view(self, split: str, columns: tuple[str, ...]) -> Any:
         key = (split, columns)
@@ -201,11 +207,13 @@ def prepare(
 
     The source is fingerprinted (SHA-256 over file contents); the cache is built in a scratch
     folder and moved into place at the end, so an interrupted prepare never leaves a half cache.
+    A missing or empty split is refused first (`SplitError`), before anything long starts.
     """
     import datasets
 
     quiet_datasets()
 
+    reader.check_splits()
     cache_root = cache_root or mtbench_home()
     identity = reader.identity(content=True)
     target = cache_root / "data" / identity.dataset / identity.fingerprint[:12]
@@ -254,6 +262,7 @@ def prepare(
             "columns": columns,
             "splits": counts,
             "split_order": list(counts),
+            "required_splits": list(reader.required_splits),
             "ids": {s: reader.sample_ids(s) for s in reader.splits()},
             "prepared_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }

@@ -8,12 +8,15 @@ Official release layout::
     CelebA-HQ-to-CelebA-mapping.txt                         ("idx orig_idx orig_file"; split by orig_idx)
 
 Part masks are combined in `CELEBA_PARTS` order, later parts overwriting earlier ones (19 classes with
-background). Images are resized to the mask resolution (512 for the real data) unless ``size`` says
-otherwise; masks are resized with nearest-neighbour.
+background); each must be a single-channel PNG holding only 0 and 255 (checked as it is read). The
+mapping file must hold exactly one line per image (checked when the data set is opened). Images are
+resized to the mask resolution (512 for the real data) unless ``size`` says otherwise; masks are resized
+with nearest-neighbour.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import uuid
@@ -25,10 +28,18 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mtbench.data.constants import CELEBA_ATTRIBUTES, CELEBA_PARTS, CELEBA_TRAIN_END, CELEBA_VAL_END
-from mtbench.data.io import check_array, check_labels, load_image, quiet_datasets, require_dir, require_file
+from mtbench.data.io import (
+    check_array,
+    check_labels,
+    load_image,
+    load_image_as_stored,
+    quiet_datasets,
+    require_dir,
+    require_file,
+)
 from mtbench.data.parquet import ParquetReader, parquet_split_files
 from mtbench.data.reader import Reader, to_chw_image
-from mtbench.errors import DataFormatError
+from mtbench.errors import DataFormatError, SplitError
 
 IMAGES = "CelebA-HQ-img"
 MASKS = "CelebAMask-HQ-mask-anno"
@@ -50,6 +61,69 @@ ATTRIBUTE_TARGETS = {f"attr:{name}": name for name in CELEBA_ATTRIBUTES}
 
 def _split_of(orig_idx: int) -> str:
     return "train" if orig_idx < CELEBA_TRAIN_END else "val" if orig_idx < CELEBA_VAL_END else "test"
+
+
+#: CelebA index range of each split, for messages
+_SPLIT_RANGES = {
+    "train": f"0..{CELEBA_TRAIN_END - 1}",
+    "val": f"{CELEBA_TRAIN_END}..{CELEBA_VAL_END - 1}",
+    "test": f"{CELEBA_VAL_END} or more",
+}
+_MAPPING_ROW = re.compile(r"^([0-9]+)\s+([0-9]+)\s+(\S+)$")
+_IMAGE_NAME = re.compile(r"^([0-9]+)\.jpg$")
+#: Pillow modes a part mask may be stored in: 8-bit grayscale, or 1-bit (read as 0/255)
+_MASK_MODES = ("L", "1")
+_MODE_NAMES = {
+    "RGB": "an RGB (3-channel) image",
+    "RGBA": "an RGBA (4-channel) image",
+    "LA": "a grayscale image with alpha (2 channels)",
+    "P": "a palette (mode P) image",
+    "I": "a 32-bit integer image",
+    "I;16": "a 16-bit grayscale image",
+    "F": "a 32-bit float image",
+}
+
+
+def _listing(items: list[Any], limit: int = 5) -> str:
+    """The first ``limit`` items, comma-separated, and how many more there are."""
+    shown = ", ".join(map(str, items[:limit]))
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def read_part_mask(path: Path, part: str) -> np.ndarray:
+    """One part mask as a bool array; it must be single-channel and hold only 0 and 255.
+
+    An RGB mask whose three channels are identical is read as gray (nothing is lost); any other RGB or
+    a palette mask is refused rather than converted: a conversion can drop the part (a red 255 becomes
+    gray 76, below the threshold). Other values (e.g. 0/1, or grays from resizing) are refused.
+    """
+    what = f"{part} mask"
+    mask, mode = load_image_as_stored(path, what)
+    if mode == "RGB" and mask.ndim == 3 and (mask == mask[..., :1]).all():
+        # three identical channels hold the same mask (as OpenCV writes one): lossless to read as gray
+        mask, mode = np.ascontiguousarray(mask[..., 0]), "L"
+    if mode not in _MASK_MODES:
+        raise DataFormatError(
+            path,
+            f"the {what} is not a single-channel image",
+            expected="an 8-bit grayscale (or 1-bit) PNG holding 0 (outside the part) and 255 (inside)",
+            found=_MODE_NAMES.get(mode, f"an image of Pillow mode {mode}")
+            + (" whose channels differ" if mode == "RGB" else ""),
+            fix="restore this mask from the original download; converting it may lose the part",
+        )
+    if mode == "1":
+        return mask.astype(bool)
+    stray = (mask != 0) & (mask != 255)
+    if stray.any():
+        values = np.unique(mask[stray])
+        raise DataFormatError(
+            path,
+            f"the {what} is not binary",
+            expected="only the values 0 (outside the part) and 255 (inside)",
+            found=f"{int(stray.sum())} pixels with other values ({_listing(values.tolist())})",
+            fix="restore this mask from the original download (resized or re-encoded masks are not binary)",
+        )
+    return mask == 255
 
 
 def _resize(array: np.ndarray, size: int, nearest: bool) -> np.ndarray:
@@ -74,10 +148,13 @@ class CelebaOfficialReader(Reader):
         **{target: f"attribute {name}" for target, name in ATTRIBUTE_TARGETS.items()},
     }
 
+    required_splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
+
     def __init__(self, root: str | Path, size: int | None = None) -> None:
         super().__init__(root)
         manifest = self.synthetic_manifest()
         self.size = size or (manifest or {}).get("mask_size", REAL_MASK_SIZE)
+        self.check_splits()
 
     @classmethod
     def detect(cls, root: Path) -> bool:
@@ -89,19 +166,80 @@ class CelebaOfficialReader(Reader):
 
     @cached_property
     def _splits(self) -> dict[str, list[str]]:
+        """Image ids per split, from the mapping file; every image on disk must have exactly one line."""
         path = require_file(self.root / MAPPING_FILE, "CelebA-HQ to CelebA mapping")
         lines = path.read_text().splitlines()
+        if lines and _MAPPING_ROW.match(lines[0].strip()):
+            raise DataFormatError(
+                path,
+                "line 1 is a data line, not the header",
+                expected="line 1: idx orig_idx orig_file",
+                found=repr(lines[0][:80]),
+                fix="restore the header line (line 1 is skipped as the header)",
+            )
         splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+        first_line: dict[int, int] = {}
+        repeats: list[tuple[int, int, int]] = []
         for number, line in enumerate(lines[1:], start=2):
-            fields = line.split()
-            if not fields:
+            if not line.strip():
                 continue
-            if len(fields) != 3 or not fields[0].isdigit() or not fields[1].isdigit():
+            row = _MAPPING_ROW.match(line.strip())
+            if row is None:
                 raise DataFormatError(
-                    path, f"line {number} is malformed", expected="idx orig_idx orig_file", found=repr(line[:80])
+                    path,
+                    f"line {number} is malformed",
+                    expected="idx orig_idx orig_file, with idx and orig_idx non-negative integers",
+                    found=repr(line[:80]),
+                    fix="restore the mapping file from the original download",
                 )
-            splits[_split_of(int(fields[1]))].append(fields[0])
+            idx = int(row.group(1))
+            if idx in first_line:
+                repeats.append((idx, first_line[idx], number))
+                continue
+            first_line[idx] = number
+            splits[_split_of(int(row.group(2)))].append(str(idx))
+        if repeats:
+            shown = "; ".join(f"image {idx} on lines {a} and {b}" for idx, a, b in repeats[:5])
+            more = f" and {len(repeats) - 5} more" if len(repeats) > 5 else ""
+            raise DataFormatError(
+                path,
+                f"repeated image ids: {shown}{more}",
+                expected="one line per image (idx unique): the line decides the image's split",
+                found=f"{len(repeats)} repeated line(s)",
+                fix="remove the repeated lines, or restore the mapping file from the original download",
+            )
+        unmapped = sorted(set(self._image_ids()) - set(first_line))
+        if unmapped:
+            raise DataFormatError(
+                path,
+                f"no line for {len(unmapped)} image(s): {_listing([f'{IMAGES}/{k}.jpg' for k in unmapped])}",
+                expected=f"a line 'idx orig_idx orig_file' for every {IMAGES}/<idx>.jpg",
+                found=f"no line with idx {_listing(unmapped)}",
+                fix="restore the mapping file from the original download (without a line an image has no split)",
+            )
         return {name: sorted(ids, key=int) for name, ids in splits.items() if ids}
+
+    def _image_ids(self) -> list[int]:
+        """Ids of the ``{k}.jpg`` files in the image folder."""
+        folder = require_dir(self.root / IMAGES, "images")
+        with os.scandir(folder) as entries:
+            return [int(m.group(1)) for entry in entries if (m := _IMAGE_NAME.match(entry.name))]
+
+    def split_source(self, split: str) -> Path:
+        return self.root / MAPPING_FILE
+
+    def check_splits(self) -> None:
+        """A split is the mapping lines whose orig_idx falls in its CelebA range; each must have one."""
+        for split in self.required_splits:
+            if split not in self._splits:
+                raise SplitError(
+                    self.root / MAPPING_FILE,
+                    f"the {split} split is missing: no line maps an image to it",
+                    expected=f"at least one line whose orig_idx is in CelebA's {split} range ({_SPLIT_RANGES[split]})",
+                    found=", ".join(f"{name} {len(ids)}" for name, ids in self._splits.items()) or "no data lines",
+                    fix="restore the mapping file and the images from the original download",
+                )
+        super().check_splits()
 
     def splits(self) -> tuple[str, ...]:
         return tuple(self._splits)
@@ -151,8 +289,7 @@ class CelebaOfficialReader(Reader):
             if part not in parts:
                 continue
             path = parts[part]
-            mask = load_image(path, f"{part} mask", "L")
-            check_array(mask, path, f"{part} mask", shape=(None, None), kinds="u")
+            mask = read_part_mask(path, part)
             if labels is None:
                 labels = np.zeros(mask.shape, dtype=np.uint8)
             elif mask.shape != labels.shape:
@@ -162,7 +299,7 @@ class CelebaOfficialReader(Reader):
                     expected="×".join(map(str, labels.shape)),
                     found="×".join(map(str, mask.shape)),
                 )
-            labels[mask > 127] = value
+            labels[mask] = value
         assert labels is not None
         return _resize(labels, self.size, nearest=True).astype(np.int64)
 
@@ -242,6 +379,7 @@ class CelebaParquetReader(ParquetReader):
     title: ClassVar[str] = "CelebAMask-HQ parquet mirror (eurecom-ds/celeba_hq_mask)"
     stores_uint8_images: ClassVar[bool] = True
     target_sources: ClassVar[dict[str, str]] = {"faceseg19": "mask", "faceseg3": "mask"}
+    SHARD_NAMES: ClassVar[dict[str, str]] = {"val": "validation"}
 
     def __init__(self, root: str | Path, size: int | None = None, cache_dir: Path | None = None) -> None:
         super().__init__(root, cache_dir)

@@ -57,17 +57,16 @@ def load_npy(path: Path, what: str) -> np.ndarray:
     return array
 
 
-def load_image(path: Path, what: str, mode: str | None = None) -> np.ndarray:
-    """Read a PNG/JPEG with Pillow, fully decoded, as a uint8 array."""
+def _decode_image(path: Path, what: str, mode: str | None) -> tuple[np.ndarray, str]:
+    """Fully decode an image, converted to ``mode`` when given; returns ``(array, mode stored in the file)``."""
     from PIL import Image
 
     require_file(path, what)
     try:
         with Image.open(path) as image:
             image.load()
-            if mode is not None and image.mode != mode:
-                image = image.convert(mode)
-            return np.asarray(image)
+            converted = image.convert(mode) if mode is not None and image.mode != mode else image
+            return np.asarray(converted), image.mode
     except Exception as exc:
         raise DataFormatError(
             path,
@@ -76,6 +75,34 @@ def load_image(path: Path, what: str, mode: str | None = None) -> np.ndarray:
             found="a truncated or corrupt file",
             fix="re-extract or re-generate this file",
         ) from None
+
+
+def load_image(path: Path, what: str, mode: str | None = None) -> np.ndarray:
+    """Read a PNG/JPEG with Pillow, fully decoded, as a uint8 array (converted to ``mode`` when given)."""
+    return _decode_image(path, what, mode)[0]
+
+
+def load_image_as_stored(path: Path, what: str) -> tuple[np.ndarray, str]:
+    """Read a PNG/JPEG with Pillow without converting it: ``(array, Pillow mode)``."""
+    return _decode_image(path, what, None)
+
+
+def stored_size(path: Path) -> tuple[int, int] | None:
+    """``(H, W)`` of an image (from its header) or of an ``.npy`` array of rank >= 2; None if unreadable.
+
+    Cheap: no pixel data is decoded. Used to decide which file of a sample has the wrong size.
+    """
+    try:
+        if path.suffix == ".npy":
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape  # header only; no data read
+            return (int(shape[0]), int(shape[1])) if len(shape) >= 2 else None
+        from PIL import Image
+
+        with Image.open(path) as image:
+            width, height = image.size
+        return height, width
+    except Exception:  # missing, truncated or not an image: another check names it
+        return None
 
 
 def check_array(

@@ -80,7 +80,12 @@ class MtanReader(Reader):
         "edge": "label",
     }
     SPLITS: ClassVar[tuple[str, ...]] = ("train", "val")
+    required_splits: ClassVar[tuple[str, ...]] = SPLITS
     FOLDERS: ClassVar[dict[str, str]] = {"image": "image", "label": "label", "depth": "depth", "normal": "normal"}
+
+    def __init__(self, root: str | Path) -> None:
+        super().__init__(root)
+        self.check_splits()
 
     @classmethod
     def detect(cls, root: Path) -> bool:
@@ -111,6 +116,13 @@ class MtanReader(Reader):
     def locate(self, split: str, index: int, target: str) -> str:
         folder = {"semantic13": "label", "edge": "label"}.get(target, target)
         return str(self._path(split, index, folder))
+
+    def split_source(self, split: str) -> Path:
+        return self.root / split / "image"
+
+    def sample_files(self, split: str, index: int) -> tuple[Path, dict[str, Path]]:
+        folders = {"semantic13": "label", "edge": "label", "depth": "depth", "normal": "normal"}
+        return self._path(split, index, "image"), {t: self._path(split, index, f) for t, f in folders.items()}
 
     def _read_image(self, split: str, index: int) -> np.ndarray:
         path = self._path(split, index, "image")
@@ -167,6 +179,17 @@ class NyudMtReader(Reader):
         "edge": "edge",
     }
     SPLITS: ClassVar[tuple[str, ...]] = ("train", "val")
+    required_splits: ClassVar[tuple[str, ...]] = SPLITS
+    TARGET_FILES: ClassVar[dict[str, tuple[str, str]]] = {
+        "semantic40": ("segmentation", "png"),
+        "depth": ("depth", "npy"),
+        "normal": ("normals", "npy"),
+        "edge": ("edge", "npy"),
+    }
+
+    def __init__(self, root: str | Path) -> None:
+        super().__init__(root)
+        self.check_splits()
 
     @classmethod
     def detect(cls, root: Path) -> bool:
@@ -205,10 +228,15 @@ class NyudMtReader(Reader):
         return to_chw_image(image)
 
     def locate(self, split: str, index: int, target: str) -> str:
+        return str(self.sample_files(split, index)[1][target])
+
+    def split_source(self, split: str) -> Path:
+        return self.root / "gt_sets" / f"{split}.txt"
+
+    def sample_files(self, split: str, index: int) -> tuple[Path, dict[str, Path]]:
         sample_id = self.sample_ids(split)[index]
-        if target == "semantic40":
-            return str(self.root / "segmentation" / f"{sample_id}.png")
-        return str(self.root / {"normal": "normals"}.get(target, target) / f"{sample_id}.npy")
+        targets = {t: self.root / folder / f"{sample_id}.{suffix}" for t, (folder, suffix) in self.TARGET_FILES.items()}
+        return self.root / "images" / f"{sample_id}.jpg", targets
 
     def _npy(self, split: str, index: int, folder: str, what: str) -> tuple[Path, np.ndarray]:
         path = self.root / folder / f"{self.sample_ids(split)[index]}.npy"
@@ -273,6 +301,7 @@ class NyuParquetReader(ParquetReader):
     }
 
     SPLITS: ClassVar[tuple[str, ...]] = ("train", "val")
+    required_splits: ClassVar[tuple[str, ...]] = SPLITS
 
     @classmethod
     def detect(cls, root: Path) -> bool:

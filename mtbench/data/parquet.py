@@ -67,14 +67,36 @@ class ParquetTable:
             self._formatted[columns] = self.dataset.select_columns(list(columns)).with_format("numpy")
         return self._formatted[columns][index]
 
+    @cached_property
+    def num_rows(self) -> int:
+        """Rows of all shards, from the parquet footers (no data read, no Arrow cache written)."""
+        import pyarrow.parquet as pq
+
+        total = 0
+        for path in self.files:
+            try:
+                total += pq.read_metadata(path).num_rows
+            except Exception as exc:
+                raise DataFormatError(
+                    path,
+                    f"cannot read the parquet shard: {exc}",
+                    expected="a readable parquet file",
+                    found="a truncated or corrupt file",
+                    fix="re-copy the shards from the mirror",
+                ) from None
+        return total
+
     def __len__(self) -> int:
-        return len(self.dataset)
+        return self.num_rows
 
 
 class ParquetReader(Reader):
     """Shared part of the parquet-mirror readers: one `ParquetTable` per split, rows as samples."""
 
     SPLITS: ClassVar[tuple[str, ...]] = ("train", "val", "test")
+    required_splits: ClassVar[tuple[str, ...]] = SPLITS
+    #: how the mirror spells a split in its shard names, where not the canonical name
+    SHARD_NAMES: ClassVar[dict[str, str]] = {}
 
     def __init__(self, root: str | Path, cache_dir: Path | None = None) -> None:
         super().__init__(root)
@@ -83,6 +105,7 @@ class ParquetReader(Reader):
             for split, files in parquet_split_files(self.root).items()
             if split in self.SPLITS
         }
+        self.check_splits()
 
     def splits(self) -> tuple[str, ...]:
         return tuple(s for s in self.SPLITS if s in self._tables)
@@ -93,6 +116,12 @@ class ParquetReader(Reader):
 
     def locate(self, split: str, index: int, target: str) -> str:
         return f"{self._tables[split].files[0].parent} ({split} shards, row {index}, {target})"
+
+    def split_source(self, split: str) -> Path:
+        table = self._tables.get(split)
+        if table is not None:
+            return table.files[0]
+        return self.root / "data" / f"{self.SHARD_NAMES.get(split, split)}-*.parquet"
 
     def _cell(self, split: str, index: int, column: str) -> tuple[str, np.ndarray]:
         """``(where, value)`` of one cell; ``where`` names the shards, row and column for error messages."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,8 +12,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mtbench.data.io import fingerprint_files
-from mtbench.errors import DataFormatError, DatasetNotFoundError
+from mtbench.data.io import fingerprint_files, stored_size
+from mtbench.errors import DataFormatError, DatasetNotFoundError, SplitError
 
 #: Written at the top of every synthetic data set; readers use it to tag samples as synthetic.
 SYNTH_MANIFEST = "mtbench-synthetic.json"
@@ -47,7 +48,8 @@ class Reader(ABC):
         ``edge``: float32 (1, H, W) in {0, 1}; ``attr:<Name>``: float32 scalar in {0, 1}.
 
     Only the targets a caller asks for are read: a held-out task's files are never opened.
-    Subclasses set the class attributes and implement the abstract methods.
+    Subclasses set the class attributes, implement the abstract methods and call `check_splits` at the
+    end of their constructor, so a data set with a missing or empty split cannot be opened.
     """
 
     layout: ClassVar[str]
@@ -57,6 +59,8 @@ class Reader(ABC):
     target_sources: ClassVar[dict[str, str]]
     #: images are 8-bit on disk (JPEG/PNG), so a cache may store them as uint8 without loss
     stores_uint8_images: ClassVar[bool] = False
+    #: splits the layout must hold, each with at least one sample (checked when the data set is opened)
+    required_splits: ClassVar[tuple[str, ...]] = ("train",)
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
@@ -107,6 +111,15 @@ class Reader(ABC):
         """Where ``target`` of a sample is stored (a file, or a row and column), for error messages."""
         return f"{self.root} ({split} sample {self.sample_ids(split)[index]}, {target})"
 
+    def split_source(self, split: str) -> Path:
+        """The folder or list file that holds (or should hold) ``split``, for error messages."""
+        return self.root
+
+    def sample_files(self, split: str, index: int) -> tuple[Path, dict[str, Path]] | None:
+        """``(image file, {target: file})`` of a sample, used to tell which file has the wrong size;
+        None where samples are not one file per array (then the target is blamed)."""
+        return None
+
     @abstractmethod
     def files(self) -> Iterable[Path]:
         """Every data file of the set (for fingerprints)."""
@@ -117,6 +130,29 @@ class Reader(ABC):
 
     def num_samples(self, split: str) -> int:
         return len(self.sample_ids(split))
+
+    def check_splits(self) -> None:
+        """Raise `SplitError` naming the folder or list file of a required split that is missing, or of
+        any split that holds no samples. Cheap: only lists sample ids."""
+        present = self.splits()
+        for split in dict.fromkeys((*self.required_splits, *present)):
+            where = self.split_source(split)
+            if split not in present:
+                raise SplitError(
+                    where,
+                    f"the {split} split is missing",
+                    expected=f"splits {', '.join(self.required_splits)} in the {self.title} layout ({self.describe()})",
+                    found=f"only {', '.join(present)}" if present else "no split at all",
+                    fix=f"restore the {split} split from the original download, or re-create the data set",
+                )
+            if self.num_samples(split) == 0:
+                raise SplitError(
+                    where,
+                    f"the {split} split has no samples",
+                    expected="at least one sample",
+                    found="0 samples",
+                    fix=f"restore the {split} split from the original download, or re-create the data set",
+                )
 
     def check_split(self, split: str) -> None:
         if split not in self.splits():
@@ -139,14 +175,87 @@ class Reader(ABC):
         for target in targets:
             value = self._read_target(split, index, target)
             if value.ndim >= 2 and value.shape[-2:] != (height, width):
-                raise DataFormatError(
-                    self.locate(split, index, target),
-                    f"{target} of sample {self.sample_ids(split)[index]} ({split}) does not match its image size",
-                    expected=f"{height}×{width}",
-                    found="×".join(map(str, value.shape[-2:])),
-                )
+                raise self._size_mismatch(split, index, target, targets, (height, width), value.shape[-2:])
             sample[target] = value
         return sample
+
+    def _size_mismatch(
+        self,
+        split: str,
+        index: int,
+        target: str,
+        targets: Collection[str],
+        image_size: tuple[int, int],
+        target_size: tuple[int, ...],
+    ) -> DataFormatError:
+        """The error for a target whose size differs from its image, blaming the file most likely wrong.
+
+        Where the layout stores one file per array (`sample_files`), the sizes of the requested targets'
+        files (from their headers; other targets' files stay unopened) and the image size of a few other
+        samples decide: targets that agree with each other and with the other samples blame the image;
+        otherwise the target that disagrees is blamed. Runs only on a mismatch.
+        """
+        sample_id = self.sample_ids(split)[index]
+        image_text, found = _size_text(image_size), _size_text(target_size)
+
+        def blame_target(fix: str) -> DataFormatError:
+            return DataFormatError(
+                self.locate(split, index, target),
+                f"{target} of sample {sample_id} ({split}) does not match its image size",
+                expected=image_text,
+                found=found,
+                fix=fix,
+            )
+
+        def blame_image(why: str) -> DataFormatError:
+            return DataFormatError(
+                image_file,
+                f"the image of sample {sample_id} ({split}) is {image_text}, but {why}",
+                expected=found,
+                found=image_text,
+                fix="restore this image from the original download (it was resized or replaced)",
+            )
+
+        files = self.sample_files(split, index)
+        if files is None:
+            return blame_target(f"re-create this file at {image_text}, or the image if it is the one resized")
+        image_file, target_files = files
+        paths = dict.fromkeys(target_files[t] for t in (target, *targets) if t in target_files)
+        sizes = {path: stored_size(path) for path in paths}
+        sizes[target_files[target]] = (target_size[0], target_size[1])  # decoded already: no header needed
+        known = [size for size in sizes.values() if size is not None]
+        others = self._typical_image_size(split, index)
+        this = sizes[target_files[target]]
+        if len(set(known)) == 1:  # the requested targets agree on one size
+            if others == this:
+                return blame_image(f"its targets are {found}, like the other samples of {split}")
+            if others == image_size:
+                which = "this file" if len(known) == 1 else "the target files of this sample"
+                return blame_target(
+                    f"the image and the other samples of {split} are {image_text}: restore {which} "
+                    "from the original download"
+                )
+            if len(known) > 1:
+                return blame_image(f"its targets agree on {found}")
+            return blame_target(f"re-create this file at {image_text}, or the image if it is the one resized")
+        votes = Counter(known)
+        leaders = [size for size, count in votes.items() if count == max(votes.values())]
+        consensus = others if others in leaders else image_size if image_size in leaders else leaders[0]
+        if this != consensus:
+            return blame_target(f"re-create this file at {_size_text(consensus)}, the size of most files of the sample")
+        return blame_image(f"most of its target files are {found}")
+
+    def _typical_image_size(self, split: str, index: int) -> tuple[int, int] | None:
+        """The most common image size among a few other samples of ``split`` (headers only)."""
+        ids = self.sample_ids(split)
+        picks = dict.fromkeys(i for i in (0, 1, 2, len(ids) // 2, len(ids) - 1) if 0 <= i < len(ids) and i != index)
+        sizes = []
+        for other in picks:
+            files = self.sample_files(split, other)
+            size = stored_size(files[0]) if files else None
+            if size is not None:
+                sizes.append(size)
+        return Counter(sizes).most_common(1)[0][0] if sizes else None
 
     def synthetic_manifest(self) -> dict[str, Any] | None:
         path = self.root / SYNTH_MANIFEST
@@ -174,6 +283,10 @@ class Reader(ABC):
             fingerprint=fingerprint or self.fingerprint(content=content),
             fingerprint_kind=kind,
         )
+
+
+def _size_text(size: Iterable[int]) -> str:
+    return "×".join(map(str, size))
 
 
 def to_chw_image(array: np.ndarray) -> np.ndarray:

@@ -31,6 +31,10 @@ def verify(reader: Reader, *, max_errors: int = 20, progress: Callable[[int, int
     """
     identity = reader.identity(content=False)
     targets = reader.targets()
+    try:  # readers check when opened; this also covers a reader opened some other way
+        reader.check_splits()
+    except DataFormatError as error:
+        return VerifyReport(identity, {}, targets, [error])
     counts = {split: reader.num_samples(split) for split in reader.splits()}
     report = VerifyReport(identity, counts, targets)
     if not counts:
