@@ -667,6 +667,18 @@ def run(
         ),
     ] = True,
     plugins: PluginsOption = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume/--fresh",
+            help="Training writes a checkpoint (OUT/resume.pt; without --out runs/.resume/METHOD-seedN-DIGEST/) "
+            "every 100 steps and after the last; it is removed once result.json is written. --resume (default): "
+            "a run whose checkpoint is there and of this same configuration (method, --set options, data "
+            "fingerprint, protocol, seed, device) continues from its step, with the same final numbers as an "
+            "uninterrupted run; a checkpoint of another configuration stops the run with an error. --fresh: "
+            "remove the checkpoint there, whatever it holds, and train from step 0.",
+        ),
+    ] = True,
 ) -> None:
     """(Meta-)train METHOD on the seen tasks, then meta-test every seen and held-out task.
 
@@ -691,6 +703,7 @@ def run(
         plugins=tuple(plugins or ()),
         results=results,
         reference=reference,
+        resume=resume,
     )
     payload = execute(
         request, notice=lambda text: err_console.print(f"[yellow]notice:[/] {_escape(text)}"), progress=run_progress

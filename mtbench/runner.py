@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import difflib
@@ -43,7 +44,7 @@ from mtbench.results import default_results_dir, find_reference, result_path, st
 from mtbench.scoring import ScoringError, run_delta_m
 from mtbench.sparsity import sparsity_stats
 from mtbench.specs import DatasetSpec, TaskSpec
-from mtbench.training import TensorSet, TrainContext, meta_test, train
+from mtbench.training import CHECKPOINT_EVERY, TensorSet, TrainContext, meta_test, train, train_identity
 
 SCHEMA_VERSION = 1
 REFERENCE_METHOD = "stl"
@@ -51,6 +52,10 @@ REFERENCE_METHOD = "stl"
 MIN_FREE_BYTES = 50 * 2**20
 #: Default parent of run folders (``runs/<run id>``).
 RUNS_DIR = Path("runs")
+#: The training checkpoint in a run folder (removed once result.json is written). Without ``--out`` it lives
+#: in ``runs/.resume/<method>-seed<seed>-<configuration digest>/`` (the run id is only made at the end), so
+#: a rerun of the same configuration without ``--out`` resumes too.
+RESUME_FILE = "resume.pt"
 
 Notice = Callable[[str], None]
 ProgressFactory = Callable[[str], AbstractContextManager[Callable[..., None]]]
@@ -73,6 +78,10 @@ class RunRequest:
     plugins: tuple[Path, ...] = ()
     results: Path | None = None
     reference: bool = True
+    #: Continue from a checkpoint of this same configuration in the run folder; False starts from step 0.
+    resume: bool = True
+    #: Steps between two training checkpoints.
+    checkpoint_every: int = CHECKPOINT_EVERY
 
 
 # --- configuration ------------------------------------------------------------------------------------
@@ -497,11 +506,32 @@ def execute(
     ctx = TrainContext(plan, seen, train_data, request.seed, device, channels_last=on_cuda, autocast=on_cuda)
     method = info.method(config)
 
+    run_identity = {
+        "method_name": info.name,
+        "method_source": registry.source(info.name),
+        "dataset": signature["dataset"],
+        "protocol": signature["protocol"],
+    }
+    if request.out is not None:
+        checkpoint = request.out / RESUME_FILE
+    else:
+        full = train_identity(method, ctx, run_identity)
+        digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16]
+        checkpoint = RUNS_DIR / ".resume" / f"{info.name}-seed{request.seed}-{digest}" / RESUME_FILE
     bar = progress or (lambda _description: nullcontext(lambda *args, **kwargs: None))
     with bar(
         f"{info.name}: {'meta-training' if method.kind == 'meta' else 'training'} ({', '.join(t.name for t in seen)})"
     ) as update:
-        outcome = train(method, ctx, progress=update)
+        outcome = train(
+            method,
+            ctx,
+            progress=update,
+            checkpoint=checkpoint,
+            every=request.checkpoint_every,
+            identity=run_identity,
+            resume=request.resume,
+            notice=notice,
+        )
 
     cache: dict[tuple[str, str], TensorSet] = {}
 
@@ -565,6 +595,10 @@ def execute(
         out.mkdir(parents=True, exist_ok=True)
         torch.save(method.state_dict(), out / "checkpoint.pt")
         atomic_write_json(out / "result.json", payload)
+        checkpoint.unlink(missing_ok=True)  # the run is complete: nothing left to resume
+        if request.out is None:
+            with contextlib.suppress(OSError):
+                checkpoint.parent.rmdir()  # runs/.resume/<method>-seed<seed>-<digest>/, now empty
     except OSError as error:  # checked before training; a disk that filled up since still gets a short message
         raise OutputError(
             f"cannot write the run folder {out}", expected="a writable folder with free space", found=str(error)
