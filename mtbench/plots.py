@@ -7,6 +7,18 @@ from pathlib import Path
 from typing import Any
 
 
+def save_figure(fig: Any, out: Path, dpi: int = 100) -> Path:
+    """Lay out, write as PNG (creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
 def sparsity_chart(sparsity: dict[str, Any], out: Path, title: str = "") -> Path:
     """Bar chart of the zeroed channel groups per shared conv layer (from `SparsityStats.to_dict`)."""
     import matplotlib
@@ -31,12 +43,7 @@ def sparsity_chart(sparsity: dict[str, Any], out: Path, title: str = "") -> Path
         ),
         fontsize=9,
     )
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def lambda_chart(history: list[dict[str, Any]], out: Path, title: str = "") -> Path | None:
@@ -80,9 +87,4 @@ def lambda_chart(history: list[dict[str, Any]], out: Path, title: str = "") -> P
         + (f"∂L_Q/∂λ > 0 on {100 * positive:.0f} % of all steps" if positive is not None else ""),
         fontsize=9,
     )
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

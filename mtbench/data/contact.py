@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from mtbench.data.reader import Reader
+from mtbench.plots import save_figure
 
 
 def _label_colors(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -77,9 +78,4 @@ def contact_sheet(reader: Reader, out: Path, *, split: str | None = None, n: int
     identity = reader.identity(content=False)
     kind = "SYNTHETIC" if identity.synthetic else "real"
     fig.suptitle(title or f"{identity.dataset} ({kind}, {reader.layout}, split {split})", fontsize=10)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)
