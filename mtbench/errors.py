@@ -105,3 +105,16 @@ class SplitError(DataFormatError):
     Raised when the data set is opened, so no verify, prepare or run starts on it. ``path`` names the
     folder or list file that should hold the split.
     """
+
+
+class SweepSpecError(ConfigError):
+    """A sweep spec file (``mtbench sweep SPEC``) is unreadable or invalid.
+
+    Attributes:
+        path: the spec file.
+        key: the offending key, dotted as in the file (``methods.fixed-lambda.lam``, ``datasets[0].unseen``).
+    """
+
+    def __init__(self, path: str | Path, key: str, problem: str, **kwargs: str | None) -> None:
+        self.path, self.key = Path(path), key
+        super().__init__(f"{self.path}: {key}: {problem}", **kwargs)
