@@ -35,6 +35,9 @@ REWRITE_FIX = (
 )
 
 
+REFERENCE_METHOD = "stl"  #: the method every Δm is measured against (single-task learning)
+
+
 def default_results_dir() -> Path:
     """``$MTBENCH_RESULTS`` or ``./results``."""
     return Path(os.environ.get("MTBENCH_RESULTS", "results"))
@@ -492,13 +495,14 @@ def record_manifest(results_dir: Path) -> dict[str, str]:
     return hashes
 
 
-def find_reference(results_dir: Path, payload: dict[str, Any], method: str = "stl") -> dict[str, Any] | None:
+def find_reference(results_dir: Path, payload: dict[str, Any], method: str | None = None) -> dict[str, Any] | None:
     """The ``method`` (default stl) result with the same protocol signature and seed, if stored.
 
     Reads the store non-strictly: a run must not fail over an unrelated broken file in the local store,
     and a broken reference file counts as absent, so the run trains the reference again and its result
     replaces the broken file (same configuration, same path). Tables never read this way.
     """
+    method = method or REFERENCE_METHOD
     signature = protocol_signature(payload)
     for _, candidate in load_results(results_dir, strict=False):
         if (

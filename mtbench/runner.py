@@ -40,14 +40,13 @@ from mtbench.methods import MethodInfo, methods
 from mtbench.plots import lambda_chart, sparsity_chart
 from mtbench.presets import Budget
 from mtbench.presets import budget as get_budget
-from mtbench.results import default_results_dir, find_reference, result_path, store
+from mtbench.results import REFERENCE_METHOD, default_results_dir, find_reference, result_path, store
 from mtbench.scoring import ScoringError, run_delta_m
 from mtbench.sparsity import sparsity_stats
 from mtbench.specs import DatasetSpec, TaskSpec
 from mtbench.training import CHECKPOINT_EVERY, TensorSet, TrainContext, meta_test, train, train_identity
 
 SCHEMA_VERSION = 1
-REFERENCE_METHOD = "stl"
 #: Free space an output folder must have before a run starts (a smoke run writes about 1 MiB; a paper run more).
 MIN_FREE_BYTES = 50 * 2**20
 #: Default parent of run folders (``runs/<run id>``).

@@ -65,8 +65,8 @@ from mtbench.errors import ConfigError, MtbenchError, ResultFileError, SweepSpec
 from mtbench.methods import methods
 from mtbench.presets import BUDGETS
 from mtbench.presets import budget as get_budget
-from mtbench.results import load_results, store, validate_result
-from mtbench.runner import REFERENCE_METHOD, build_config, parse_set, protocol_dict, resolve_data, task_of
+from mtbench.results import REFERENCE_METHOD, load_results, store, validate_result
+from mtbench.runner import build_config, parse_set, protocol_dict, resolve_data, task_of
 
 if sys.version_info >= (3, 11):
     import tomllib
