@@ -184,6 +184,7 @@ def _render(page: Path, profile: Path) -> str:
     return done.stdout
 
 
+@pytest.mark.browser
 def test_html_renders_in_headless_chromium(tmp_path):
     results = _store(tmp_path / "r", [_payload("stl", 0, 0.4, 1.0), _payload("ew", 0, 0.44, 0.9, sparsity=0.3)])
     page = next(p for p in build(results, tmp_path / "board") if p.suffix == ".html")
@@ -192,6 +193,7 @@ def test_html_renders_in_headless_chromium(tmp_path):
     assert 'class="layer"' in dom  # the per-layer sparsity pictures
 
 
+@pytest.mark.browser
 def test_committed_pages_render_in_headless_chromium(tmp_path):
     pages = sorted((REPO / "leaderboard").glob("*.html"))
     if not pages:

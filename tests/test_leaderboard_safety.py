@@ -253,6 +253,7 @@ def _linked(readme: str) -> set[str]:
     return set(re.findall(r"\]\(([^)]+)\)", readme))
 
 
+@pytest.mark.slow
 def test_build_killed_at_any_moment_leaves_the_old_or_the_new_tables(tmp_path):
     datasets = [f"set-{i}" for i in range(6)]
     prepared = tmp_path / "prepared" / "board"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+pytestmark = [pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
 

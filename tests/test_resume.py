@@ -33,6 +33,8 @@ from mtbench.training import (
     train,
 )
 
+pytestmark = [pytest.mark.slow]
+
 ALL_METHODS = sorted(methods().names())
 #: 8 steps, every step logged; with checkpoints every 3 steps: at 3, 6 and 8 (the last step).
 TINY: Budget = dataclasses.replace(budget("smoke"), name="resume-test", steps=8, log_every=1)
@@ -248,6 +250,7 @@ from pathlib import Path
 from mtbench import presets
 from mtbench.runner import RunRequest, execute
 from mtbench_baselines.ew import EqualWeighting
+
 step = EqualWeighting.step
 EqualWeighting.step = lambda self, ctx, i: (time.sleep(0.02), step(self, ctx, i))[1]
 smoke = presets.BUDGETS["smoke"]

@@ -12,6 +12,8 @@ from mtbench.errors import ConfigError
 from mtbench.methods import methods
 from mtbench.runner import RunRequest, build_config, execute
 
+pytestmark = [pytest.mark.slow]
+
 ALL_METHODS = sorted(methods().names())
 REQUIRED = {
     "stl",

@@ -15,6 +15,8 @@ from mtbench.errors import ConfigError, OutputError
 from mtbench.methods import methods
 from mtbench.runner import RunRequest, execute
 
+pytestmark = [pytest.mark.slow]
+
 
 @pytest.fixture
 def never_loads_or_trains(monkeypatch: pytest.MonkeyPatch) -> list[str]:

@@ -21,6 +21,8 @@ from mtbench.methods import methods
 from mtbench.results import load_results, read_result
 from mtbench.sweep import expand, load_spec, run_sweep
 
+pytestmark = [pytest.mark.slow]
+
 REPO = Path(__file__).resolve().parents[1]
 SPECS = REPO / "leaderboard" / "specs"
 
