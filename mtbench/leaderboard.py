@@ -154,9 +154,20 @@ def collect(results_dir: Path, *, strict: bool = False) -> list[Group]:
     which must not fail over an unrelated broken file; invalid files are then left out of that display.
     """
     groups: dict[str, Group] = {}
-    for _, payload in load_results(results_dir, strict=strict):
+    threads: dict[str, tuple[Any, Path]] = {}  # slug -> (thread count, first file with it)
+    for path, payload in load_results(results_dir, strict=strict):
         signature = protocol_signature(payload)
         slug = _slug(payload["dataset"]["name"], payload["protocol"], signature)
+        count = (payload.get("environment") or {}).get("threads")
+        first = threads.setdefault(slug, (count, path))
+        if strict and count != first[0]:
+            # a seed's numbers depend on the CPU thread count: one table, one thread count
+            raise LeaderboardError(
+                f"{path}: made with {count} CPU thread(s), but {first[1]} in the same table with {first[0]}",
+                expected="one thread count for every result of a table (the published runs use 1)",
+                found=f"{count} and {first[0]}",
+                fix="re-run the odd one out with the table's thread count (OMP_NUM_THREADS), or remove it",
+            )
         group = groups.setdefault(
             slug, Group(slug, payload["dataset"]["name"], payload["dataset"]["synthetic"], payload["protocol"])
         )

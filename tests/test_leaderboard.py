@@ -379,3 +379,16 @@ def test_plot_labels_sparse_methods_and_the_front_but_not_dense_ones(tmp_path):
     caption = caption[: caption.index("</figcaption>")]
     # sorted by Δm seen, best first: ew +10, mgda +5, stl 0
     assert caption.index("ew +10.00") < caption.index("mgda +5.00") < caption.index("stl +0.00")
+
+
+def test_a_table_refuses_results_made_with_different_thread_counts(tmp_path):
+    from mtbench.errors import LeaderboardError
+
+    one, two = _payload("stl", 0, 0.4, 1.0), _payload("ew", 0, 0.44, 0.9)
+    one["environment"], two["environment"] = {"threads": 1}, {"threads": 2}
+    results = _store(tmp_path / "r", [one, two])
+    with pytest.raises(LeaderboardError, match="thread"):
+        collect(results, strict=True)
+    assert len(collect(results)) == 1  # the non-strict display (`mtbench run`'s front) still reads them
+    two["environment"] = {"threads": 1}
+    assert len(collect(_store(tmp_path / "s", [one, two]), strict=True)) == 1
