@@ -6,6 +6,12 @@
 #
 #   WORKERS=2 OMP_NUM_THREADS=1 bash scripts/sparsity_runs.sh [WORKDIR] [BUDGETS]   # default ~/mtbench-sparsity, "quick"
 #   SPECS="celebamask-synth:smiling" limits the data sets (dataset:held-out task); SEEDS="0 1 2" the seeds.
+#   The published scarce/plateau tables used VARIANTS lists (run stl alone first, VARIANTS="stl", so that no
+#   two runs race to train it): celebamask-synth scarce: the list below plus ew, then the meta-sparsity
+#   variants "--set lam_path=prox", "--set per_layer=true", "--set inner_steps=3", "--set first_order=false";
+#   celebamask-synth plateau: ew, fixed-lambda lam 0.003/0.01/0.02/0.05, meta-sparsity, prune sparsity 0.5;
+#   nyuv2-synth scarce: ew, fixed-lambda lam 0.001/0.003/0.01/0.02/0.05, meta-sparsity, prune sparsity 0.5.
+#   `mtbench sweep` (leaderboard/specs/) runs such grids on Ray, references first.
 #   Budgets other than quick also train their own stl and ew (the quick ones come from the published runs:
 #   copy leaderboard/results/*/{stl,ew}--* into WORKDIR/results first).
 #   then: mtbench bench inference --no-latency WORKDIR/runs/* ; mtbench leaderboard publish WORKDIR/runs/*
