@@ -56,18 +56,23 @@ def _input_size(payload: dict[str, Any]) -> tuple[int, int]:
     )
 
 
-def load_run(run_dir: Path) -> RunModel:
-    """Rebuild the trained network(s) of ``run_dir`` (``result.json`` + ``checkpoint.pt``, no pickled code)."""
+def load_run(run_dir: Path, payload: dict[str, Any] | None = None) -> RunModel:
+    """Rebuild the trained network(s) of ``run_dir`` (``result.json`` + ``checkpoint.pt``, no pickled code).
+
+    ``payload``: the run's result when the caller holds it already (`mtbench run`, before it writes
+    ``result.json``); then only ``checkpoint.pt`` is read.
+    """
     run_dir = Path(run_dir)
     result, checkpoint = run_dir / "result.json", run_dir / "checkpoint.pt"
-    for path in (result, checkpoint):
+    for path in (checkpoint,) if payload is not None else (result, checkpoint):
         if not path.is_file():
             raise DatasetNotFoundError(
                 f"{path} not found",
                 expected="a run folder written by `mtbench run`",
                 found=", ".join(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else "nothing",
             )
-    payload = json.loads(result.read_text())
+    if payload is None:
+        payload = json.loads(result.read_text())
     arch_fields = dict(payload["protocol"]["arch"])
     arch_fields["widths"] = tuple(arch_fields["widths"])
     arch = ArchSpec(**arch_fields)
@@ -122,14 +127,16 @@ def bench_inference(
     repeats: int = 20,
     threads: int | None = None,
     update: bool = True,
+    payload: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Parameters, FLOPs and CPU latency, dense-with-zeros against compact, measured in one process.
 
     For a run with one network per task (stl) every measure is the sum over its networks.
 
     The report goes into the run's ``result.json`` (key ``inference``) unless ``update`` is False.
+    ``payload``: the run's result, when the caller holds it (see `load_run`).
     """
-    run = load_run(run_dir)
+    run = load_run(run_dir, payload)
     if threads:
         torch.set_num_threads(threads)
     dense = [network.model for network in run.networks]

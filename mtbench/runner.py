@@ -35,12 +35,12 @@ from mtbench.data.io import atomic_write_json
 from mtbench.data.layouts import open_reader
 from mtbench.data.reader import SYNTH_MANIFEST, Reader
 from mtbench.episodes import TaskView
-from mtbench.errors import ConfigError, DatasetNotFoundError, OutputError, UnknownNameError
+from mtbench.errors import ConfigError, DatasetNotFoundError, OutputError, ResultFileError, UnknownNameError
 from mtbench.methods import MethodInfo, methods
 from mtbench.plots import lambda_chart, sparsity_chart
 from mtbench.presets import Budget
 from mtbench.presets import budget as get_budget
-from mtbench.results import REFERENCE_METHOD, default_results_dir, find_reference, result_path, store
+from mtbench.results import REFERENCE_METHOD, default_results_dir, find_reference, read_result, result_path, store
 from mtbench.scoring import ScoringError, run_delta_m
 from mtbench.sparsity import sparsity_stats
 from mtbench.specs import DatasetSpec, TaskSpec
@@ -593,6 +593,7 @@ def execute(
     try:
         out.mkdir(parents=True, exist_ok=True)
         torch.save(method.state_dict(), out / "checkpoint.pt")
+        payload["inference"] = _account(out, payload, notice)  # counted before result.json is written, once
         atomic_write_json(out / "result.json", payload)
         checkpoint.unlink(missing_ok=True)  # the run is complete: nothing left to resume
         if request.out is None:
@@ -602,7 +603,6 @@ def execute(
         raise OutputError(
             f"cannot write the run folder {out}", expected="a writable folder with free space", found=str(error)
         ) from None
-    payload["inference"] = _account(out, notice)
     sparsity_chart(
         shared_stats,
         out / "sparsity.png",
@@ -642,12 +642,11 @@ def _why_unusable(path: Path) -> str | None:
     if not path.exists():
         return None
     try:
-        json.loads(path.read_text())
-    except OSError as error:
-        return f"unreadable: {error.strerror or error}"
-    except ValueError as error:
-        return f"not valid JSON: {error}"
-    return "valid JSON but not a usable mtbench result"
+        read_result(path)
+    except ResultFileError as error:
+        problem = error.problem.removeprefix(f"{error.path}: ")
+        return f"{problem}: {error.found}" if error.found else problem
+    return "valid, but not a result of this protocol"
 
 
 def obtain_reference(
@@ -738,7 +737,7 @@ def _replacement_notice(stored: Path, previous: dict[str, Any] | None, current: 
     return text
 
 
-def _account(run_dir: Path, notice: Notice | None) -> dict[str, Any] | None:
+def _account(run_dir: Path, payload: dict[str, Any], notice: Notice | None) -> dict[str, Any] | None:
     """Parameters and FLOPs of the trained network(s), dense against compact (no latency: that is a benchmark).
 
     The compact network is the one `mtbench export` writes (zeroed channels physically removed).
@@ -746,7 +745,7 @@ def _account(run_dir: Path, notice: Notice | None) -> dict[str, Any] | None:
     from mtbench.inference import bench_inference
 
     try:
-        return bench_inference(run_dir, batch_sizes=(), update=True)
+        return bench_inference(run_dir, batch_sizes=(), update=False, payload=payload)
     except Exception as error:  # the run itself is complete; say why its accounting is missing
         if notice:
             notice(f"parameter/FLOP accounting failed ({type(error).__name__}: {error}); `mtbench bench inference` retries")
