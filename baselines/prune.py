@@ -10,7 +10,7 @@ import torch
 from mtbench.methods import MethodInfo
 from mtbench.mtl import MTLMethod
 from mtbench.sparsity import lowest_norm_masks, shared_conv_weights
-from mtbench.training import TrainContext
+from mtbench.training import TrainContext, apply_masks
 
 
 @dataclass
@@ -42,9 +42,7 @@ class Prune(MTLMethod):
         if self.masks is None and step + 1 >= max(1, int(cfg.prune_at * ctx.budget.steps)):
             self.masks = lowest_norm_masks(weights, cfg.sparsity, cfg.axis, cfg.scope)
         if self.masks is not None:
-            with torch.no_grad():
-                for weight, mask in zip(weights, self.masks):
-                    weight.mul_(mask)  # Adam's momentum must not revive a pruned group
+            apply_masks(weights, self.masks)
 
 
 METHOD = MethodInfo(

@@ -42,10 +42,7 @@ down), beside λ's trajectory.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -59,21 +56,17 @@ from mtbench.sparsity import (
     group_lasso,
     group_lasso_grad,
     group_norms,
+    group_shape,
     group_soft_threshold,
     shared_conv_weights,
     sparse_param_groups,
 )
-from mtbench.training import Batch, Method, TrainContext
+from mtbench.training import Batch, Method, TrainContext, quiet
 
 
 def import_learn2learn() -> Any:
     """``import learn2learn`` without the deprecation banner its gym dependency prints."""
-    with (
-        warnings.catch_warnings(),
-        contextlib.redirect_stderr(io.StringIO()),
-        contextlib.redirect_stdout(io.StringIO()),
-    ):
-        warnings.simplefilter("ignore")
+    with quiet():
         import learn2learn
     return learn2learn
 
@@ -267,7 +260,7 @@ class EpisodicMetaLearner(Method):
         cfg: MetaConfig = self.config
         gamma = 1.0 - 1.0 / max(cfg.horizon, 1)
         lam = self.lambdas().detach()
-        shape = (1, -1, 1, 1) if cfg.axis == "in" else (-1, 1, 1, 1)
+        shape = group_shape(cfg.axis)
         for l, ((_, weight), v, z) in enumerate(zip(shared_conv_weights(self.model), before_prox, self.sensitivity)):
             alive = (group_norms(weight, cfg.axis) > 0).view(shape)
             z.mul_(gamma).add_((weight - v) / lam[l]).mul_(alive)

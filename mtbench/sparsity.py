@@ -43,6 +43,11 @@ def _reduce_dims(axis: Axis) -> tuple[int, ...]:
     return (0, 2, 3) if axis == "in" else (1, 2, 3)
 
 
+def group_shape(axis: Axis) -> tuple[int, ...]:
+    """The shape that broadcasts one value per group over a ``C_out × C_in × k × k`` kernel."""
+    return (1, -1, 1, 1) if axis == "in" else (-1, 1, 1, 1)
+
+
 def group_size(weight: Tensor, axis: Axis = "in") -> int:
     """``n_g``: elements per group."""
     out_channels, in_channels, kh, kw = weight.shape
@@ -82,8 +87,7 @@ def group_lasso_grad(weights: Sequence[Tensor], axis: Axis = "in") -> list[Tenso
         scale = torch.where(
             norms > 0, group_size(weight, axis) ** 0.5 / norms.clamp_min(1e-30), torch.zeros_like(norms)
         )
-        shape = (1, -1, 1, 1) if axis == "in" else (-1, 1, 1, 1)
-        grads.append(weight * scale.view(shape))
+        grads.append(weight * scale.view(group_shape(axis)))
     return grads
 
 
@@ -96,8 +100,7 @@ def group_soft_threshold(weight: Tensor, tau: Tensor | float, axis: Axis = "in")
     positive = norms > 0
     safe = torch.where(positive, norms, torch.ones_like(norms))
     scale = torch.where(positive, (1.0 - tau * group_size(weight, axis) ** 0.5 / safe).clamp_min(0.0), norms * 0)
-    shape = (1, -1, 1, 1) if axis == "in" else (-1, 1, 1, 1)
-    return weight * scale.view(shape)
+    return weight * scale.view(group_shape(axis))
 
 
 def _grouped(tensor: Tensor, axis: Axis) -> Tensor:
@@ -162,7 +165,7 @@ def prox_group_lasso_(
     (one tensor per weight, Adam's ``√v̂ + ε``): the prox in that metric (`weighted_group_prox`).
     """
     thresholds = threshold if isinstance(threshold, (list, tuple)) else [threshold] * len(weights)
-    shape = {"in": (1, -1, 1, 1), "out": (-1, 1, 1, 1)}[axis]
+    shape = group_shape(axis)
     for index, (weight, tau) in enumerate(zip(weights, thresholds)):
         tau = torch.as_tensor(tau, dtype=weight.dtype, device=weight.device) * group_size(weight, axis) ** 0.5
         if denominators is None:
@@ -271,7 +274,7 @@ class ProximalAdam(torch.optim.Adam):
 
 def zero_group_masks(weights: Sequence[Tensor], axis: Axis = "in") -> list[Tensor]:
     """Boolean masks (broadcastable to each weight) that are False on exactly-zero groups."""
-    shape = {"in": (1, -1, 1, 1), "out": (-1, 1, 1, 1)}[axis]
+    shape = group_shape(axis)
     return [(group_norms(w, axis) > 0).view(shape) for w in weights]
 
 
@@ -284,7 +287,7 @@ def lowest_norm_masks(weights: Sequence[Tensor], sparsity: float, axis: Axis = "
     """
     if not 0 <= sparsity < 1:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    shape = {"in": (1, -1, 1, 1), "out": (-1, 1, 1, 1)}[axis]
+    shape = group_shape(axis)
     norms = [group_norms(w, axis).detach() for w in weights]
     keep = [torch.ones_like(n, dtype=torch.bool) for n in norms]
     if scope == "layer":

@@ -23,7 +23,7 @@ import random
 import time
 import types
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -207,6 +207,18 @@ class Method:
 
 # --- the loop -----------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence warnings, stdout and stderr: for imports that print banners (learn2learn's gym)."""
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
+        warnings.simplefilter("ignore")
+        yield
+
+
 #: Steps between two training checkpoints of `train` (one more is written after the last step). At the
 #: quick budget a checkpoint (the whole method pickled, written and fsynced) costs about 0.1 % of the
 #: training time it protects (measured: ~0.01–0.03 s per write against ~9–30 s per 100 steps on one CPU core).
@@ -305,12 +317,7 @@ def read_checkpoint(path: Path, identity: Mapping[str, Any]) -> dict[str, Any]:
         # wrappers, method-specific state). It is our own file, written by `train` into the run's own
         # folder; it is never read from anywhere else. Unpickling imports the method's dependencies, and
         # some print a banner on import (learn2learn's gym): kept quiet, as `mtbench.meta` imports it.
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
+        with quiet():
             state = torch.load(path, weights_only=False)
     except Exception as error:  # truncated by a full disk, a plugin class that no longer exists, …
         raise _checkpoint_problem(path, "the file cannot be read", f"{type(error).__name__}: {error}") from None
@@ -479,7 +486,8 @@ def _mask_gradients(weights: list[Tensor], masks: list[Tensor]) -> None:
 
 
 @torch.no_grad()
-def _apply_masks(weights: list[Tensor], masks: list[Tensor]) -> None:
+def apply_masks(weights: list[Tensor], masks: list[Tensor]) -> None:
+    """Zero the masked-out groups in place (after an optimiser step, so Adam's momentum cannot revive them)."""
     for weight, mask in zip(weights, masks):
         weight.mul_(mask)
 
@@ -501,7 +509,7 @@ def finetune(
         loss.backward()
         _mask_gradients(weights, masks)
         optimizer.step()
-        _apply_masks(weights, masks)  # Adam's momentum must not revive a pruned group
+        apply_masks(weights, masks)
     return model
 
 
