@@ -12,8 +12,8 @@ from mtbench.methods import MethodInfo
 class MetaSparsityConfig(MetaConfig):
     """`MetaConfig` with λ learned (λ = exp(ρ), starting at ``lam_init``).
 
-    ``lam_init`` defaults to fixed-λ's default λ (1e-2, the front's ≈ 50 % point at the quick budget), so
-    meta-learning starts from the hand-tuned value and any move of λ is learned, not set.
+    ``lam_init`` defaults to fixed-λ's default λ (1e-2), so meta-learning starts from the hand-tuned value
+    and any move of λ is learned, not set.
     """
 
     learn_lambda: bool = True
