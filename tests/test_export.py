@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from mtbench import catalog
@@ -322,6 +323,9 @@ def test_files_are_safetensors_and_json_without_pickle(tmp_path: Path, monkeypat
     assert set(entries) == set(net.state_dict())
     assert len(raw) == 8 + length + max(v["data_offsets"][1] for v in entries.values())  # header + raw bytes only
     assert b"\x80\x02" not in raw[: 8 + length] and not raw.startswith(b"PK")  # no pickle, no zip
+    with safe_open(path, "pt") as handle:
+        assert handle.metadata() == {"format": "mtbench-compact", "version": "2"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.safetensors"]  # no temp files left
     config = json.loads(path.with_suffix(".json").read_text())
     assert config["format"] == "mtbench-compact" and set(config["heads"]) == set(tasks)
     assert config["heads"]["smiling"]["kind"] == "image" and config["heads"]["semseg"]["kind"] == "dense"
