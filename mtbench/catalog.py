@@ -1,4 +1,4 @@
-"""The registries of tasks and data sets, filled from the built-in specs in ``tasks/``."""
+"""The registries of task kinds, tasks and data sets, filled from the built-in specs in ``tasks/``."""
 
 from __future__ import annotations
 
@@ -6,19 +6,24 @@ import importlib
 
 from mtbench.errors import UnknownNameError
 from mtbench.registry import Registry
-from mtbench.specs import DatasetSpec, TaskSpec
+from mtbench.specs import DatasetSpec, TaskKind, TaskSpec
 
+KINDS: Registry[TaskKind] = Registry("task kind")
 TASKS: Registry[TaskSpec] = Registry("task")
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 _loaded = False
 
 
 def load_builtins() -> None:
-    """Import the built-in task and data-set specs (``tasks/``, installed as ``mtbench_tasks``) once."""
+    """Import the built-in task kinds, tasks and data sets (``tasks/``, installed as ``mtbench_tasks``) once."""
     global _loaded
     if not _loaded:
         _loaded = True
         importlib.import_module("mtbench_tasks")
+
+
+def register_kind(kind: TaskKind, source: str = "builtin") -> TaskKind:
+    return KINDS.register(kind.name, kind, source=source)
 
 
 def register_task(spec: TaskSpec, source: str = "builtin") -> TaskSpec:
@@ -27,6 +32,12 @@ def register_task(spec: TaskSpec, source: str = "builtin") -> TaskSpec:
 
 def register_dataset(spec: DatasetSpec, source: str = "builtin") -> DatasetSpec:
     return DATASETS.register(spec.name, spec, source=source)
+
+
+def kind(name: str) -> TaskKind:
+    """Look a task kind up by name (``segmentation``, ``depth`` ...)."""
+    load_builtins()
+    return KINDS.get(name)
 
 
 def tasks() -> Registry[TaskSpec]:
@@ -61,14 +72,17 @@ def task(family: str, name: str) -> TaskSpec:
 
 
 __all__ = [
+    "KINDS",
     "TASKS",
     "DATASETS",
     "UnknownNameError",
     "dataset",
     "datasets",
     "family_tasks",
+    "kind",
     "load_builtins",
     "register_dataset",
+    "register_kind",
     "register_task",
     "task",
     "tasks",

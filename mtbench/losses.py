@@ -1,4 +1,4 @@
-"""Training losses, one per `TaskSpec.loss` name, and `task_loss` which dispatches on it.
+"""Training losses, one per task kind (`TaskKind.loss`), and `task_loss` which applies a task's.
 
 Every loss takes a raw head output and a canonical target (see the tensor conventions below),
 returns a scalar, and is built from ordinary differentiable torch operations, so it can be
@@ -18,8 +18,6 @@ Tensor conventions (batched):
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -45,6 +43,17 @@ def _check_shape(name: str, pred: Tensor, target: Tensor, expected: tuple[int | 
             found=f"target of shape {tuple(target.shape)}",
             fix="check the head's out_channels and the target's canonical layout",
         )
+
+
+def image_logits(user: str, pred: Tensor) -> Tensor:
+    """``pred`` as (B,) logits; a `ConfigError` naming ``user`` unless it holds one logit per image."""
+    if pred.numel() != pred.shape[0]:
+        raise ConfigError(
+            f"{user}: prediction must have one logit per image",
+            expected="pred of shape (B,) or (B, 1)",
+            found=f"shape {tuple(pred.shape)}",
+        )
+    return pred.reshape(-1)
 
 
 def cross_entropy_loss(pred: Tensor, target: Tensor) -> Tensor:
@@ -136,31 +145,16 @@ def bce_loss(pred: Tensor, target: Tensor) -> Tensor:
     Returns:
         Scalar loss.
     """
-    if pred.numel() != pred.shape[0]:
-        raise ConfigError(
-            "bce loss: prediction must have one logit per image",
-            expected="pred of shape (B,) or (B, 1)",
-            found=f"shape {tuple(pred.shape)}",
-        )
-    pred = pred.reshape(-1)
+    pred = image_logits("bce loss", pred)
     _check_shape("bce", pred, target, (None,))
     return F.binary_cross_entropy_with_logits(pred, target.to(pred.dtype), reduction="mean")
 
 
-LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "cross_entropy": cross_entropy_loss,
-    "l1": l1_loss,
-    "cosine": cosine_loss,
-    "weighted_bce": weighted_bce_loss,
-    "bce": bce_loss,
-}
-
-
 def task_loss(task: TaskSpec, pred: Tensor, target: Tensor) -> Tensor:
-    """The training loss of ``task`` on one batch.
+    """The training loss of ``task`` (its kind's loss) on one batch.
 
     Args:
-        task: the task; ``task.loss`` picks the loss.
+        task: the task.
         pred: raw head output (see the module docstring for shapes).
         target: canonical target of the same batch.
 
@@ -168,28 +162,19 @@ def task_loss(task: TaskSpec, pred: Tensor, target: Tensor) -> Tensor:
         Scalar, twice-differentiable loss.
 
     Raises:
-        ConfigError: ``task.loss`` is not a known loss, or the shapes do not match.
+        ConfigError: the shapes do not match.
     """
-    try:
-        loss = LOSSES[task.loss]
-    except KeyError:
-        raise ConfigError(
-            f"task {task.key!r}: unknown loss {task.loss!r}",
-            expected="one of " + ", ".join(sorted(LOSSES)),
-            found=repr(task.loss),
-            fix="fix the task spec's loss field",
-        ) from None
-    return loss(pred, target)
+    return task.kind.loss(pred, target)
 
 
 __all__ = [
     "EDGE_POS_WEIGHT",
     "IGNORE_INDEX",
-    "LOSSES",
     "NORMAL_EPS",
     "bce_loss",
     "cosine_loss",
     "cross_entropy_loss",
+    "image_logits",
     "l1_loss",
     "task_loss",
     "weighted_bce_loss",

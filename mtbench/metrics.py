@@ -1,4 +1,4 @@
-"""Metric accumulators: one per `TaskSpec.evaluator` name, and `evaluator_for` which builds one.
+"""Metric accumulators: one per task kind (`TaskKind.evaluator`), and `evaluator_for` which builds a task's.
 
 An evaluator sees a whole split batch by batch and computes its metrics once at the end::
 
@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from mtbench.errors import ConfigError
-from mtbench.losses import IGNORE_INDEX
+from mtbench.losses import IGNORE_INDEX, image_logits
 from mtbench.specs import TaskSpec
 
 NAN = float("nan")
@@ -54,6 +54,11 @@ class Evaluator(ABC):
 
     def __init__(self) -> None:
         self.reset()
+
+    @classmethod
+    def for_task(cls, task: TaskSpec) -> Evaluator:
+        """A fresh evaluator for ``task`` (a `TaskKind.evaluator` factory)."""
+        return cls()
 
     @abstractmethod
     def reset(self) -> None:
@@ -95,6 +100,11 @@ class SegmentationEvaluator(Evaluator):
             )
         self.num_classes = num_classes
         super().__init__()
+
+    @classmethod
+    def for_task(cls, task: TaskSpec) -> SegmentationEvaluator:
+        """An evaluator over the task's ``out_channels`` classes."""
+        return cls(task.out_channels)
 
     def reset(self) -> None:
         self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
@@ -406,13 +416,7 @@ class BinaryEvaluator(Evaluator):
             pred: logits (B, 1) or (B,).
             target: (B,) in {0, 1}.
         """
-        if pred.numel() != pred.shape[0]:
-            raise ConfigError(
-                "binary evaluator: prediction must have one logit per image",
-                expected="(B,) or (B, 1)",
-                found=f"shape {tuple(pred.shape)}",
-            )
-        pred = pred.reshape(-1)
+        pred = image_logits("binary evaluator", pred)
         _check_same_shape("binary", pred, target.reshape(-1))
         self.probs.append(torch.sigmoid(pred.to(torch.float64)).cpu())
         self.labels.append((target.reshape(-1) > 0.5).to(torch.int64).cpu())
@@ -435,28 +439,8 @@ class BinaryEvaluator(Evaluator):
 
 
 def evaluator_for(task: TaskSpec) -> Evaluator:
-    """A fresh evaluator for ``task`` (picked by ``task.evaluator``).
-
-    Raises:
-        ConfigError: ``task.evaluator`` is not a known evaluator.
-    """
-    kind = task.evaluator
-    if kind == "segmentation":
-        return SegmentationEvaluator(task.out_channels)
-    if kind == "depth":
-        return DepthEvaluator()
-    if kind == "normals":
-        return NormalsEvaluator()
-    if kind == "edges":
-        return EdgeEvaluator()
-    if kind == "binary":
-        return BinaryEvaluator()
-    raise ConfigError(
-        f"task {task.key!r}: unknown evaluator {kind!r}",
-        expected="one of binary, depth, edges, normals, segmentation",
-        found=repr(kind),
-        fix="fix the task spec's evaluator field",
-    )
+    """A fresh evaluator for ``task`` (built by its kind)."""
+    return task.kind.evaluator(task)
 
 
 __all__ = [

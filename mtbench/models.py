@@ -196,7 +196,8 @@ class MultiTaskNet(nn.Module):
             self.add_head(task)
 
     def make_head(self, task: TaskSpec) -> nn.Module:
-        if task.head == "image":
+        """A fresh head of the shape ``task.kind.head`` names, ``task.out_channels`` wide (ASPP: dense on ResNet-50)."""
+        if task.kind.head == "image":
             return ImageHead(
                 self.feature_channels,
                 task.out_channels,
@@ -215,10 +216,6 @@ class MultiTaskNet(nn.Module):
         features = self.backbone(images)
         size = (images.shape[-2], images.shape[-1])
         return {task: self.heads[task](features, size) for task in tasks}
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def init_seeded(module: nn.Module, seed: int) -> nn.Module:

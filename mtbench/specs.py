@@ -1,15 +1,43 @@
-"""Task and data-set specifications (the entries of the task and data-set registries)."""
+"""Task and data-set specifications (the entries of the task-kind, task and data-set registries)."""
 
 from __future__ import annotations
 
+import functools
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from mtbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from mtbench.metrics import Evaluator
 
 HeadKind = Literal["dense", "image"]
-LossName = Literal["cross_entropy", "l1", "cosine", "weighted_bce", "bce"]
-EvaluatorName = Literal["segmentation", "depth", "normals", "edges", "binary"]
+Loss = Callable[["Tensor", "Tensor"], "Tensor"]
+
+_resolve = functools.cache(pkgutil.resolve_name)
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A function named ``"module:qualified.name"``, imported on its first call.
+
+    The built-in task kinds name their losses and evaluators this way, so loading the catalog
+    (``mtbench ls``, ``mtbench data``) does not import torch.
+    """
+
+    path: str
+
+    @property
+    def __name__(self) -> str:  # the named function's, as a plain function has it
+        return self.path.replace(":", ".").rpartition(".")[2]
+
+    def __call__(self, *args: Any) -> Any:
+        return _resolve(self.path)(*args)
 
 
 @dataclass(frozen=True)
@@ -35,19 +63,44 @@ class MetricSpec:
 
 
 @dataclass(frozen=True)
+class TaskKind:
+    """What every task of one kind shares: head shape, loss, evaluator and metrics.
+
+    A new kind is one `TaskKind` registered with `mtbench.catalog.register_kind`.
+
+    Attributes:
+        name: registry name (``segmentation``, ``depth`` ...).
+        head: ``dense`` (per-pixel output) or ``image`` (one output per image).
+        loss: ``loss(pred, target) -> scalar``, named ``<loss name>_loss`` (see `mtbench.losses`).
+        evaluator: ``evaluator(task) -> Evaluator``, a fresh metric accumulator (see `mtbench.metrics`).
+        metrics: evaluation metrics with directions (names match what the evaluator returns).
+        out_channels: head output channels, or None when each task sets them with ``TaskSpec.classes``.
+    """
+
+    name: str
+    head: HeadKind
+    loss: Loss
+    evaluator: Callable[[TaskSpec], Evaluator]
+    metrics: tuple[MetricSpec, ...]
+    out_channels: int | None = None
+
+    @property
+    def loss_name(self) -> str:
+        """The loss's short name (``cross_entropy`` for `cross_entropy_loss`)."""
+        return self.loss.__name__.removesuffix("_loss")
+
+
+@dataclass(frozen=True)
 class TaskSpec:
-    """A task: what it reads, what head it needs, how it is trained and scored.
+    """A task: what it reads, what kind of task it is, how its results are versioned.
 
     Attributes:
         name: short name, unique within its family (``depth``, ``smiling``); used by ``--unseen``.
         family: the data family whose samples carry its target (``nyuv2``, ``celebamask``).
         title: human-readable name.
         target: the sample key it reads (``depth``, ``semantic13``, ``attr:Smiling``).
-        head: ``dense`` (per-pixel output) or ``image`` (one output per image).
-        out_channels: output channels of the head (classes, 1, 3 ...).
-        loss: training loss name, implemented once in `mtbench.losses`.
-        evaluator: metric accumulator, implemented once in `mtbench.metrics`.
-        metrics: evaluation metrics with directions (names match what the evaluator returns).
+        kind: head, loss, evaluator and metrics, shared by every task of the kind.
+        classes: head output channels where the kind leaves them to the task (segmentation classes).
         may_hold_out: whether ``--unseen`` may name it.
         version: bump when target, loss or metrics change; results record it.
         notes: anything a user comparing numbers must know.
@@ -57,18 +110,42 @@ class TaskSpec:
     family: str
     title: str
     target: str
-    head: HeadKind
-    out_channels: int
-    loss: LossName
-    evaluator: EvaluatorName
-    metrics: tuple[MetricSpec, ...]
+    kind: TaskKind
+    classes: int | None = None
     may_hold_out: bool = True
     version: str = "1"
     notes: str = ""
 
+    def __post_init__(self) -> None:
+        if (self.classes is None) == (self.kind.out_channels is None):
+            raise ConfigError(
+                f"task {self.key!r}: head output channels given {'twice' if self.classes is not None else 'nowhere'}",
+                expected=f"classes set exactly when kind {self.kind.name!r} leaves out_channels to the task",
+                found=f"classes={self.classes!r}, kind out_channels={self.kind.out_channels!r}",
+                fix="set classes only for kinds without a fixed out_channels",
+            )
+
     @property
     def key(self) -> str:
         return f"{self.family}/{self.name}"
+
+    @property
+    def head(self) -> HeadKind:
+        return self.kind.head
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels of the task's head (the kind's fixed count or the task's classes)."""
+        return self.kind.out_channels or self.classes  # type: ignore[return-value]  # __post_init__: one is set
+
+    @property
+    def loss(self) -> str:
+        """The training loss's short name (``cross_entropy``, ``l1`` ...)."""
+        return self.kind.loss_name
+
+    @property
+    def metrics(self) -> tuple[MetricSpec, ...]:
+        return self.kind.metrics
 
     @property
     def directions(self) -> dict[str, bool]:

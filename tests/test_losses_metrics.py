@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix
 
 from mtbench import catalog
-from mtbench.errors import ConfigError
+from mtbench.errors import ConfigError, UnknownNameError
 from mtbench.losses import (
     EDGE_POS_WEIGHT,
     bce_loss,
@@ -446,12 +445,10 @@ def test_second_order_gradients(loss: str):
         assert any(s is not None and s.abs().sum() > 0 for s in second)
 
 
-def test_unknown_loss_and_evaluator_and_bad_shapes_raise_config_error():
+def test_unknown_kind_and_bad_shapes_raise():
     spec = catalog.tasks().get("nyuv2/depth")
-    with pytest.raises(ConfigError, match="unknown loss"):
-        task_loss(replace(spec, loss="huber"), torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
-    with pytest.raises(ConfigError, match="unknown evaluator"):
-        evaluator_for(replace(spec, evaluator="psnr"))
+    with pytest.raises(UnknownNameError, match="unknown task kind 'psnr'"):
+        catalog.kind("psnr")
     with pytest.raises(ConfigError, match="shape"):
         task_loss(spec, torch.zeros(2, 1, 2, 2), torch.ones(2, 2, 2))  # would broadcast silently
 
