@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from mtbench.aggregators import cagrad
@@ -27,22 +26,13 @@ class CAGradConfig:
 class CAGrad(MTLMethod):
     """Shared backbone: d = g₀ + (c‖g₀‖/‖g_w‖) g_w over the shared parameters; heads: their own gradient."""
 
-    def setup(self, ctx: TrainContext) -> None:
-        super().setup(ctx)
-        self.weights = torch.full((len(ctx.task_names),), 1.0 / len(ctx.task_names))
-
-    def backward(self, ctx: TrainContext, step: int, losses: dict[str, Tensor]) -> None:
+    def backward(self, ctx: TrainContext, step: int, losses: dict[str, Tensor]) -> Tensor:
         current = [losses[t] for t in ctx.task_names]
         backward_heads(self.model, current)
         shared = shared_parameters(self.model)
         d, w = cagrad(task_gradients(current, shared), self.config.c, self.config.rescale)
-        self.weights = w.detach().cpu()
         assign_gradient(shared, d)
-
-    def step(self, ctx: TrainContext, step: int) -> dict[str, float]:
-        logged = super().step(ctx, step)
-        logged.update({f"w/{t}": float(w) for t, w in zip(ctx.task_names, self.weights)})
-        return logged
+        return w.detach().cpu()
 
 
 METHOD = MethodInfo(

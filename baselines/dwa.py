@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from mtbench.methods import MethodInfo
@@ -47,21 +48,16 @@ class DynamicWeightAverage(MTLMethod):
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
         self.history: deque[list[float]] = deque(maxlen=2 * self.config.window)
-        self.weights = np.ones(len(ctx.task_names))
 
-    def backward(self, ctx: TrainContext, step: int, losses: dict[str, Tensor]) -> None:
+    def backward(self, ctx: TrainContext, step: int, losses: dict[str, Tensor]) -> Tensor:
         current = [losses[t] for t in ctx.task_names]
         if len(self.history) >= 2 * self.config.window:
-            self.weights = dwa_weights(list(self.history), self.config.window, self.config.temperature)
+            weights = dwa_weights(list(self.history), self.config.window, self.config.temperature)
         else:
-            self.weights = np.ones(len(current))
-        sum(float(w) * loss for w, loss in zip(self.weights, current)).backward()
+            weights = np.ones(len(current))
+        sum(float(w) * loss for w, loss in zip(weights, current)).backward()
         self.history.append([float(loss.detach()) for loss in current])
-
-    def step(self, ctx: TrainContext, step: int) -> dict[str, float]:
-        logged = super().step(ctx, step)
-        logged.update({f"w/{t}": float(w) for t, w in zip(ctx.task_names, self.weights)})
-        return logged
+        return torch.from_numpy(weights)
 
 
 METHOD = MethodInfo(

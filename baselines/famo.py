@@ -54,7 +54,7 @@ class FAMO(MTLMethod):
         super().setup(ctx)
         self.logits = nn.Parameter(torch.zeros(len(ctx.task_names), device=ctx.device))
         if self.config.optimizer == "adam":
-            self.logit_optimizer: torch.optim.Optimizer = torch.optim.Adam(
+            self.logit_optimizer: torch.optim.Optimizer = ctx.make_optimizer(
                 [self.logits], lr=self.config.logit_lr, weight_decay=self.config.weight_decay
             )
         else:
@@ -68,11 +68,14 @@ class FAMO(MTLMethod):
         """The current task weights softmax(ξ)."""
         return torch.softmax(self.logits.detach(), dim=0)
 
-    def backward(self, ctx: TrainContext, step: int, losses: dict[str, Tensor]) -> None:
+    def backward(self, ctx: TrainContext, step: int, losses: dict[str, Tensor]) -> Tensor:
+        """Returns z, the task weights of this step's update (``after_step`` then moves ξ)."""
         current = torch.stack([losses[t] for t in ctx.task_names])
         self.losses_before = current.detach()
-        weights = famo_loss_weights(self.losses_before, self.z, self.config.eps)
+        z = self.z
+        weights = famo_loss_weights(self.losses_before, z, self.config.eps)
         (weights * current).sum().backward()
+        return z
 
     def update_logits(self, losses_before: Tensor, losses_after: Tensor) -> None:
         """One step of ξ on δ (`famo_logit_gradient`) with the configured optimiser."""
@@ -86,12 +89,6 @@ class FAMO(MTLMethod):
         with torch.no_grad():
             after = ctx.losses(self.model, batch, ctx.task_names)
         self.update_logits(self.losses_before, torch.stack([after[t] for t in ctx.task_names]).detach())
-
-    def step(self, ctx: TrainContext, step: int) -> dict[str, float]:
-        weights = self.z  # the weights this step's update uses
-        logged = super().step(ctx, step)
-        logged.update({f"w/{t}": float(w) for t, w in zip(ctx.task_names, weights)})
-        return logged
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "logits": self.logits.detach().cpu()}

@@ -27,12 +27,15 @@ class FixedLambdaConfig(ProxOptions):
 
 
 class FixedLambda(MTLMethod):
-    """Σ_k L_k with proximal Adam: after each Adam step, the group-lasso prox (threshold η·λ·√n_g) on every shared conv."""
+    """Σ_k L_k with proximal Adam: after each Adam step, the group-lasso prox (threshold η·λ·√n_g) on every
+    shared conv (inside ``optimizer.step()``)."""
 
     def make_optimizer(self, ctx: TrainContext) -> torch.optim.Optimizer:
         cfg: FixedLambdaConfig = self.config
         groups = sparse_param_groups(self.model, ctx.budget.lr, cfg.lam, cfg.axis, self.trainable_parameters())
-        return ProximalAdam(groups, lr=ctx.budget.lr, prox=cfg.prox, bias_correction=cfg.bias_correction)
+        return ctx.make_optimizer(
+            groups, optimizer_class=ProximalAdam, prox=cfg.prox, bias_correction=cfg.bias_correction
+        )
 
     def lam(self) -> float:
         return self.config.lam

@@ -62,19 +62,22 @@ class GradNorm(MTLMethod):
         super().setup(ctx)
         K = len(ctx.task_names)
         self.weights = nn.Parameter(torch.ones(K, device=ctx.device))
-        self.weight_optimizer = torch.optim.Adam([self.weights], lr=self.config.weight_lr_scale * ctx.budget.lr)
+        self.weight_optimizer = ctx.make_optimizer([self.weights], lr=self.config.weight_lr_scale * ctx.budget.lr)
         self.initial_losses: Tensor | None = None
         self.layer_name, self.layer = last_shared_conv(self.model, self.config.layer)
 
-    def backward(self, ctx: TrainContext, step: int, losses: dict[str, Tensor]) -> None:
+    def backward(self, ctx: TrainContext, step: int, losses: dict[str, Tensor]) -> Tensor:
+        """Returns the weights this step's loss used (`update_weights` then moves them for the next step)."""
         current = torch.stack([losses[t] for t in ctx.task_names])
         grad_norms = torch.stack(
             [torch.autograd.grad(loss, self.layer, retain_graph=True)[0].norm() for loss in current]
         ).detach()
         if self.initial_losses is None:
             self.initial_losses = current.detach().clone()
-        (self.weights.detach() * current).sum().backward()
+        used = self.weights.detach().clone()
+        (used * current).sum().backward()
         self.update_weights(grad_norms, current.detach())
+        return used
 
     def update_weights(self, grad_norms: Tensor, losses: Tensor) -> None:
         """One step of the weights on the GradNorm loss, then w ← K·w / Σ w (floored at ``min_weight``)."""
@@ -85,11 +88,6 @@ class GradNorm(MTLMethod):
         with torch.no_grad():
             self.weights.clamp_(min=self.config.min_weight)
             self.weights.mul_(len(self.weights) / self.weights.sum())
-
-    def step(self, ctx: TrainContext, step: int) -> dict[str, float]:
-        logged = super().step(ctx, step)
-        logged.update({f"w/{t}": float(w) for t, w in zip(ctx.task_names, self.weights.detach())})
-        return logged
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "weights": self.weights.detach().cpu()}

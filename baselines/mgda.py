@@ -38,7 +38,6 @@ class MGDA(MTLMethod):
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
-        self.alphas = torch.full((len(ctx.task_names),), 1.0 / len(ctx.task_names))
         self._features: Tensor | None = None
 
     @contextmanager
@@ -55,7 +54,7 @@ class MGDA(MTLMethod):
             handle.remove()
             self._features = None
 
-    def backward(self, ctx: TrainContext, step: int, losses: dict[str, Tensor]) -> None:
+    def backward(self, ctx: TrainContext, step: int, losses: dict[str, Tensor]) -> Tensor:
         current = [losses[t] for t in ctx.task_names]
         backward_heads(self.model, current)
         shared = shared_parameters(self.model)
@@ -70,14 +69,12 @@ class MGDA(MTLMethod):
             G = task_gradients(current, shared)
             alphas = min_norm_weights(G, self.config.max_iter)
             flat = alphas.to(G.dtype) @ G
-        self.alphas = alphas.detach().cpu()
         assign_gradient(shared, flat * len(current) if self.config.scale_by_tasks else flat)
+        return alphas.detach().cpu()
 
     def step(self, ctx: TrainContext, step: int) -> dict[str, float]:
-        with self._capture_features():
-            logged = super().step(ctx, step)
-        logged.update({f"w/{t}": float(a) for t, a in zip(ctx.task_names, self.alphas)})
-        return logged
+        with self._capture_features():  # backward solves for α on the backbone's output
+            return super().step(ctx, step)
 
 
 METHOD = MethodInfo(

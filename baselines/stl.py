@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from mtbench.methods import MethodInfo
 from mtbench.models import MultiTaskNet
 from mtbench.specs import TaskSpec
@@ -26,7 +24,7 @@ class SingleTask(Method):
 
     def setup(self, ctx: TrainContext) -> None:
         self.models = {t.name: ctx.new_model([t], seed_offset=i + 1) for i, t in enumerate(ctx.seen)}
-        self.optimizers = {t: torch.optim.Adam(m.parameters(), lr=ctx.budget.lr) for t, m in self.models.items()}
+        self.optimizers = {t: ctx.make_optimizer(m.parameters()) for t, m in self.models.items()}
 
     def step(self, ctx: TrainContext, step: int) -> dict[str, float]:
         logged = {}

@@ -38,13 +38,10 @@ class UncertaintyWeighting(MTLMethod):
     def trainable_parameters(self) -> list[Tensor]:
         return [*self.model.parameters(), self.log_vars]
 
-    def backward(self, ctx: TrainContext, step: int, losses: dict[str, Tensor]) -> None:
+    def backward(self, ctx: TrainContext, step: int, losses: dict[str, Tensor]) -> Tensor:
+        """Returns the weights exp(−s_k) of this step's loss (before the optimiser moves s)."""
         uncertainty_loss(torch.stack([losses[t] for t in ctx.task_names]), self.log_vars).backward()
-
-    def step(self, ctx: TrainContext, step: int) -> dict[str, float]:
-        logged = super().step(ctx, step)
-        logged.update({f"w/{t}": float(torch.exp(-s)) for t, s in zip(ctx.task_names, self.log_vars.detach())})
-        return logged
+        return torch.exp(-self.log_vars.detach())
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "log_vars": self.log_vars.detach().cpu()}

@@ -146,7 +146,9 @@ class EpisodicMetaLearner(Method):
         )
         if self.rho is not None and cfg.learn_lambda:
             groups.append({"params": [self.rho], "lr": cfg.rho_lr})
-        self.optimizer = ProximalAdam(groups, lr=ctx.budget.lr, prox=cfg.prox, bias_correction=cfg.bias_correction)
+        self.optimizer = ctx.make_optimizer(
+            groups, optimizer_class=ProximalAdam, prox=cfg.prox, bias_correction=cfg.bias_correction
+        )
         fraction = cfg.meta_val_fraction if cfg.query_split == "meta-val" else None
         self.sampler = ctx.episodes(cfg.combinations, meta_val_fraction=fraction)
         self.sensitivity = (
@@ -233,7 +235,7 @@ class EpisodicMetaLearner(Method):
         if self.sensitivity is None:
             self.optimizer.step()
         else:
-            torch.optim.Adam.step(self.optimizer)
+            self.optimizer.step(prox=False)
             before = [w.detach().clone() for _, w in shared_conv_weights(self.model)]
             self.optimizer.apply_prox()
             self._update_sensitivity(before)

@@ -3,7 +3,9 @@
 `MTLMethod` trains one shared network on batches that carry every seen task. A subclass decides
 how the per-task losses become an update by overriding ``backward`` (loss weighting) or by
 combining per-task gradients of the shared parameters (gradient manipulation), using the helpers
-below. ``after_step`` runs after the optimiser step (the fixed-λ proximal step lives there).
+below; ``backward`` returns the task weights it used (logged as ``w/<task>``) or None.
+``make_optimizer`` chooses the optimiser (fixed-λ's `ProximalAdam` takes its proximal step inside
+``optimizer.step()``); ``after_step`` runs after the optimiser step (prune's masks, FAMO's logits).
 """
 
 from __future__ import annotations
@@ -64,16 +66,21 @@ class MTLMethod(Method):
         self.optimizer = self.make_optimizer(ctx)
 
     def make_optimizer(self, ctx: TrainContext) -> torch.optim.Optimizer:
-        """Adam over `trainable_parameters`; sparse methods return a `ProximalAdam` instead."""
-        return torch.optim.Adam(self.trainable_parameters(), lr=ctx.budget.lr)
+        """The engine's Adam (`TrainContext.make_optimizer`) over `trainable_parameters`; sparse methods
+        pass `ProximalAdam` and its parameter groups to it instead."""
+        return ctx.make_optimizer(self.trainable_parameters())
 
     def trainable_parameters(self) -> list[Tensor]:
         """What the optimiser updates; methods with their own weights (e.g. log-variances) add them."""
         return list(self.model.parameters())
 
-    def backward(self, ctx: TrainContext, step: int, losses: dict[str, Tensor]) -> None:
-        """Equal weighting: gradients of the sum of the task losses."""
+    def backward(self, ctx: TrainContext, step: int, losses: dict[str, Tensor]) -> Tensor | None:
+        """Set the gradients of this step; return the task weights used (one per ``ctx.task_names``), or None.
+
+        Equal weighting: gradients of the sum of the task losses, nothing to log.
+        """
         sum(losses.values()).backward()
+        return None
 
     def after_step(self, ctx: TrainContext, step: int) -> None:
         """Called after every optimiser step."""
@@ -83,10 +90,11 @@ class MTLMethod(Method):
         batch = ctx.train_batch(step)
         losses = ctx.losses(self.model, batch, ctx.task_names)
         self.optimizer.zero_grad(set_to_none=True)
-        self.backward(ctx, step, losses)
+        weights = self.backward(ctx, step, losses)
         self.optimizer.step()
         self.after_step(ctx, step)
         return {
             "loss": float(sum(l.detach() for l in losses.values())),
             **{f"loss/{t}": float(l.detach()) for t, l in losses.items()},
+            **({} if weights is None else {f"w/{t}": float(w) for t, w in zip(ctx.task_names, weights)}),
         }

@@ -17,7 +17,6 @@ solved by safeguarded Newton). With D = 1 this is plain block soft-thresholding.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -249,13 +248,17 @@ class ProximalAdam(torch.optim.Adam):
         return v.sqrt().add_(group["eps"])
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Any = None, *, prox: bool = True) -> Any:  # type: ignore[override]
+        """Adam's step, then `apply_prox` (``prox=False`` leaves the prox to the caller, who calls
+        `apply_prox` itself, e.g. after reading the pre-prox iterate)."""
         loss = super().step(closure)
-        self.apply_prox()
+        if prox:
+            self.apply_prox()
         return loss
 
     @torch.no_grad()
     def apply_prox(self) -> None:
+        """The group-lasso prox on every ``group_lasso`` group: the one place the prox of training is taken."""
         for group in self.param_groups:
             if not group.get("group_lasso"):
                 continue

@@ -23,7 +23,7 @@ import random
 import time
 import types
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -152,6 +152,28 @@ class TrainContext:
 
     def episode_batches(self, episode: Episode) -> tuple[Batch, Batch]:
         return self.batch(episode.support, episode.tasks), self.batch(episode.query, episode.tasks)
+
+    def make_optimizer(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | None = None,
+        optimizer_class: type[torch.optim.Adam] = torch.optim.Adam,
+        **options: Any,
+    ) -> torch.optim.Adam:
+        """The engine's optimiser: every Adam of the training loop and of the meta-test is built here.
+
+        Args:
+            params: parameters, or parameter groups as for `torch.optim.Adam`.
+            lr: learning rate (default: the budget's ``lr``; the meta-test passes ``finetune_lr``).
+            optimizer_class: `torch.optim.Adam` or a subclass taking Adam's options (`mtbench.sparsity.ProximalAdam`).
+            **options: the remaining options of ``optimizer_class`` (``weight_decay``, ``prox`` …).
+
+        Torch picks the implementation: the per-parameter loop on CPU, ``foreach`` on CUDA. On CUDA this is
+        where fused Adam (``options.setdefault("fused", True)``: one kernel for the whole update) would be
+        chosen; it is not, because it rounds the update differently from ``foreach``, so GPU numbers would
+        move against the stored ones (CPU runs are never affected).
+        """
+        return optimizer_class(params, lr=self.budget.lr if lr is None else lr, **options)
 
     def losses(self, model: nn.Module, batch: Batch, tasks: Sequence[str]) -> dict[str, Tensor]:
         """Per-task training losses of ``model`` on ``batch`` (the loss functions live in `mtbench.losses`)."""
@@ -499,7 +521,7 @@ def finetune(
     model.train()
     weights = [w for _, w in shared_conv_weights(model)]
     masks = zero_group_masks(weights, axis)
-    optimizer = torch.optim.Adam(model.parameters(), lr=ctx.budget.finetune_lr)
+    optimizer = ctx.make_optimizer(model.parameters(), lr=ctx.budget.finetune_lr)
     single = TrainContext(ctx.budget, [task], data, seed, ctx.device, ctx.channels_last, ctx.autocast)
     for step in range(ctx.budget.finetune_steps):
         rng = np.random.default_rng([seed, step, 29])

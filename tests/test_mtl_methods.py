@@ -322,6 +322,81 @@ def test_every_method_trains_and_differs(ctx: TrainContext):
         assert not torch.equal(finals[a], finals[b]), (a, b)
 
 
+WEIGHTED = ["uw", "dwa", "gradnorm", "mgda", "cagrad", "famo"]
+
+
+@pytest.mark.parametrize("name", WEIGHTED)
+def test_logged_task_weights_are_the_ones_backward_used(ctx: TrainContext, name: str):
+    """`MTLMethod.step` logs ``w/<task>`` from what ``backward`` returns: the weights of this step's update."""
+    method = info(name).method(info(name).config())
+    method.setup(ctx)
+    returned = []
+    original = method.backward
+
+    def spy(*args):
+        weights = original(*args)
+        returned.append([float(w) for w in weights])
+        return weights
+
+    method.backward = spy
+    for step in range(3):
+        logged = method.step(ctx, step)
+        assert [logged[f"w/{t}"] for t in ctx.task_names] == returned[-1], (name, step)
+    first = returned[0]
+    if name in ("uw", "dwa", "gradnorm"):  # start from weight 1 per task
+        assert first == [1.0, 1.0, 1.0]
+    if name == "famo":  # ξ = 0: uniform
+        assert np.allclose(first, 1 / 3)
+    if name in ("mgda", "cagrad"):
+        assert on_simplex(first, atol=1e-6)
+
+
+def test_equal_weighting_logs_no_task_weights(ctx: TrainContext):
+    method = info("ew").method(info("ew").config())
+    method.setup(ctx)
+    assert not any(key.startswith("w/") for key in method.step(ctx, 0))
+
+
+def test_every_optimizer_comes_from_the_engine_factory(ctx: TrainContext, monkeypatch):
+    """Methods build their Adam (or `ProximalAdam`) through `TrainContext.make_optimizer`; so does the meta-test."""
+    from mtbench import training
+    from mtbench.sparsity import ProximalAdam
+
+    built = []
+    factory = TrainContext.make_optimizer
+
+    def spy(self, *args, **kwargs):
+        optimizer = factory(self, *args, **kwargs)
+        built.append(optimizer)
+        return optimizer
+
+    monkeypatch.setattr(TrainContext, "make_optimizer", spy)
+    expected = {
+        "ew": ["optimizer"],
+        "uw": ["optimizer"],
+        "fixed-lambda": ["optimizer"],
+        "gradnorm": ["optimizer", "weight_optimizer"],
+        "famo": ["optimizer", "logit_optimizer"],
+        "meta-sparsity": ["optimizer"],
+    }
+    for name, attributes in expected.items():
+        built.clear()
+        method_info = info(name.replace("-", "_"))
+        method = method_info.method(method_info.config())
+        method.setup(ctx)
+        assert [id(getattr(method, a)) for a in attributes] == [id(o) for o in built], name
+        assert isinstance(method.optimizer, ProximalAdam) == (name in ("fixed-lambda", "meta-sparsity")), name
+        assert method.optimizer.defaults["lr"] == ctx.budget.lr, name
+    built.clear()
+    stl = info("stl").method(info("stl").config())
+    stl.setup(ctx)
+    assert sorted(map(id, stl.optimizers.values())) == sorted(map(id, built))
+    built.clear()
+    task = ctx.seen[1]
+    training.finetune(stl.models[task.name], task, ctx.train, ctx, seed=0)
+    assert len(built) == 1 and built[0].param_groups[0]["lr"] == ctx.budget.finetune_lr
+
+
 @pytest.mark.parametrize(
     "name, options", [("mgda", {"upper_bound": False}), ("famo", {"optimizer": "sgd"}), ("cagrad", {"c": 0.0})]
 )

@@ -153,6 +153,28 @@ def test_callable_lambda_and_plain_prox_option():
     assert torch.equal(param.detach(), torch.zeros_like(param))  # τ huge: every group zeroed, Euclidean prox
 
 
+def test_step_without_prox_then_apply_prox_is_the_step():
+    """``step(prox=False)`` + ``apply_prox()`` (meta-sparsity's online path reads the iterate in between)
+    gives exactly ``step()``: one prox, taken once."""
+    torch.manual_seed(3)
+    w0, grads = torch.randn(6, 5, 3, 3), [torch.randn(6, 5, 3, 3) * s for s in (1.0, 0.2)]
+    w0[:, :2] *= 0.01  # two small groups, which the prox zeroes
+    finals = []
+    for split in (False, True):
+        param = torch.nn.Parameter(w0.clone())
+        optimizer = ProximalAdam([{"params": [param], "group_lasso": True, "lam": 2.0}], lr=0.05)
+        for g in grads:
+            param.grad = g.clone()
+            if split:
+                optimizer.step(prox=False)
+                optimizer.apply_prox()
+            else:
+                optimizer.step()
+        finals.append(param.detach().clone())
+    assert torch.equal(finals[0], finals[1])
+    assert 0 < int((group_norms(finals[0]) == 0).sum()) < 5  # the prox did zero some groups, not all
+
+
 def test_lowest_norm_masks_hand_worked():
     # layer A: group norms 1, 2, 3, 4 (mean 2.5 → relative .4 .8 1.2 1.6); layer B: 10, 30 (mean 20 → .5 1.5)
     a = torch.zeros(1, 4, 1, 1)
