@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,10 @@ from mtbench.data.io import atomic_write_json
 from mtbench.errors import ConfigError, DatasetNotFoundError
 from mtbench.export import compact, count_flops, count_params, latency, load_compact, save_compact
 from mtbench.models import ArchSpec, MultiTaskNet
+from mtbench.result import RunResult
+
+#: The latency benchmark of a run folder, written by `bench_inference` (``mtbench bench inference``).
+INFERENCE_FILE = "inference.json"
 
 
 @dataclass
@@ -29,7 +32,7 @@ class RunModel:
     """The trained network(s) of a run, rebuilt from its folder: one for a multi-task method, one per
     task for single-task learning (serving every task then means running every network)."""
 
-    payload: dict[str, Any]
+    result: RunResult
     networks: list[Network]
     input_size: tuple[int, int]
 
@@ -38,12 +41,12 @@ class RunModel:
         return [task for network in self.networks for task in network.tasks]
 
 
-def _input_size(payload: dict[str, Any]) -> tuple[int, int]:
-    if payload.get("input_size"):
-        return tuple(payload["input_size"])  # type: ignore[return-value]
-    if payload["protocol"].get("resolution"):
-        return tuple(payload["protocol"]["resolution"])  # type: ignore[return-value]
-    generator = payload["dataset"]["identity"].get("generator") or {}
+def _input_size(result: RunResult) -> tuple[int, int]:
+    if result.input_size:
+        return result.input_size
+    if result.protocol.settings.get("resolution"):
+        return tuple(result.protocol.settings["resolution"])  # type: ignore[return-value]
+    generator = result.dataset.identity.get("generator") or {}
     if "height" in generator:
         return generator["height"], generator["width"]
     if "mask_size" in generator:
@@ -56,38 +59,38 @@ def _input_size(payload: dict[str, Any]) -> tuple[int, int]:
     )
 
 
-def load_run(run_dir: Path, payload: dict[str, Any] | None = None) -> RunModel:
+def load_run(run_dir: Path, result: RunResult | None = None) -> RunModel:
     """Rebuild the trained network(s) of ``run_dir`` (``result.json`` + ``checkpoint.pt``, no pickled code).
 
-    ``payload``: the run's result when the caller holds it already (`mtbench run`, before it writes
+    ``result``: the run's result when the caller holds it already (`mtbench run`, before it writes
     ``result.json``); then only ``checkpoint.pt`` is read.
     """
     run_dir = Path(run_dir)
-    result, checkpoint = run_dir / "result.json", run_dir / "checkpoint.pt"
-    for path in (checkpoint,) if payload is not None else (result, checkpoint):
+    result_file, checkpoint = run_dir / "result.json", run_dir / "checkpoint.pt"
+    for path in (checkpoint,) if result is not None else (result_file, checkpoint):
         if not path.is_file():
             raise DatasetNotFoundError(
                 f"{path} not found",
                 expected="a run folder written by `mtbench run`",
                 found=", ".join(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else "nothing",
             )
-    if payload is None:
-        payload = json.loads(result.read_text())
-    arch_fields = dict(payload["protocol"]["arch"])
+    if result is None:
+        result = RunResult.read(result_file)
+    arch_fields = dict(result.protocol.settings["arch"])
     arch_fields["widths"] = tuple(arch_fields["widths"])
     arch = ArchSpec(**arch_fields)
-    family = payload["dataset"]["family"]
+    family = result.dataset.family
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if "model" in state:
-        parts = [(list(payload["protocol"]["seen"]), state["model"])]
+        parts = [(list(result.protocol.seen), state["model"])]
     else:  # one network per seen task (stl), in the protocol's task order
-        parts = [([task], state[f"model/{task}"]) for task in payload["protocol"]["seen"]]
+        parts = [([task], state[f"model/{task}"]) for task in result.protocol.seen]
     networks = []
     for tasks, weights in parts:
         model = MultiTaskNet(arch, [catalog.task(family, name) for name in tasks])
         model.load_state_dict(weights)
         networks.append(Network(tasks, model.eval()))
-    return RunModel(payload, networks, _input_size(payload))
+    return RunModel(result, networks, _input_size(result))
 
 
 def export_run(run_dir: Path, out: Path, *, fold_bn: bool = False, seed: int = 0) -> dict[str, Any]:
@@ -127,16 +130,17 @@ def bench_inference(
     repeats: int = 20,
     threads: int | None = None,
     update: bool = True,
-    payload: dict[str, Any] | None = None,
+    result: RunResult | None = None,
 ) -> dict[str, Any]:
     """Parameters, FLOPs and CPU latency, dense-with-zeros against compact, measured in one process.
 
     For a run with one network per task (stl) every measure is the sum over its networks.
 
-    The report goes into the run's ``result.json`` (key ``inference``) unless ``update`` is False.
-    ``payload``: the run's result, when the caller holds it (see `load_run`).
+    The report is written to the run folder as ``inference.json`` (a benchmark of this machine, apart from
+    ``result.json``, which is written once by the run and holds its parameters and FLOPs) unless ``update``
+    is False. ``result``: the run's result, when the caller holds it (see `load_run`).
     """
-    run = load_run(run_dir, payload)
+    run = load_run(run_dir, result)
     if threads:
         torch.set_num_threads(threads)
     dense = [network.model for network in run.networks]
@@ -164,8 +168,5 @@ def bench_inference(
             for kind, models in (("dense", dense), ("compact", plain), ("compact_bn_folded", folded))
         }
     if update:
-        path = Path(run_dir) / "result.json"
-        payload = json.loads(path.read_text())
-        payload["inference"] = report
-        atomic_write_json(path, payload)
+        atomic_write_json(Path(run_dir) / INFERENCE_FILE, report)
     return report

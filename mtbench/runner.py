@@ -40,13 +40,26 @@ from mtbench.methods import MethodInfo, methods
 from mtbench.plots import lambda_chart, sparsity_chart
 from mtbench.presets import Budget
 from mtbench.presets import budget as get_budget
-from mtbench.results import REFERENCE_METHOD, default_results_dir, find_reference, read_result, result_path, store
+from mtbench.result import (
+    REFERENCE_METHOD,
+    DatasetRecord,
+    LambdaTrace,
+    Metric,
+    MethodRecord,
+    Protocol,
+    RunResult,
+    Sparsity,
+    TaskOutcome,
+    Timings,
+    configuration_key,
+    protocol_signature,
+)
+from mtbench.results import default_results_dir, find_reference, key_path, read_result, result_path, store
 from mtbench.scoring import ScoringError, run_delta_m
 from mtbench.sparsity import sparsity_stats
 from mtbench.specs import DatasetSpec, TaskSpec
 from mtbench.training import CHECKPOINT_EVERY, TensorSet, TrainContext, meta_test, train, train_identity
 
-SCHEMA_VERSION = 1
 #: Free space an output folder must have before a run starts (a smoke run writes about 1 MiB; a paper run more).
 MIN_FREE_BYTES = 50 * 2**20
 #: Default parent of run folders (``runs/<run id>``).
@@ -269,52 +282,45 @@ def task_of(family: str, name: str) -> TaskSpec:
 # --- data ---------------------------------------------------------------------------------------------
 
 
-def synthetic_cache(spec: DatasetSpec, plan: Budget, notice: Notice | None = None) -> Path:
-    """The synthetic stand-in for a budget, generated once into ``$MTBENCH_HOME/synth/``."""
-    options = {**spec.synth_options, **plan.synth_options.get(spec.name, {})}
+def synthetic_path(spec: DatasetSpec, budget: Budget) -> tuple[Path, dict[str, Any]]:
+    """Where the synthetic stand-in of a budget lives (``$MTBENCH_HOME/synth/``), and its generator options."""
+    options = {**spec.synth_options, **budget.synth_options.get(spec.name, {})}
     tag = "-".join(f"{k}{v}" for k, v in sorted(options.items()))
-    path = mtbench_home() / "synth" / f"{spec.name}-n{plan.synth_samples}-{tag}-seed0"
+    return mtbench_home() / "synth" / f"{spec.name}-n{budget.synth_samples}-{tag}-seed0", options
+
+
+def synthetic_cache(spec: DatasetSpec, budget: Budget, notice: Notice | None = None) -> Path:
+    """The synthetic stand-in for a budget, generated once into ``$MTBENCH_HOME/synth/``."""
+    path, options = synthetic_path(spec, budget)
     with _locked(mtbench_home() / "synth" / ".lock"):
         if not path.is_dir():
             if notice:
-                notice(f"generating {spec.name} ({plan.synth_samples} samples, {tag}) once into {path}")
+                tag = ", ".join(f"{k} {v}" for k, v in sorted(options.items()))
+                notice(f"generating {spec.name} ({budget.synth_samples} samples, {tag}) once into {path}")
             assert spec.generator is not None
-            spec.generator(path, n=plan.synth_samples, seed=0, layout=spec.layouts[0], **options)
+            spec.generator(path, n=budget.synth_samples, seed=0, layout=spec.layouts[0], **options)
     return path
 
 
-def resolve_data(
-    dataset: str | None, data_root: Path | None, plan: Budget, notice: Notice | None = None
-) -> tuple[DatasetSpec, Reader]:
-    """The data set a run uses. With no ``dataset``: a prepared real NYU-v2, else ``nyuv2-synth`` (said loudly)."""
-    if data_root is not None:
-        spec = catalog.dataset(dataset or "nyuv2")
-        reader = open_reader(spec.family, data_root)
-        actual = reader.identity(content=False)
-        if spec.synthetic and (not actual.synthetic or actual.dataset != spec.name):
-            what = f"synthetic {actual.dataset}" if actual.synthetic else f"real {actual.dataset}"
-            raise ConfigError(
-                f"--data-root {data_root} is not {spec.name}: it is {what} data ({reader.layout} layout)",
-                expected=f"a folder written by `mtbench data synth {spec.name}` (it carries {SYNTH_MANIFEST})",
-                found=f"no {SYNTH_MANIFEST}" if not actual.synthetic else f"{SYNTH_MANIFEST} of {actual.dataset}",
-                fix=f"name what the folder holds: --dataset {actual.dataset if actual.synthetic else spec.family}",
-            )
-        if actual.synthetic and not spec.synthetic:
-            spec = catalog.dataset(actual.dataset)
-        return spec, reader
-    if dataset is None:
-        prepared = find_prepared("nyuv2")
-        if prepared is not None:
-            return catalog.dataset("nyuv2"), ArrowCacheReader(prepared)
-        if notice:
-            notice(
-                "no prepared real NYU-v2 found (`mtbench data prepare nyuv2 --from DIR` makes one): this run "
-                "uses the SYNTHETIC stand-in nyuv2-synth, and its result is tagged synthetic"
-            )
-        dataset = "nyuv2-synth"
-    spec = catalog.dataset(dataset)
-    if spec.synthetic:
-        return spec, open_reader(spec.family, synthetic_cache(spec, plan, notice))
+def _open_root(dataset: str | None, data_root: Path) -> tuple[DatasetSpec, Reader]:
+    """The reader of ``--data-root``; refuses a folder that is not the data set ``--dataset`` names."""
+    spec = catalog.dataset(dataset or "nyuv2")
+    reader = open_reader(spec.family, data_root)
+    actual = reader.identity(content=False)
+    if spec.synthetic and (not actual.synthetic or actual.dataset != spec.name):
+        what = f"synthetic {actual.dataset}" if actual.synthetic else f"real {actual.dataset}"
+        raise ConfigError(
+            f"--data-root {data_root} is not {spec.name}: it is {what} data ({reader.layout} layout)",
+            expected=f"a folder written by `mtbench data synth {spec.name}` (it carries {SYNTH_MANIFEST})",
+            found=f"no {SYNTH_MANIFEST}" if not actual.synthetic else f"{SYNTH_MANIFEST} of {actual.dataset}",
+            fix=f"name what the folder holds: --dataset {actual.dataset if actual.synthetic else spec.family}",
+        )
+    if actual.synthetic and not spec.synthetic:
+        spec = catalog.dataset(actual.dataset)
+    return spec, reader
+
+
+def _prepared(spec: DatasetSpec) -> Path:
     prepared = find_prepared(spec.name)
     if prepared is None:
         raise DatasetNotFoundError(
@@ -323,7 +329,48 @@ def resolve_data(
             found="none",
             fix=f"run `mtbench data prepare {spec.name} --from /path/to/it` once, or use {spec.name}-synth",
         )
-    return spec, ArrowCacheReader(prepared)
+    return prepared
+
+
+def choose_data(
+    dataset: str | None, data_root: Path | None, budget: Budget, notice: Notice | None = None
+) -> tuple[DatasetSpec, str]:
+    """The data set a run uses and where its files come from, without generating or reading samples.
+
+    With no ``dataset``: a prepared real NYU-v2, else ``nyuv2-synth`` (said loudly).
+    """
+    if data_root is not None:
+        spec, reader = _open_root(dataset, data_root)
+        kind = "synthetic" if spec.synthetic else "real"
+        return spec, f"{kind} files in {data_root} ({reader.layout} layout)"
+    if dataset is None:
+        prepared = find_prepared("nyuv2")
+        if prepared is not None:
+            return catalog.dataset("nyuv2"), f"prepared Arrow cache {prepared}"
+        if notice:
+            notice(
+                "no prepared real NYU-v2 found (`mtbench data prepare nyuv2 --from DIR` makes one): this run "
+                "uses the SYNTHETIC stand-in nyuv2-synth, and its result is tagged synthetic"
+            )
+        dataset = "nyuv2-synth"
+    spec = catalog.dataset(dataset)
+    if spec.synthetic:
+        path, _ = synthetic_path(spec, budget)
+        state = "cached" if path.is_dir() else "generated on first use"
+        return spec, f"SYNTHETIC stand-in, {budget.synth_samples} samples in {path} ({state})"
+    return spec, f"prepared Arrow cache {_prepared(spec)}"
+
+
+def resolve_data(
+    dataset: str | None, data_root: Path | None, budget: Budget, notice: Notice | None = None
+) -> tuple[DatasetSpec, Reader]:
+    """The data set a run uses, opened (see `choose_data`); a synthetic stand-in is generated here, once."""
+    if data_root is not None:
+        return _open_root(dataset, data_root)
+    spec, _ = choose_data(dataset, None, budget, notice)
+    if spec.synthetic:
+        return spec, open_reader(spec.family, synthetic_cache(spec, budget, notice))
+    return spec, ArrowCacheReader(_prepared(spec))
 
 
 def _split_name(reader: Reader, wanted: str) -> str:
@@ -337,9 +384,10 @@ def _split_name(reader: Reader, wanted: str) -> str:
 # --- the run ------------------------------------------------------------------------------------------
 
 
-def resolve_tasks(
-    spec: DatasetSpec, reader: Reader, tasks: Sequence[str] | None, unseen: Sequence[str]
+def plan_tasks(
+    spec: DatasetSpec, tasks: Sequence[str] | None, unseen: Sequence[str]
 ) -> tuple[list[TaskSpec], list[TaskSpec]]:
+    """The seen and held-out tasks of a run (``tasks`` default to the data set's)."""
     held_out = [task_of(spec.family, name) for name in unseen]
     for task in held_out:
         if not task.may_hold_out:
@@ -352,7 +400,12 @@ def resolve_tasks(
             expected="at least one task not held out",
             found=f"tasks {list(names)}, unseen {list(unseen)}",
         )
-    missing = [t.name for t in (*seen, *held_out) if t.target not in reader.target_sources]
+    return seen, held_out
+
+
+def check_targets(reader: Reader, tasks: Sequence[TaskSpec]) -> None:
+    """Refuse tasks whose targets the data's layout does not provide."""
+    missing = [t.name for t in tasks if t.target not in reader.target_sources]
     if missing:
         raise ConfigError(
             f"the {reader.layout} layout does not provide {', '.join(missing)}",
@@ -360,7 +413,6 @@ def resolve_tasks(
             found=", ".join(missing),
             fix="choose tasks with --tasks, or a layout that provides them",
         )
-    return seen, held_out
 
 
 def pick_device(name: str) -> torch.device:
@@ -451,23 +503,68 @@ def environment(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def execute(
-    request: RunRequest, notice: Notice | None = None, progress: ProgressFactory | None = None
-) -> dict[str, Any]:
-    """Run one configuration end to end and write its result JSON; returns the result payload.
+@dataclass(frozen=True)
+class RunPlan:
+    """A checked run, before any data is generated, loaded or trained on (`plan`); `describe` prints it.
 
-    Before any data is generated, loaded or trained on, the request is checked: output folders writable,
-    device known, task names of the data set's family, no task repeated or both seen and held out.
-
-    The stl reference (for Δm), when not stored yet, is trained first, once even when runs race (under a
-    lock in the results store), into the run folder ``<out>-stl-reference`` beside ``--out`` (without
-    ``--out``: ``runs/<its run id>``). Its time is ``timings.reference_seconds``, not in ``total_seconds``.
-
-    Runs with other thread counts or CPUs share a configuration key (see `environment`); a run that
-    replaces a stored result made with another thread count or CPU says so.
+    Attributes:
+        request: what was asked for.
+        method: the registry entry; ``config`` its resolved config (``--set`` applied).
+        budget: the budget; ``protocol`` what every compared run shares (tasks, budget settings).
+        dataset: the data set spec; ``data`` says where its files come from.
+        seen / held_out: the tasks trained on, and those held out from training.
+        device: the torch device; ``results_dir`` the store; ``out`` the run folder (None: ``runs/<run id>``).
+        needs_reference: whether Δm needs the stl reference (trained first when not stored).
     """
-    started = time.perf_counter()
-    plan = get_budget(request.budget)
+
+    request: RunRequest
+    method: MethodInfo
+    config: Any
+    budget: Budget
+    protocol: Protocol
+    dataset: DatasetSpec
+    data: str
+    seen: tuple[TaskSpec, ...]
+    held_out: tuple[TaskSpec, ...]
+    device: torch.device
+    results_dir: Path
+    out: Path | None
+    needs_reference: bool
+
+    def describe(self) -> list[tuple[str, str]]:
+        """The plan as (what, value) lines."""
+        settings = self.protocol.settings
+        overrides = ", ".join(f"{k}={v}" for k, v in self.request.overrides.items())
+        return [
+            ("method", f"{self.method.name} ({self.method.summary})"),
+            ("config", json.dumps(_plain(self.config), sort_keys=True) + (f"  (--set {overrides})" if overrides else "")),
+            ("data set", f"{self.dataset.name}: {self.data}"),
+            ("seen tasks", ", ".join(t.name for t in self.seen)),
+            ("held-out tasks", ", ".join(t.name for t in self.held_out) or "none"),
+            ("budget", f"{self.budget.name}: {settings['steps']} steps, batch {settings['batch_size']}, "
+             f"lr {settings['lr']}, meta-test fine-tuning {settings['finetune_steps']} steps"),
+            ("network", json.dumps(settings["arch"], sort_keys=True)),
+            ("seed", str(self.request.seed)),
+            ("device", f"{self.device} ({torch.get_num_threads()} CPU threads)"),
+            ("stl reference", "needed for Δm: reused from the store, else trained first" if self.needs_reference
+             else "not needed" if self.method.name == REFERENCE_METHOD else "skipped (--no-reference)"),
+            ("run folder", str(self.out) if self.out is not None else f"{RUNS_DIR}/<run id>"),
+            ("results store", str(self.results_dir)),
+        ]
+
+
+def _plain(config: Any) -> Any:
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+
+
+def plan(request: RunRequest, notice: Notice | None = None) -> RunPlan:
+    """Check a request and resolve what it names, without generating, loading or training anything.
+
+    Checked here, before any long work: output folders writable, device known, method and ``--set`` valid,
+    task names of the data set's family, no task repeated or both seen and held out, a ``--data-root``
+    holding what ``--dataset`` names.
+    """
+    budget = get_budget(request.budget)
     family = catalog.dataset(request.dataset or "nyuv2").family
     check_task_options(family, request.tasks, request.unseen)
     device = pick_device(request.device)
@@ -477,39 +574,180 @@ def execute(
     else:
         check_output_dir(RUNS_DIR, "the default --out parent", "--out")
     check_output_dir(results_dir, "--results" if request.results else "the results store", "--results")
-    registry = methods(request.plugins)
-    info: MethodInfo = registry.get(request.method)
+    info: MethodInfo = methods(request.plugins).get(request.method)
     config = build_config(info.config, request.overrides)
-    spec, reader = resolve_data(request.dataset, request.data_root, plan, notice)
-    seen, held_out = resolve_tasks(spec, reader, request.tasks, request.unseen)
+    spec, data = choose_data(request.dataset, request.data_root, budget, notice)
+    seen, held_out = plan_tasks(spec, request.tasks, request.unseen)
+    return RunPlan(
+        request=request,
+        method=info,
+        config=config,
+        budget=budget,
+        protocol=Protocol.of(budget, seen, held_out),
+        dataset=spec,
+        data=data,
+        seen=tuple(seen),
+        held_out=tuple(held_out),
+        device=device,
+        results_dir=results_dir,
+        out=request.out,
+        needs_reference=request.reference and info.name != REFERENCE_METHOD,
+    )
+
+
+def execute(
+    request: RunRequest, notice: Notice | None = None, progress: ProgressFactory | None = None
+) -> Executed:
+    """``mtbench run``: `plan`, `reference_for`, `run`, `record`.
+
+    The stl reference (for Δm), when not stored yet, is trained first, once even when runs race (under a
+    lock in the results store), into the run folder ``<out>-stl-reference`` beside ``--out`` (without
+    ``--out``: ``runs/<its run id>``). Its time is ``timings.reference_seconds``, not in ``total_seconds``.
+
+    Runs with other thread counts or CPUs share a configuration key (see `environment`); a run that
+    replaces a stored result made with another thread count or CPU says so.
+    """
+    return execute_plan(plan(request, notice), notice, progress)
+
+
+def execute_plan(the_plan: RunPlan, notice: Notice | None = None, progress: ProgressFactory | None = None) -> Executed:
+    """`reference_for`, `run` and `record` of a checked plan."""
+    reference = reference_for(the_plan, notice, progress)
+    done = run(the_plan, notice=notice, progress=progress, reference=reference)
+    stored = record(done.result, the_plan.results_dir, notice)
+    return dataclasses.replace(done, stored=stored)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The stl reference a run's Δm is measured against, and what obtaining it cost."""
+
+    result: RunResult
+    seconds: float
+    trained: bool
+
+
+@dataclass(frozen=True)
+class Executed:
+    """A finished run: its result, its run folder and (once recorded) its file in the results store."""
+
+    result: RunResult
+    run_dir: Path
+    stored: Path | None = None
+
+    @property
+    def result_file(self) -> Path:
+        return self.run_dir / "result.json"
+
+
+def reference_for(
+    the_plan: RunPlan, notice: Notice | None = None, progress: ProgressFactory | None = None
+) -> Reference | None:
+    """The stored stl reference of this plan's data set, protocol and seed, trained first if missing.
+
+    None when the plan needs none. Concurrent runs that need the same reference serialise on a lock file in
+    the results store: the first trains it, the others wait and re-read the store. A stored reference file
+    that cannot be read is named as corrupt before it is replaced.
+    """
+    if not the_plan.needs_reference:
+        return None
+    request, results_dir = the_plan.request, the_plan.results_dir
+    spec, reader = open_data(the_plan, notice)  # the fingerprint is part of the reference's signature
+    signature = protocol_signature(_dataset_record(spec, reader.identity()), the_plan.protocol)
+    found = find_reference(results_dir, signature, request.seed)
+    if found is not None:
+        return Reference(found, 0.0, False)
+    start = time.perf_counter()
+    query = {"signature": signature, "seed": request.seed}
+    digest = hashlib.sha256(json.dumps(query, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    with _locked(results_dir / ".locks" / f"{REFERENCE_METHOD}-reference-{digest}.lock"):
+        found = find_reference(results_dir, signature, request.seed)  # a concurrent run may have trained it
+        if found is not None:
+            if notice:
+                notice(f"a concurrent run trained the {REFERENCE_METHOD} reference meanwhile: reusing it")
+            return Reference(found, time.perf_counter() - start, False)
+        reference_info = methods(request.plugins).get(REFERENCE_METHOD)
+        key = configuration_key(signature, REFERENCE_METHOD, _plain(reference_info.config()), request.seed)
+        expected_file = key_path(results_dir, spec.name, REFERENCE_METHOD, request.seed, key)
+        out = _reference_out(request.out)
+        where = f"run folder {out}" if out is not None else f"run folder under {RUNS_DIR}/"
+        problem = _why_unusable(expected_file)
+        if notice and problem is not None:
+            notice(
+                f"the stored {REFERENCE_METHOD} reference {expected_file} is corrupt ({problem}): training it "
+                f"again first ({where}); the new result replaces that file"
+            )
+        elif notice:
+            notice(
+                f"no {REFERENCE_METHOD} reference for this data set, protocol and seed yet: training it first "
+                f"({where}; stored in {results_dir} and reused by later runs)"
+            )
+        reference = execute(
+            # the data set is resolved by now: naming it keeps the reference run from repeating notices
+            dataclasses.replace(
+                request, method=REFERENCE_METHOD, overrides={}, out=out, reference=False, dataset=spec.name,
+                data_root=request.data_root,
+            ),
+            notice,
+            progress,
+        )
+    return Reference(reference.result, time.perf_counter() - start, True)
+
+
+def open_data(the_plan: RunPlan, notice: Notice | None = None) -> tuple[DatasetSpec, Reader]:
+    """The plan's data set opened for reading (a synthetic stand-in is generated here, once)."""
+    request = the_plan.request
+    spec, reader = resolve_data(the_plan.dataset.name, request.data_root, the_plan.budget, notice)
+    check_targets(reader, (*the_plan.seen, *the_plan.held_out))
+    return spec, reader
+
+
+def _dataset_record(spec: DatasetSpec, identity: Any) -> DatasetRecord:
+    return DatasetRecord(
+        name=spec.name,
+        synthetic=identity.synthetic,
+        identity=identity.to_dict(),
+        family=spec.family,
+        train_split=spec.train_split,
+        test_split=spec.test_split,
+    )
+
+
+def run(
+    the_plan: RunPlan,
+    *,
+    notice: Notice | None = None,
+    progress: ProgressFactory | None = None,
+    reference: Reference | None = None,
+) -> Executed:
+    """Train on the seen tasks, meta-test every task, write the run folder; returns the result.
+
+    The run folder (``checkpoint.pt``, ``result.json`` written once, ``sparsity.png``, ``lambda.png``) is the
+    run's own output; the results store is written by `record`. ``reference``: Δm is measured against it.
+    """
+    started = time.perf_counter()
+    request, budget, info = the_plan.request, the_plan.budget, the_plan.method
+    spec, reader = open_data(the_plan, notice)
+    seen, held_out = list(the_plan.seen), list(the_plan.held_out)
     train_split = _split_name(reader, spec.train_split)
     test_split = _split_name(reader, spec.test_split)
-    on_cuda = device.type == "cuda"
-
-    identity = reader.identity()
-    signature = {
-        "dataset": {"name": spec.name, "synthetic": identity.synthetic, "identity": identity.to_dict()},
-        "protocol": protocol_dict(plan, seen, held_out),
-    }
-    reference, reference_seconds, reference_trained = None, 0.0, False
-    if request.reference and info.name != REFERENCE_METHOD:
-        reference, reference_seconds, reference_trained = obtain_reference(
-            request, spec, signature, results_dir, registry.get(REFERENCE_METHOD), notice, progress
-        )
+    on_cuda = the_plan.device.type == "cuda"
+    dataset = _dataset_record(spec, reader.identity())
     torch.manual_seed(request.seed)  # after the reference: its training must not shift this run's RNG state
     torch.use_deterministic_algorithms(True, warn_only=True)
     view = TaskView(reader, train_split, seen, held_out)
-    count = len(view) if plan.max_train_samples is None else min(len(view), plan.max_train_samples)
-    load_start = time.perf_counter()
-    train_data = TensorSet.load(view.read, count, [t.target for t in seen], plan.resolution)
-    ctx = TrainContext(plan, seen, train_data, request.seed, device, channels_last=on_cuda, autocast=on_cuda)
-    method = info.method(config)
-
+    count = len(view) if budget.max_train_samples is None else min(len(view), budget.max_train_samples)
+    train_data = TensorSet.load(view.read, count, [t.target for t in seen], budget.resolution)
+    ctx = TrainContext(
+        budget, seen, train_data, request.seed, the_plan.device, channels_last=on_cuda, autocast=on_cuda
+    )
+    method = info.method(the_plan.config)
+    source = methods(request.plugins).source(info.name)
     run_identity = {
         "method_name": info.name,
-        "method_source": registry.source(info.name),
-        "dataset": signature["dataset"],
-        "protocol": signature["protocol"],
+        "method_source": source,
+        "dataset": {"name": dataset.name, "synthetic": dataset.synthetic, "identity": dict(dataset.identity)},
+        "protocol": the_plan.protocol.to_json(),
     }
     if request.out is not None:
         checkpoint = request.out / RESUME_FILE
@@ -536,7 +774,7 @@ def execute(
 
     def load(task: TaskSpec, split: str) -> TensorSet:
         name = train_split if split == "train" else test_split
-        limit = plan.max_train_samples if split == "train" else plan.max_test_samples
+        limit = budget.max_train_samples if split == "train" else budget.max_test_samples
         key = (task.name, name)
         if key not in cache:
             total = reader.num_samples(name)
@@ -544,7 +782,7 @@ def execute(
                 lambda i, targets: reader.read(name, i, targets),
                 total if limit is None else min(total, limit),
                 [task.target],
-                plan.resolution,
+                budget.resolution,
             )
         return cache[key]
 
@@ -556,45 +794,46 @@ def execute(
             update(done[0], len(order), {})
             done[0] += 1
 
-        results = meta_test(method, ctx, order, load, progress=step)
+        tested = meta_test(method, ctx, order, load, progress=step)
         update(len(order), len(order), {})
 
-    shared_stats = sparsity_stats(method.model_for(seen[0], ctx), method.sparsity_axis).to_dict()
-    shared_stats["axis"] = method.sparsity_axis
-    payload = result_payload(
-        request,
-        info,
-        registry.source(info.name),
-        config,
-        spec,
-        identity,
-        plan,
-        seen,
-        held_out,
+    stats = sparsity_stats(method.model_for(seen[0], ctx), method.sparsity_axis).to_dict()
+    reference_seconds = reference.seconds if reference else 0.0
+    result = build_result(
+        the_plan,
+        source,
+        dataset,
         outcome,
-        results,
-        shared_stats,
-        device,
-        time.perf_counter() - started - reference_seconds,
-        time.perf_counter() - load_start,
+        tested,
+        Sparsity(
+            group_sparsity=stats["group_sparsity"],
+            param_sparsity=stats.get("param_sparsity"),
+            axis=method.sparsity_axis,
+            layers=tuple(stats.get("layers") or ()),
+        ),
+        Timings(
+            train_seconds=outcome.seconds,
+            meta_test_seconds=sum(r.finetune_seconds + r.eval_seconds for r in tested),
+            total_seconds=time.perf_counter() - started,
+            reference_seconds=reference_seconds,
+            reference_trained=bool(reference and reference.trained),
+        ),
+        tuple(train_data.tensors["image"].shape[-2:]),
     )
-    payload["timings"]["reference_seconds"] = reference_seconds
-    payload["timings"]["reference_trained"] = reference_trained
-    payload["input_size"] = list(train_data.tensors["image"].shape[-2:])
-    payload["delta_m"] = None
     if reference is not None or info.name == REFERENCE_METHOD:
         try:
-            payload["delta_m"] = run_delta_m(payload, reference if reference is not None else payload)
+            delta: dict[str, Any] = run_delta_m(result, reference.result if reference is not None else result)
         except ScoringError as error:  # e.g. a reference metric of exactly 0 after a tiny budget
-            payload["delta_m"] = {"unavailable": str(error)}
+            delta = {"unavailable": str(error)}
             if notice:
                 notice(f"Δm not computed: {error.problem}")
-    out = request.out or RUNS_DIR / payload["run_id"]
+        result = dataclasses.replace(result, delta_m=delta)
+    out = request.out or RUNS_DIR / result.run_id
     try:
         out.mkdir(parents=True, exist_ok=True)
         torch.save(method.state_dict(), out / "checkpoint.pt")
-        payload["inference"] = _account(out, payload, notice)  # counted before result.json is written, once
-        atomic_write_json(out / "result.json", payload)
+        result = dataclasses.replace(result, inference=_account(out, result, notice))  # before result.json: once
+        atomic_write_json(out / "result.json", result.to_json())
         checkpoint.unlink(missing_ok=True)  # the run is complete: nothing left to resume
         if request.out is None:
             with contextlib.suppress(OSError):
@@ -603,30 +842,35 @@ def execute(
         raise OutputError(
             f"cannot write the run folder {out}", expected="a writable folder with free space", found=str(error)
         ) from None
+    group_pct = 100 * (result.sparsity.group_sparsity or 0.0) if result.sparsity else 0.0
     sparsity_chart(
-        shared_stats,
+        stats,
         out / "sparsity.png",
         title=f"{info.name} on {spec.name}, seed {request.seed}: zeroed channel groups per shared conv "
-        f"({100 * shared_stats['group_sparsity']:.1f} % overall)",
+        f"({group_pct:.1f} % overall)",
     )
     lambda_chart(
-        payload["history"], out / "lambda.png", title=f"{info.name} on {spec.name}, seed {request.seed}: λ and its meta-gradient"
+        list(result.history), out / "lambda.png",
+        title=f"{info.name} on {spec.name}, seed {request.seed}: λ and its meta-gradient",
     )
-    previous = _stored_environment(result_path(results_dir, payload))
+    return Executed(result, out)
+
+
+def record(result: RunResult, results_dir: Path, notice: Notice | None = None) -> Path:
+    """Write ``result`` into the results store (replacing an earlier run of its configuration and seed)."""
+    previous = _stored_environment(result_path(results_dir, result))
     try:
-        stored, replaced = store(payload, results_dir)
+        stored, replaced = store(result, results_dir)
     except OSError as error:
         raise OutputError(
             f"cannot write into the results store {results_dir}",
             expected="a writable folder with free space",
             found=str(error),
-            fix=f"the run itself is in {out}; `mtbench leaderboard publish {out}` stores it elsewhere",
+            fix="the run itself is in its run folder; `mtbench leaderboard publish RUN_FOLDER` stores it elsewhere",
         ) from None
     if replaced and notice:
-        notice(_replacement_notice(stored, previous, payload["environment"]))
-    payload["_path"] = str(out / "result.json")
-    payload["_stored"] = str(stored)
-    return payload
+        notice(_replacement_notice(stored, previous, dict(result.environment)))
+    return stored
 
 
 def _reference_out(out: Path | None) -> Path | None:
@@ -649,69 +893,7 @@ def _why_unusable(path: Path) -> str | None:
     return "valid, but not a result of this protocol"
 
 
-def obtain_reference(
-    request: RunRequest,
-    spec: DatasetSpec,
-    signature: dict[str, Any],
-    results_dir: Path,
-    reference_info: MethodInfo,
-    notice: Notice | None,
-    progress: ProgressFactory | None,
-) -> tuple[dict[str, Any], float, bool]:
-    """The stored stl reference of this data set, protocol and seed, trained first if missing.
-
-    Concurrent runs that need the same reference serialise on a lock file in the results store: the
-    first trains it, the others wait and re-read the store. A stored reference file that cannot be read is
-    named as corrupt before it is replaced.
-
-    Returns:
-        (reference payload, seconds spent obtaining it, whether this call trained it). The seconds are 0
-        when it was stored already, else the training time or the time waited for a concurrent run.
-    """
-    query = {**signature, "seed": request.seed}
-    found = find_reference(results_dir, query)
-    if found is not None:
-        return found, 0.0, False
-    start = time.perf_counter()
-    digest = hashlib.sha256(json.dumps(query, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    with _locked(results_dir / ".locks" / f"{REFERENCE_METHOD}-reference-{digest}.lock"):
-        found = find_reference(results_dir, query)  # a concurrent run may have trained it while we waited
-        if found is not None:
-            if notice:
-                notice(f"a concurrent run trained the {REFERENCE_METHOD} reference meanwhile: reusing it")
-            return found, time.perf_counter() - start, False
-        expected_file = result_path(
-            results_dir,
-            {
-                **query,
-                "method": {"name": REFERENCE_METHOD, "config": dataclasses.asdict(reference_info.config())},
-            },
-        )
-        out = _reference_out(request.out)
-        where = f"run folder {out}" if out is not None else f"run folder under {RUNS_DIR}/"
-        problem = _why_unusable(expected_file)
-        if notice and problem is not None:
-            notice(
-                f"the stored {REFERENCE_METHOD} reference {expected_file} is corrupt ({problem}): training it "
-                f"again first ({where}); the new result replaces that file"
-            )
-        elif notice:
-            notice(
-                f"no {REFERENCE_METHOD} reference for this data set, protocol and seed yet: training it first "
-                f"({where}; stored in {results_dir} and reused by later runs)"
-            )
-        reference = execute(
-            # the data set is resolved by now: naming it keeps the reference run from repeating notices
-            dataclasses.replace(
-                request, method=REFERENCE_METHOD, overrides={}, out=out, reference=False, dataset=spec.name
-            ),
-            notice,
-            progress,
-        )
-    return reference, time.perf_counter() - start, True
-
-
-def _stored_environment(path: Path) -> dict[str, Any] | None:
+def _stored_environment(path: Path) -> dict[str, Any] | None:  # raw JSON: an unreadable file is reported, not raised
     """The ``environment`` of the result stored at ``path``: {} when absent, None when unreadable."""
     if not path.is_file():
         return {}
@@ -737,7 +919,7 @@ def _replacement_notice(stored: Path, previous: dict[str, Any] | None, current: 
     return text
 
 
-def _account(run_dir: Path, payload: dict[str, Any], notice: Notice | None) -> dict[str, Any] | None:
+def _account(run_dir: Path, result: RunResult, notice: Notice | None) -> dict[str, Any] | None:
     """Parameters and FLOPs of the trained network(s), dense against compact (no latency: that is a benchmark).
 
     The compact network is the one `mtbench export` writes (zeroed channels physically removed).
@@ -745,14 +927,14 @@ def _account(run_dir: Path, payload: dict[str, Any], notice: Notice | None) -> d
     from mtbench.inference import bench_inference
 
     try:
-        return bench_inference(run_dir, batch_sizes=(), update=False, payload=payload)
+        return bench_inference(run_dir, batch_sizes=(), update=False, result=result)
     except Exception as error:  # the run itself is complete; say why its accounting is missing
         if notice:
             notice(f"parameter/FLOP accounting failed ({type(error).__name__}: {error}); `mtbench bench inference` retries")
         return None
 
 
-def front_at(payload: dict[str, Any], results_dir: Path) -> dict[str, Any] | None:
+def front_at(result: RunResult, results_dir: Path) -> dict[str, Any] | None:
     """The stored fixed-λ front of this run's data set and protocol, read at this run's sparsity.
 
     Returns ``{"sparsity_pct", "seen", "unseen", "variants"}`` (Δm of the front, interpolated between the
@@ -760,17 +942,16 @@ def front_at(payload: dict[str, Any], results_dir: Path) -> dict[str, Any] | Non
     run's sparsity is outside the front.
     """
     from mtbench import leaderboard
-    from mtbench.results import protocol_signature
 
-    if not payload.get("sparsity"):
+    if result.sparsity is None or result.sparsity.group_sparsity is None:
         return None
-    signature = protocol_signature(payload)
+    signature = result.signature()
     for group in leaderboard.collect(results_dir):
         sample = next(iter(next(iter(group.runs.values())).values()))
-        if protocol_signature(sample) != signature:
+        if sample.signature() != signature:
             continue
         front = leaderboard.front_rows(leaderboard.rows(group))
-        pct = 100 * payload["sparsity"]["group_sparsity"]
+        pct = 100 * result.sparsity.group_sparsity
         seen = leaderboard.front_delta_at(front, pct, "seen")
         if len(front) < 2 or seen is None:
             return None
@@ -779,99 +960,62 @@ def front_at(payload: dict[str, Any], results_dir: Path) -> dict[str, Any] | Non
     return None
 
 
-def protocol_dict(plan: Budget, seen: Sequence[TaskSpec], held_out: Sequence[TaskSpec]) -> dict[str, Any]:
-    """The protocol part of a result: what every compared run must share."""
-    return {
-        "budget": plan.name,
-        "seen": [t.name for t in seen],
-        "unseen": [t.name for t in held_out],
-        "task_versions": {t.name: t.version for t in (*seen, *held_out)},
-        "steps": plan.steps,
-        "batch_size": plan.batch_size,
-        "lr": plan.lr,
-        "finetune_steps": plan.finetune_steps,
-        "finetune_lr": plan.finetune_lr,
-        "resolution": list(plan.resolution) if plan.resolution else None,
-        "arch": dataclasses.asdict(plan.arch),
-        "max_train_samples": plan.max_train_samples,
-        "max_test_samples": plan.max_test_samples,
-    }
-
-
-def result_payload(
-    request: RunRequest,
-    info: MethodInfo,
+def build_result(
+    the_plan: RunPlan,
     source: str,
-    config: Any,
-    spec: DatasetSpec,
-    identity: Any,
-    plan: Budget,
-    seen: list[TaskSpec],
-    held_out: list[TaskSpec],
+    dataset: DatasetRecord,
     outcome: Any,
-    results: list[Any],
-    shared_stats: dict | None,
-    device: torch.device,
-    total_seconds: float,
-    after_load_seconds: float,
-) -> dict[str, Any]:
+    tested: Sequence[Any],
+    sparsity: Sparsity,
+    timings: Timings,
+    input_size: tuple[int, ...],
+) -> RunResult:
+    """The `RunResult` of a finished run (Δm and the accounting are added by `run`)."""
+    info, request = the_plan.method, the_plan.request
     created = dt.datetime.now(dt.timezone.utc)
-    unseen_tag = "+".join(t.name for t in held_out) or "none"
+    unseen_tag = "+".join(t.name for t in the_plan.held_out) or "none"
     run_id = (
-        f"{created:%Y%m%d-%H%M%S}-{spec.name}-{info.name}-{plan.name}-unseen-{unseen_tag}-"
+        f"{created:%Y%m%d-%H%M%S}-{dataset.name}-{info.name}-{the_plan.budget.name}-unseen-{unseen_tag}-"
         f"seed{request.seed}-{uuid.uuid4().hex[:6]}"
     )
-    lam_trajectory = [[h["step"], h["lambda"]] for h in outcome.history if "lambda" in h]
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run_id,
-        "created": created.isoformat(timespec="seconds"),
-        "method": {
-            "name": info.name,
-            "source": source,
-            "summary": info.summary,
-            "paper": info.paper,
-            "link": info.link,
-            "deviations": info.deviations,
-            "kind": getattr(info.method, "kind", "mtl"),
-            "config": dataclasses.asdict(config),
-        },
-        "dataset": {
-            "name": spec.name,
-            "family": spec.family,
-            "synthetic": identity.synthetic,
-            "identity": identity.to_dict(),
-            "train_split": spec.train_split,
-            "test_split": spec.test_split,
-        },
-        "protocol": protocol_dict(plan, seen, held_out),
-        "seed": request.seed,
-        "overrides": request.overrides,
-        "environment": environment(device),
-        "tasks": {
-            r.task.name: {
-                "seen": r.seen,
-                "version": r.task.version,
-                "title": r.task.title,
-                "metrics": {
-                    m.name: {
-                        "value": r.metrics[m.name],
-                        "higher_is_better": m.higher_is_better,
-                        "in_delta_m": m.in_delta_m,
-                    }
-                    for m in r.task.metrics
+    return RunResult(
+        run_id=run_id,
+        created=created.isoformat(timespec="seconds"),
+        method=MethodRecord(
+            name=info.name,
+            config=_plain(the_plan.config),
+            source=source,
+            summary=info.summary,
+            paper=info.paper,
+            link=info.link,
+            deviations=info.deviations,
+            kind=getattr(info.method, "kind", "mtl"),
+        ),
+        dataset=dataset,
+        protocol=the_plan.protocol,
+        seed=request.seed,
+        overrides=dict(request.overrides),
+        environment=environment(the_plan.device),
+        tasks={
+            r.task.name: TaskOutcome(
+                seen=r.seen,
+                version=r.task.version,
+                title=r.task.title,
+                metrics={
+                    m.name: Metric(float(r.metrics[m.name]), m.higher_is_better, m.in_delta_m) for m in r.task.metrics
                 },
-                "finetune_seconds": r.finetune_seconds,
-                "eval_seconds": r.eval_seconds,
-            }
-            for r in results
+                finetune_seconds=r.finetune_seconds,
+                eval_seconds=r.eval_seconds,
+            )
+            for r in tested
         },
-        "sparsity": shared_stats,
-        "lambda": {"start": outcome.lam_start, "end": outcome.lam_end, "trajectory": lam_trajectory},
-        "history": outcome.history,
-        "timings": {
-            "train_seconds": outcome.seconds,
-            "meta_test_seconds": sum(r.finetune_seconds + r.eval_seconds for r in results),
-            "total_seconds": total_seconds,
-        },
-    }
+        sparsity=sparsity,
+        lam=LambdaTrace(
+            start=outcome.lam_start,
+            end=outcome.lam_end,
+            trajectory=tuple((h["step"], h["lambda"]) for h in outcome.history if "lambda" in h),
+        ),
+        history=tuple(outcome.history),
+        timings=timings,
+        input_size=(int(input_size[0]), int(input_size[1])),
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mtbench.errors import MtbenchError
+from mtbench.result import RunResult
 
 ALL_METRICS = "all-metric average"
 PER_TASK = "per-task average"
@@ -75,38 +76,33 @@ def delta_m(
     return sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
 
 
-def counts_in_delta_m(metric_entry: Mapping) -> bool:
-    """Whether a result file's metric entry enters Δm (``"in_delta_m"``, absent in older files = yes)."""
-    return bool(metric_entry.get("in_delta_m", True))
-
-
-def run_delta_m(payload: dict, reference: dict) -> dict:
+def run_delta_m(result: RunResult, reference: RunResult) -> dict:
     """Δm of a run against a reference run, seen and held-out tasks apart, in both conventions.
 
     Returns ``{"seen": {ALL_METRICS: x, PER_TASK: y}, "unseen": {...}, "reference_run": id}``; a role with
-    no tasks is omitted. Metrics a result marks ``"in_delta_m": false`` (see `MetricSpec`) are left out.
+    no tasks is omitted. Metrics marked ``in_delta_m=False`` (see `MetricSpec`) are left out.
     """
     out: dict = {
-        "reference_run": reference["run_id"],
-        "reference_method": reference["method"]["name"],
+        "reference_run": reference.run_id,
+        "reference_method": reference.method.name,
         "positive_is_better": True,
     }
     for role, seen in (("seen", True), ("unseen", False)):
         values, ref, higher, groups = {}, {}, {}, {}
-        for task, entry in payload["tasks"].items():
-            if entry["seen"] is not seen:
+        for task, entry in result.tasks.items():
+            if entry.seen is not seen:
                 continue
-            if task not in reference["tasks"]:
+            if task not in reference.tasks:
                 raise ScoringError(
-                    f"reference run lacks task {task!r}", expected="the same tasks", found=", ".join(reference["tasks"])
+                    f"reference run lacks task {task!r}", expected="the same tasks", found=", ".join(reference.tasks)
                 )
-            for metric, value in entry["metrics"].items():
-                if not counts_in_delta_m(value):
+            for name, metric in entry.metrics.items():
+                if not metric.in_delta_m:
                     continue
-                key = f"{task}/{metric}"
-                values[key] = value["value"]
-                ref[key] = reference["tasks"][task]["metrics"][metric]["value"]
-                higher[key] = value["higher_is_better"]
+                key = f"{task}/{name}"
+                values[key] = metric.value
+                ref[key] = reference.tasks[task].metrics[name].value
+                higher[key] = metric.higher_is_better
                 groups[key] = task
         if values:
             out[role] = {ALL_METRICS: delta_m(values, ref, higher), PER_TASK: delta_m(values, ref, higher, groups)}

@@ -32,7 +32,7 @@ tasks, budget, seed) is a cell of its own, scheduled first; the cells that need 
 their private store, so no run trains it again.
 
 A cell is *done*, and skipped, when the store holds a result with the same method name, resolved config
-(``dataclasses.asdict(build_config(...))``), seed, data set name and protocol (`mtbench.runner.protocol_dict`:
+(``dataclasses.asdict(build_config(...))``), seed, data set name and protocol (`mtbench.result.Protocol`:
 budget, seen and held-out tasks and their versions, steps, network …). The data set's fingerprint is not
 compared (the driver may not have the data): a store made from another copy of a data set of the same name
 counts as done. So a killed or failed sweep, run again, runs only what is missing.
@@ -65,8 +65,9 @@ from mtbench.errors import ConfigError, MtbenchError, ResultFileError, SweepSpec
 from mtbench.methods import methods
 from mtbench.presets import BUDGETS
 from mtbench.presets import budget as get_budget
-from mtbench.results import REFERENCE_METHOD, load_results, store, validate_result
-from mtbench.runner import build_config, parse_set, protocol_dict, resolve_data, task_of
+from mtbench.result import REFERENCE_METHOD, Protocol, RunResult
+from mtbench.results import load_results, store
+from mtbench.runner import build_config, parse_set, resolve_data, task_of
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -371,7 +372,7 @@ class Cell:
     dataset: DatasetEntry
     budget: str
     seed: int
-    protocol: str  #: `protocol_dict` of the run, canonical JSON
+    protocol: str  #: `Protocol.to_json` of the run, canonical JSON
 
     @property
     def key(self) -> tuple[str, str, int, str, str]:
@@ -414,7 +415,7 @@ def _protocol(entry: DatasetEntry, budget_name: str) -> str:
     spec = catalog.dataset(entry.name)
     held_out = [task_of(spec.family, name) for name in entry.unseen]
     seen = [task_of(spec.family, name) for name in spec.default_tasks if name not in entry.unseen]
-    return _canonical(protocol_dict(get_budget(budget_name), seen, held_out))
+    return _canonical(Protocol.of(get_budget(budget_name), seen, held_out).to_json())
 
 
 def expand(spec: SweepSpec) -> list[Cell]:
@@ -441,18 +442,18 @@ def expand(spec: SweepSpec) -> list[Cell]:
     return list(references.values()) + [c for k, c in others.items() if k not in references]
 
 
-def stored_index(results_dir: Path) -> dict[tuple[str, str, int, str, str], tuple[Path, dict[str, Any]]]:
+def stored_index(results_dir: Path) -> dict[tuple[str, str, int, str, str], tuple[Path, RunResult]]:
     """The results in the store by cell key (unreadable files are ignored here: their cells run again)."""
     index = {}
-    for path, payload in load_results(results_dir, strict=False):
+    for path, result in load_results(results_dir, strict=False):
         key = (
-            payload["method"]["name"],
-            _canonical(payload["method"]["config"]),
-            payload["seed"],
-            payload["dataset"]["name"],
-            _canonical(payload["protocol"]),
+            result.method.name,
+            _canonical(result.method.config),
+            result.seed,
+            result.dataset.name,
+            _canonical(result.protocol.to_json()),
         )
-        index[key] = (path, payload)
+        index[key] = (path, result)
     return index
 
 
@@ -573,10 +574,10 @@ class SweepReport:
         )
 
 
-def _delta_seen(payload: dict[str, Any]) -> float | None:
+def _delta_seen(result: RunResult) -> float | None:
     from mtbench.scoring import ALL_METRICS
 
-    delta = payload.get("delta_m") or {}
+    delta = result.delta_m or {}
     seen = delta.get("seen") if isinstance(delta, dict) else None
     value = seen.get(ALL_METRICS) if isinstance(seen, dict) else None
     return value if isinstance(value, (int, float)) else None
@@ -827,20 +828,20 @@ def _collect(ray: Any, ref: Any, cell: Cell, results_dir: Path, logs_dir: Path) 
         outcome.status, outcome.reason = "failed", f"mtbench run exited with {answer['returncode']} on {answer['host']}"
     elif not answer["results"]:
         outcome.status, outcome.reason = "failed", f"mtbench run stored no result on {answer['host']}"
-    payloads = []
+    returned: list[RunResult] = []
     for text in answer["results"] if outcome.status == "done" else []:
         where = f"result of cell {cell.label} (from {answer['host']})"
         try:
-            payloads.append(validate_result(json.loads(text), where))
+            returned.append(RunResult.from_json(json.loads(text), where))
         except (ValueError, ResultFileError) as error:
             outcome.status, outcome.reason = "failed", f"it returned an invalid result: {error}"
-            payloads = []
+            returned = []
             break
-    for payload in payloads:
-        path, _ = store(payload, results_dir)  # atomic: a driver killed here leaves the old file or the new one
-        if payload["method"]["name"] == cell.method:
-            outcome.stored, outcome.delta_seen = path, _delta_seen(payload)
-            if (payload.get("timings") or {}).get("reference_trained"):
+    for result in returned:
+        path, _ = store(result, results_dir)  # atomic: a driver killed here leaves the old file or the new one
+        if result.method.name == cell.method:
+            outcome.stored, outcome.delta_seen = path, _delta_seen(result)
+            if result.timings is not None and result.timings.reference_trained:
                 outcome.warnings.append(
                     f"it trained its own {REFERENCE_METHOD} reference: the worker's data differ (fingerprint) from "
                     "the data the sweep's reference was trained on"

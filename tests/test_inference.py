@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 
+from mtbench.inference import INFERENCE_FILE
+from mtbench.result import RunResult
 from mtbench.runner import RunRequest, execute
 
 
@@ -31,8 +33,8 @@ def sparse_run(tmp_path_factory, nyu_mtan):
 def test_run_writes_a_sparsity_picture(sparse_run):
     picture = sparse_run / "sparsity.png"
     assert picture.is_file() and picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    payload = json.loads((sparse_run / "result.json").read_text())
-    assert payload["sparsity"]["group_sparsity"] > 0.2 and payload["input_size"] == [24, 32]
+    result = RunResult.read(sparse_run / "result.json")
+    assert result.sparsity.group_sparsity > 0.2 and result.input_size == (24, 32)
 
 
 def test_export_reloads_with_identical_outputs(cli, sparse_run, tmp_path):
@@ -47,11 +49,15 @@ def test_export_reloads_with_identical_outputs(cli, sparse_run, tmp_path):
     assert report["compact_params"] < report["dense_params"]
 
 
-def test_bench_inference_records_accounting_in_the_result(cli, sparse_run):
+def test_bench_inference_writes_its_report_beside_the_result_which_stays_as_written(cli, sparse_run):
+    result_file = sparse_run / "result.json"
+    written = result_file.read_bytes()
     code, text = cli("bench", "inference", sparse_run, "--repeats", "2")
     assert code == 0, text
     assert "parameters" in text and "FLOPs" in text and "latency, batch 16" in text and "compact ÷ dense" in text
-    report = json.loads((sparse_run / "result.json").read_text())["inference"]
+    assert result_file.read_bytes() == written  # result.json is written once, by the run
+    report = json.loads((sparse_run / INFERENCE_FILE).read_text())
+    assert report["params"] == RunResult.read(result_file).inference["params"]
     assert report["params"]["compact"] < report["params"]["dense"]
     assert report["flops"]["compact"] < report["flops"]["dense"]
     assert set(report["latency_ms"]) == {"1", "16"}
@@ -70,7 +76,7 @@ def test_single_task_runs_are_accounted_as_all_their_networks(nyu_mtan, tmp_path
     out = tmp_path / "stl"
     execute(RunRequest(method="stl", data_root=nyu_mtan, budget="smoke", unseen=("depth",), out=out, reference=False))
     run = load_run(out)
-    seen = json.loads((out / "result.json").read_text())["protocol"]["seen"]
+    seen = list(RunResult.read(out / "result.json").protocol.seen)
     assert [n.tasks for n in run.networks] == [[task] for task in seen] and len(seen) > 1
     report = bench_inference(out, batch_sizes=(1,), repeats=1)
     single = [count_params(n.model) for n in run.networks]

@@ -8,7 +8,8 @@ import multiprocessing
 import pytest
 
 from mtbench.errors import ResultFileError
-from mtbench.results import config_key, find_reference, load_results, store
+from mtbench.result import RunResult
+from mtbench.results import find_reference, load_results, store
 from mtbench.runner import RunRequest, execute
 from mtbench.scoring import ALL_METRICS, PER_TASK
 
@@ -19,11 +20,11 @@ def test_first_run_produces_the_stl_reference_then_reuses_it(nyu_mtan, tmp_path)
     request = RunRequest(
         method="ew", data_root=nyu_mtan, budget="smoke", unseen=("depth",), results=results, out=tmp_path / "ew"
     )
-    first = execute(request, notice=notices.append)
+    first = execute(request, notice=notices.append).result
     assert any("training it first" in n for n in notices)
-    stored = {p["method"]["name"] for _, p in load_results(results)}
+    stored = {r.method.name for _, r in load_results(results)}
     assert stored == {"stl", "ew"}
-    delta = first["delta_m"]
+    delta = first.delta_m
     assert delta["reference_method"] == "stl" and delta["positive_is_better"] is True
     assert set(delta) >= {"seen", "unseen"} or "unavailable" in delta
     notices.clear()
@@ -39,28 +40,32 @@ def test_first_run_produces_the_stl_reference_then_reuses_it(nyu_mtan, tmp_path)
         notice=notices.append,
     )
     assert not any("training it first" in n for n in notices)  # the stored reference is reused
-    assert len([1 for _, p in load_results(results) if p["method"]["name"] == "stl"]) == 1
+    assert len([1 for _, r in load_results(results) if r.method.name == "stl"]) == 1
 
 
 def test_delta_m_against_the_reference_is_recomputable(nyu_mtan, tmp_path):
     from mtbench.scoring import run_delta_m
 
     results = tmp_path / "results"
-    payload = execute(
+    result = execute(
         RunRequest(
             method="uw", data_root=nyu_mtan, budget="smoke", unseen=("depth",), results=results, out=tmp_path / "uw"
         )
-    )
-    reference = find_reference(results, payload)
-    assert reference is not None and reference["run_id"] == payload["delta_m"]["reference_run"]
-    if "unavailable" not in payload["delta_m"]:
-        again = run_delta_m(payload, reference)
+    ).result
+    reference = find_reference(results, result.signature(), result.seed)
+    assert reference is not None and reference.run_id == result.delta_m["reference_run"]
+    if "unavailable" not in result.delta_m:
+        again = run_delta_m(result, reference)
         for role in ("seen", "unseen"):
-            assert again[role][ALL_METRICS] == payload["delta_m"][role][ALL_METRICS]
-            assert again[role][PER_TASK] == payload["delta_m"][role][PER_TASK]
+            assert again[role][ALL_METRICS] == result.delta_m[role][ALL_METRICS]
+            assert again[role][PER_TASK] == result.delta_m[role][PER_TASK]
 
 
-def _fake(method: str, seed: int, value: float) -> dict:
+def _fake(method: str, seed: int, value: float) -> RunResult:
+    return RunResult.from_json(_fake_json(method, seed, value))
+
+
+def _fake_json(method: str, seed: int, value: float) -> dict:
     return {
         "schema_version": 1,
         "run_id": f"{method}-{seed}-{value}",
@@ -81,7 +86,7 @@ def test_rerun_replaces_and_different_configs_coexist(tmp_path):
     assert json.loads(path.read_text())["tasks"]["semseg"]["metrics"]["mIoU"]["value"] == 0.6
     store(_fake("ew", 1, 0.7), tmp_path)
     assert len(list(load_results(tmp_path))) == 2
-    assert config_key(_fake("ew", 0, 0.1)) == config_key(_fake("ew", 0, 0.9))  # metrics are not configuration
+    assert _fake("ew", 0, 0.1).config_key == _fake("ew", 0, 0.9).config_key  # metrics are not configuration
 
 
 def _writer(args: tuple) -> None:
@@ -95,17 +100,16 @@ def test_concurrent_writers_never_lose_or_corrupt_results(tmp_path):
     jobs = [(tmp_path, m, range(5)) for m in ("ew", "uw", "dwa", "mgda")]
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         pool.map(_writer, jobs)
-    loaded = [p for _, p in load_results(tmp_path)]
+    loaded = [r for _, r in load_results(tmp_path)]
     assert len(loaded) == 4 * 5
-    assert all(p["tasks"]["semseg"]["metrics"]["mIoU"]["value"] == 19.0 for p in loaded)
+    assert all(r.tasks["semseg"].metrics["mIoU"].value == 19.0 for r in loaded)
     assert not [p for p in tmp_path.rglob("*.tmp")]
 
 
-def test_the_runner_writes_a_schema_version_the_results_store_reads():
-    from mtbench.results import SCHEMA_VERSIONS
-    from mtbench.runner import SCHEMA_VERSION
+def test_the_schema_version_written_is_one_that_is_read():
+    from mtbench.result import READABLE_VERSIONS, SCHEMA_VERSION
 
-    assert SCHEMA_VERSION in SCHEMA_VERSIONS
+    assert SCHEMA_VERSION in READABLE_VERSIONS and _fake("ew", 0, 0.5).to_json()["schema_version"] == SCHEMA_VERSION
 
 
 def test_strict_loading_names_a_broken_file_and_find_reference_skips_it(tmp_path):
@@ -116,7 +120,8 @@ def test_strict_loading_names_a_broken_file_and_find_reference_skips_it(tmp_path
         list(load_results(tmp_path))
     assert caught.value.path == broken
     assert [path for path, _ in load_results(tmp_path, strict=False)] == [good]
-    assert find_reference(tmp_path, _fake("ew", 0, 0.1))["seed"] == 0
-    assert find_reference(tmp_path, _fake("ew", 1, 0.1)) is None  # broken counts as absent: the run retrains it
+    signature = _fake("ew", 0, 0.1).signature()
+    assert find_reference(tmp_path, signature, 0).seed == 0
+    assert find_reference(tmp_path, signature, 1) is None  # broken counts as absent: the run retrains it
     with pytest.raises(ResultFileError, match="results folder not found"):
         list(load_results(tmp_path / "missing"))

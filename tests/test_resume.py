@@ -21,7 +21,7 @@ from mtbench import presets
 from mtbench.episodes import TaskView
 from mtbench.methods import methods
 from mtbench.presets import Budget, budget
-from mtbench.runner import RESUME_FILE, RunRequest, execute, resolve_data, resolve_tasks
+from mtbench.runner import RESUME_FILE, RunRequest, execute, plan_tasks, resolve_data
 from mtbench.training import (
     CHECKPOINT_EVERY,
     CheckpointError,
@@ -58,7 +58,7 @@ def _interrupt_at(step: int) -> Callable[..., None]:
 @pytest.fixture(scope="module")
 def nyu_data(nyu_mtan: Path) -> tuple[Any, Any, list, list]:
     spec, reader = resolve_data(None, nyu_mtan, TINY)
-    seen, held_out = resolve_tasks(spec, reader, None, ("depth",))
+    seen, held_out = plan_tasks(spec, None, ("depth",))
     return spec, reader, seen, held_out
 
 
@@ -179,9 +179,10 @@ def _interrupting_bar(step: int) -> Callable[[str], Any]:
     return bar
 
 
-def _outcome(payload: dict) -> dict:
+def _outcome(executed) -> dict:
     """Everything of a result that must not depend on the interruption (not ids, times, environment)."""
     keys = ("tasks", "sparsity", "lambda", "history", "delta_m", "protocol", "method", "dataset", "inference")
+    payload = executed.result.to_json()
     picked = {key: payload.get(key) for key in keys}
     for task in picked["tasks"].values():
         task.pop("finetune_seconds"), task.pop("eval_seconds")
@@ -299,4 +300,4 @@ def test_kill_9_during_training_then_resume(nyu_mtan, tmp_path, monkeypatch):
     assert _outcome(resumed) == _outcome(plain)
     _assert_same_state(*(torch.load(d / "checkpoint.pt", weights_only=True) for d in (tmp_path / "plain", out)))
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # a half-written temporary file is gone
-    assert json.loads((out / "result.json").read_text())["history"] == plain["history"]
+    assert json.loads((out / "result.json").read_text())["history"] == plain.result.to_json()["history"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ import torch
 
 from mtbench.errors import ConfigError
 from mtbench.methods import methods
+from mtbench.result import SCHEMA_VERSION, RunResult
 from mtbench.runner import RunRequest, build_config, execute
 
 pytestmark = [pytest.mark.slow]
@@ -31,9 +31,9 @@ REQUIRED = {
 }
 
 
-def _run(root, method: str, tmp_path, **kwargs) -> dict:
+def _run(root, method: str, tmp_path, **kwargs) -> RunResult:
     request = RunRequest(method=method, data_root=root, budget="smoke", out=tmp_path / method, **kwargs)
-    return execute(request)
+    return execute(request).result
 
 
 def test_every_required_method_is_registered():
@@ -46,27 +46,27 @@ def smoke_results(tmp_path_factory, nyu_mtan):
     out = tmp_path_factory.mktemp("smoke")
     results = {}
     for name in ALL_METHODS:
-        payload = _run(nyu_mtan, name, out, unseen=("depth",))
+        result = _run(nyu_mtan, name, out, unseen=("depth",))
         state = torch.load(out / name / "checkpoint.pt", weights_only=True)
         key = "model" if "model" in state else sorted(k for k in state if k.startswith("model/"))[0]
         vector = torch.cat([v.flatten().float() for k, v in state[key].items() if k.startswith("backbone.")])
-        results[name] = (payload, vector)
+        results[name] = (result, vector, out / name)
     return results
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_smoke_run_of_every_method(method, smoke_results):
-    payload, _ = smoke_results[method]
-    assert payload["schema_version"] == 1
-    assert payload["dataset"]["synthetic"] is True and payload["dataset"]["identity"]["fingerprint"]
-    assert payload["method"]["name"] == method and payload["method"]["source"] == "builtin"
-    assert payload["protocol"]["unseen"] == ["depth"] and "depth" not in payload["protocol"]["seen"]
-    assert payload["tasks"]["depth"]["seen"] is False and payload["tasks"]["semseg"]["seen"] is True
-    for task in payload["tasks"].values():
-        for entry in task["metrics"].values():
-            assert np.isfinite(entry["value"]) and isinstance(entry["higher_is_better"], bool)
-    assert payload["environment"]["torch"] == torch.__version__ and payload["seed"] == 0
-    assert json.loads(open(payload["_path"]).read())["run_id"] == payload["run_id"]
+    result, _, run_dir = smoke_results[method]
+    assert result.schema_version == SCHEMA_VERSION
+    assert result.dataset.synthetic is True and result.dataset.fingerprint
+    assert result.method.name == method and result.method.source == "builtin"
+    assert result.protocol.unseen == ("depth",) and "depth" not in result.protocol.seen
+    assert result.tasks["depth"].seen is False and result.tasks["semseg"].seen is True
+    for task in result.tasks.values():
+        for metric in task.metrics.values():
+            assert np.isfinite(metric.value) and isinstance(metric.higher_is_better, bool)
+    assert result.environment["torch"] == torch.__version__ and result.seed == 0
+    assert RunResult.read(run_dir / "result.json") == result  # written once, as returned
 
 
 def test_no_two_methods_share_a_parameter_trajectory(smoke_results):
@@ -85,8 +85,8 @@ def test_same_seed_same_metrics_and_other_seed_differs(nyu_mtan, tmp_path):
     assert _metrics(first) != _metrics(other)
 
 
-def _metrics(payload: dict) -> dict:
-    return {t: {m: e["value"] for m, e in task["metrics"].items()} for t, task in payload["tasks"].items()}
+def _metrics(result: RunResult) -> dict:
+    return {t: {m: e.value for m, e in task.metrics.items()} for t, task in result.tasks.items()}
 
 
 def test_held_out_targets_are_never_read_during_meta_training(nyu_mtan, copy_of, tmp_path, monkeypatch):
@@ -107,19 +107,19 @@ def test_held_out_targets_are_never_read_during_meta_training(nyu_mtan, copy_of,
 
     monkeypatch.setattr(MtanReader, "_read_target", spy_read)
     monkeypatch.setattr("mtbench.runner.meta_test", spy_meta_test)
-    payload = _run(nyu_mtan, "meta-sparsity", tmp_path, unseen=("depth",))
+    result = _run(nyu_mtan, "meta-sparsity", tmp_path, unseen=("depth",))
     boundary = events.index("meta-test")
     assert "read:depth" not in events[:boundary]
     assert "read:depth" in events[boundary:]  # the held-out task is evaluated afterwards
     assert {"read:semantic13", "read:normal"} <= set(events[:boundary])
-    assert "depth" in payload["tasks"]
+    assert "depth" in result.tasks
 
 
 def test_celebamask_attribute_can_be_held_out(face_official, tmp_path):
-    payload = _run(face_official, "meta-sparsity", tmp_path, dataset="celebamask-synth", unseen=("smiling",))
-    assert payload["protocol"]["seen"] == ["faceseg3", "male"]
-    assert payload["tasks"]["smiling"]["seen"] is False
-    assert set(payload["tasks"]["smiling"]["metrics"]) == {"acc", "f1", "balancedAcc"}
+    result = _run(face_official, "meta-sparsity", tmp_path, dataset="celebamask-synth", unseen=("smiling",))
+    assert result.protocol.seen == ("faceseg3", "male")
+    assert result.tasks["smiling"].seen is False
+    assert set(result.tasks["smiling"].metrics) == {"acc", "f1", "balancedAcc"}
 
 
 def test_set_is_type_checked_against_the_method_config():
@@ -184,9 +184,9 @@ def test_readme_plugin_example_runs(cli, nyu_mtan, tmp_path):
         tmp_path / "run",
     )
     assert code == 0, text
-    payload = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert payload["method"]["config"] == {"temperature": 1.5}
-    assert payload["method"]["source"].startswith(f"file {plugin}")
+    result = RunResult.read(tmp_path / "run" / "result.json")
+    assert result.method.config == {"temperature": 1.5}
+    assert result.method.source.startswith(f"file {plugin}")
 
 
 def test_default_data_is_the_synthetic_stand_in_said_once(tmp_path):
@@ -195,9 +195,9 @@ def test_default_data_is_the_synthetic_stand_in_said_once(tmp_path):
     request = RunRequest(
         method="ew", budget="smoke", unseen=("depth",), results=tmp_path / "results", out=tmp_path / "ew"
     )
-    payload = execute(request, notice=notices.append)
-    assert payload["dataset"]["name"] == "nyuv2-synth" and payload["dataset"]["synthetic"] is True
+    result = execute(request, notice=notices.append).result
+    assert result.dataset.name == "nyuv2-synth" and result.dataset.synthetic is True
     assert sum("SYNTHETIC stand-in nyuv2-synth" in n for n in notices) == 1, notices
     assert sum("generating nyuv2-synth" in n for n in notices) <= 1
     assert any("training it first" in n for n in notices)  # the stl reference ran on the same data
-    assert payload["delta_m"]["reference_method"] == "stl"
+    assert result.delta_m["reference_method"] == "stl"

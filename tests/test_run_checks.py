@@ -12,7 +12,6 @@ import pytest
 
 from mtbench import runner
 from mtbench.errors import ConfigError, OutputError
-from mtbench.methods import methods
 from mtbench.runner import RunRequest, execute
 
 pytestmark = [pytest.mark.slow]
@@ -156,17 +155,17 @@ def test_reference_is_written_beside_out_and_its_time_kept_apart(nyu_mtan, tmp_p
     monkeypatch.chdir(tmp_path)  # the reference must not land in ./runs
     notices: list[str] = []
     start = time.perf_counter()
-    payload = execute(_request(nyu_mtan, tmp_path / "mine" / "ew", tmp_path / "results"), notice=notices.append)
+    result = execute(_request(nyu_mtan, tmp_path / "mine" / "ew", tmp_path / "results"), notice=notices.append).result
     wall = time.perf_counter() - start
     reference_dir = tmp_path / "mine" / "ew-stl-reference"
     assert json.loads((reference_dir / "result.json").read_text())["method"]["name"] == "stl"
     assert not (tmp_path / "runs").exists()
     assert any(str(reference_dir) in n and "training it first" in n for n in notices), notices
-    timings = payload["timings"]
-    assert timings["reference_trained"] is True and timings["reference_seconds"] > 0
-    assert timings["total_seconds"] + timings["reference_seconds"] <= wall + 0.05  # total excludes the reference
-    again = execute(_request(nyu_mtan, tmp_path / "mine" / "ew2", tmp_path / "results"))
-    assert again["timings"]["reference_seconds"] == 0 and again["timings"]["reference_trained"] is False
+    timings = result.timings
+    assert timings.reference_trained is True and timings.reference_seconds > 0
+    assert timings.total_seconds + timings.reference_seconds <= wall + 0.05  # total excludes the reference
+    again = execute(_request(nyu_mtan, tmp_path / "mine" / "ew2", tmp_path / "results")).result
+    assert again.timings.reference_seconds == 0 and again.timings.reference_trained is False
     assert not (tmp_path / "mine" / "ew2-stl-reference").exists()
     code, text = cli(
         "run", "uw", "--data-root", nyu_mtan, "--budget", "smoke", "--unseen", "normal",
@@ -178,23 +177,22 @@ def test_reference_is_written_beside_out_and_its_time_kept_apart(nyu_mtan, tmp_p
 
 def test_corrupt_reference_is_named_in_the_notice(nyu_mtan, tmp_path):
     results = tmp_path / "results"
-    first = execute(_request(nyu_mtan, tmp_path / "a", results))
+    first = execute(_request(nyu_mtan, tmp_path / "a", results)).result
     [stl_file] = (results / "nyuv2-synth").glob("stl--*.json")
     stl_file.write_text('{"schema_version": 1, "meth')
     notices: list[str] = []
-    again = execute(_request(nyu_mtan, tmp_path / "b", results), notice=notices.append)
+    again = execute(_request(nyu_mtan, tmp_path / "b", results), notice=notices.append).result
     said = [n for n in notices if str(stl_file) in n and "corrupt" in n and "not valid JSON" in n]
     assert said and not any("no stl reference" in n for n in notices), notices
     assert json.loads(stl_file.read_text())["method"]["name"] == "stl"  # replaced by a fresh reference
-    assert again["timings"]["reference_trained"] is True
-    assert again["delta_m"]["seen"] == first["delta_m"]["seen"]
+    assert again.timings.reference_trained is True
+    assert again.delta_m["seen"] == first.delta_m["seen"]
 
 
 def test_concurrent_runs_train_the_reference_once(nyu_mtan, tmp_path, monkeypatch):
     """Two runs that miss the same reference at once: one trains it under the lock, the other reuses it."""
     made = execute(_request(nyu_mtan, tmp_path / "stl", tmp_path / "elsewhere", method="stl"))
-    reference = {k: v for k, v in made.items() if not k.startswith("_")}
-    signature = {"dataset": reference["dataset"], "protocol": reference["protocol"]}
+    reference = made.result
     trained: list[str] = []
     lookups: list[int] = []
     real_find = runner.find_reference
@@ -203,24 +201,22 @@ def test_concurrent_runs_train_the_reference_once(nyu_mtan, tmp_path, monkeypatc
         lookups.append(1)
         return real_find(*args, **kwargs)
 
-    def slow_training(request: RunRequest, notice=None, progress=None) -> dict:
+    def slow_training(request: RunRequest, notice=None, progress=None) -> runner.Executed:
         trained.append(request.method)
         deadline = time.monotonic() + 30
         while len(lookups) < 3 and time.monotonic() < deadline:  # the other run has missed it too
             time.sleep(0.01)
         time.sleep(0.2)  # and reached the lock
         runner.store(reference, request.results)
-        return reference
+        return made
 
     monkeypatch.setattr(runner, "find_reference", counted_find)
     monkeypatch.setattr(runner, "execute", slow_training)
-    stl = methods().get("stl")
-    spec = runner.catalog.dataset(reference["dataset"]["name"])
-    got: list[tuple] = []
+    got: list[runner.Reference] = []
 
     def one(name: str) -> None:
-        request = _request(nyu_mtan, tmp_path / name, tmp_path / "results")
-        got.append(runner.obtain_reference(request, spec, signature, tmp_path / "results", stl, None, None))
+        request = _request(nyu_mtan, tmp_path / name, tmp_path / "results", method="ew")
+        got.append(runner.reference_for(runner.plan(request)))
 
     threads = [threading.Thread(target=one, args=(name,)) for name in ("a", "b")]
     for thread in threads:
@@ -228,28 +224,28 @@ def test_concurrent_runs_train_the_reference_once(nyu_mtan, tmp_path, monkeypatc
     for thread in threads:
         thread.join()
     assert trained == ["stl"]
-    assert sorted(trained_here for _, _, trained_here in got) == [False, True]
-    assert all(payload["run_id"] == reference["run_id"] for payload, _, _ in got)
-    assert all(seconds > 0 for _, seconds, _ in got)  # neither found it stored at the start
+    assert sorted(found.trained for found in got) == [False, True]
+    assert all(found.result.run_id == reference.run_id for found in got)
+    assert all(found.seconds > 0 for found in got)  # neither found it stored at the start
 
 
 def test_environment_records_cpu_model_capability_and_threads(nyu_mtan, tmp_path):
     import torch
 
-    payload = execute(_request(nyu_mtan, tmp_path / "stl", tmp_path / "results", method="stl"))
-    env = payload["environment"]
+    made = execute(_request(nyu_mtan, tmp_path / "stl", tmp_path / "results", method="stl"))
+    env = made.result.environment
     assert env["threads"] == torch.get_num_threads()
     assert env["cpu_model"] and isinstance(env["cpu_model"], str)
     assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert isinstance(env["math_libraries"], list) and all(len(line) <= 100 for line in env["math_libraries"])
-    stored = json.loads(Path(payload["_stored"]).read_text())["environment"]
+    stored = json.loads(made.stored.read_text())["environment"]
     assert stored["cpu_model"] == env["cpu_model"] and stored["cpu_capability"] == env["cpu_capability"]
 
 
 def test_replacing_a_result_of_another_thread_count_says_so(nyu_mtan, tmp_path):
     request = _request(nyu_mtan, tmp_path / "stl", tmp_path / "results", method="stl")
     first = execute(request)
-    stored = Path(first["_stored"])
+    stored = first.stored
     old = json.loads(stored.read_text())
     old["environment"].update(threads=64, cpu_model="Some Other CPU")
     stored.write_text(json.dumps(old))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mtbench.result import DatasetRecord, MethodRecord, Metric, Protocol, RunResult, TaskOutcome
 from mtbench.scoring import ScoringError, delta_m
 
 NAMES = ["mIoU", "pixAcc", "absErr", "relErr", "mean", "median", "within11.25", "within22.5", "within30"]
@@ -60,6 +61,22 @@ def _run(run_id: str, tasks: dict) -> dict:
     return {"run_id": run_id, "method": {"name": run_id}, "tasks": tasks}
 
 
+def _result(run: dict) -> RunResult:
+    """A result around hand-written tasks (every other field a placeholder)."""
+    return RunResult(
+        run_id=run["run_id"],
+        created="2026-01-01T00:00:00+00:00",
+        method=MethodRecord(name=run["method"]["name"], config={}),
+        dataset=DatasetRecord(name="toy", synthetic=True, identity={"fingerprint": "f"}),
+        protocol=Protocol(budget="smoke", seen=(), unseen=(), task_versions={}, settings={}),
+        seed=0,
+        tasks={
+            name: TaskOutcome(seen=task["seen"], metrics={m: Metric(**v) for m, v in task["metrics"].items()})
+            for name, task in run["tasks"].items()
+        },
+    )
+
+
 def test_run_delta_m_leaves_out_metrics_marked_outside_delta_m():
     """An attribute's F1 with a one-class reference (F1 = 0) is reported, not divided by."""
     from mtbench.scoring import ALL_METRICS, PER_TASK, run_delta_m
@@ -82,14 +99,14 @@ def test_run_delta_m_leaves_out_metrics_marked_outside_delta_m():
         },
     )
     method = _run("ew", {"seg": seg, "smiling": attribute(0.54, 0.3, False)})
-    delta = run_delta_m(method, reference)
+    delta = run_delta_m(_result(method), _result(reference))
     assert delta["seen"][ALL_METRICS] == pytest.approx(20.0)  # (0.6 − 0.5) / 0.5
     assert delta["unseen"][ALL_METRICS] == pytest.approx(20.0)  # (0.54 − 0.45) / 0.45; F1 left out
     assert delta["unseen"][PER_TASK] == pytest.approx(20.0)
     method["tasks"]["smiling"]["metrics"]["f1"]["in_delta_m"] = True
     reference["tasks"]["smiling"]["metrics"]["f1"]["in_delta_m"] = True
     with pytest.raises(ScoringError, match="zero"):
-        run_delta_m(method, reference)
+        run_delta_m(_result(method), _result(reference))
 
 
 def test_attribute_f1_is_declared_outside_delta_m():

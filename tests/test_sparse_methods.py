@@ -2,32 +2,32 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
 
 from mtbench import catalog
 from mtbench.inference import export_run, load_run
+from mtbench.result import RunResult
 from mtbench.presets import budget
 from mtbench.runner import RunRequest, execute
 from mtbench.sparsity import group_norms, shared_conv_weights, sparsity_stats
 from mtbench.training import TensorSet, TrainContext, finetune
 
 
-def _run(root, method: str, out, overrides: dict[str, str], **kwargs) -> dict:
+def _run(root, method: str, out, overrides: dict[str, str], **kwargs) -> RunResult:
     return execute(
         RunRequest(method=method, data_root=root, budget="smoke", unseen=("depth",), overrides=overrides, out=out, **kwargs)
-    )
+    ).result
 
 
 def test_output_axis_travels_to_statistics_masks_and_export(nyu_mtan, tmp_path):
     out = tmp_path / "axis-out"
-    payload = _run(nyu_mtan, "fixed-lambda", out, {"axis": "out", "lam": "5"}, reference=False)
+    result = _run(nyu_mtan, "fixed-lambda", out, {"axis": "out", "lam": "5"}, reference=False)
     network = load_run(out).networks[0].model
     by_out = sparsity_stats(network, "out")
-    assert payload["sparsity"]["axis"] == "out"
-    assert payload["sparsity"]["group_sparsity"] == pytest.approx(by_out.group_sparsity) and by_out.group_sparsity > 0
+    assert result.sparsity.axis == "out"
+    assert result.sparsity.group_sparsity == pytest.approx(by_out.group_sparsity) and by_out.group_sparsity > 0
     assert by_out.group_sparsity != pytest.approx(sparsity_stats(network, "in").group_sparsity)
     report = export_run(out, tmp_path / "model.safetensors")
     assert report["max_abs_difference"] <= 1e-4 and report["compact_params"] < report["dense_params"]
@@ -48,13 +48,13 @@ def test_finetuning_keeps_zero_output_filters_zero():
 
 
 def test_pruning_control_reaches_its_sparsity_and_keeps_the_mask(nyu_mtan, tmp_path):
-    payload = _run(nyu_mtan, "prune", tmp_path / "prune", {"sparsity": "0.5"}, reference=False)
-    assert payload["sparsity"]["group_sparsity"] == pytest.approx(0.5, abs=0.02)
-    assert payload["method"]["config"]["sparsity"] == 0.5
+    result = _run(nyu_mtan, "prune", tmp_path / "prune", {"sparsity": "0.5"}, reference=False)
+    assert result.sparsity.group_sparsity == pytest.approx(0.5, abs=0.02)
+    assert result.method.config["sparsity"] == 0.5
     state = torch.load(tmp_path / "prune" / "checkpoint.pt", weights_only=True)["model"]
     layers = [key for key in state if key.startswith("backbone.") and key.endswith(".weight") and state[key].dim() == 4]
     zero = sum(int((state[k].pow(2).sum(dim=(0, 2, 3)) == 0).sum()) for k in layers)
-    assert zero == sum(layer["zero_groups"] for layer in payload["sparsity"]["layers"])
+    assert zero == sum(layer["zero_groups"] for layer in result.sparsity.layers)
 
 
 def test_run_prints_lambda_gradient_compact_ratio_and_the_front(cli, nyu_mtan, tmp_path):
@@ -73,8 +73,8 @@ def test_run_prints_lambda_gradient_compact_ratio_and_the_front(cli, nyu_mtan, t
     assert "λ's meta-gradient ∂L_Q/∂λ: positive" in text
     assert "compact network (zeroed channels removed)" in text and "× the FLOPs" in text
     assert "fixed-λ front at" in text, text
-    stored = json.loads((tmp_path / "ms" / "result.json").read_text())
-    assert stored["inference"]["params"]["compact"] <= stored["inference"]["params"]["dense"]
-    assert all("lambda_grad" in entry for entry in stored["history"])
+    stored = RunResult.read(tmp_path / "ms" / "result.json")
+    assert stored.inference["params"]["compact"] <= stored.inference["params"]["dense"]
+    assert all("lambda_grad" in entry for entry in stored.history)
     picture = tmp_path / "ms" / "lambda.png"  # λ beside its meta-gradient, for a learned λ only
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "fl100" / "lambda.png").exists()

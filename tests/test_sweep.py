@@ -195,21 +195,21 @@ def _grid(tmp_path: Path, root: Path, methods_: list[str], seeds: list[int], ext
 
 def _stored(results: Path) -> dict[tuple[str, int], dict]:
     found: dict[tuple[str, int], dict] = {}
-    for _, payload in load_results(results):  # strict: every file must be a valid result
-        key = (payload["method"]["name"], payload["seed"])
+    for _, result in load_results(results):  # strict: every file must be a valid result
+        key = (result.method.name, result.seed)
         assert key not in found, f"{key} stored twice"
-        found[key] = payload
+        found[key] = result
     return found
 
 
 def _check_references(stored: dict[tuple[str, int], dict], seeds: list[int], names: list[str]) -> None:
     """One stl per seed, and every other result scored against it without training one itself."""
-    for (method, seed), payload in stored.items():
-        assert payload["environment"]["threads"] == 1
-        assert payload["method"]["config"] == dataclasses.asdict(methods().get(method).config())
+    for (method, seed), result in stored.items():
+        assert result.threads == 1
+        assert result.method.config == dataclasses.asdict(methods().get(method).config())
         if method != "stl":
-            assert payload["timings"]["reference_trained"] is False
-            assert payload["delta_m"]["reference_run"] == stored[("stl", seed)]["run_id"]
+            assert result.timings.reference_trained is False
+            assert result.delta_m["reference_run"] == stored[("stl", seed)].run_id
     assert sorted(stored) == sorted((m, s) for m in ["stl", *names] for s in seeds)
 
 

@@ -1,0 +1,74 @@
+"""``mtbench leaderboard …``: build and publish the leaderboard tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mtbench.cli.common import reports_errors
+from mtbench.cli.render import console
+
+app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Build and publish the leaderboard tables.")
+
+LeaderboardDir = Annotated[Path, typer.Option("--out", help="Leaderboard folder.")]
+
+
+@app.command("build")
+@reports_errors
+def leaderboard_build(
+    results: Annotated[
+        Path | None, typer.Option(help="Result files to tabulate (default: leaderboard/results).")
+    ] = None,
+    out: LeaderboardDir = Path("leaderboard"),
+) -> None:
+    """Regenerate the Markdown, CSV and HTML tables, one per data set and protocol.
+
+    Every result file is checked first (readable, known schema, well-formed, safe names); a results folder
+    with a MANIFEST.json (the leaderboard's own, written by `publish`) must match it, so a result changed
+    or added by hand is refused. On any error nothing changes. The new tables replace the old ones in one
+    atomic swap: the folder holds the complete old set or the complete new set, even if interrupted.
+
+    Example: `mtbench leaderboard build`
+    """
+    from mtbench.leaderboard import build
+
+    written = build(results or out / "results", out)
+    console.print(f"wrote {len(written)} files under {out}/ (index: {out / 'README.md'})")
+
+
+@app.command("publish")
+@reports_errors
+def leaderboard_publish(
+    runs: Annotated[
+        list[Path] | None, typer.Argument(help="Run folders (or result.json files).", show_default=False)
+    ] = None,
+    out: LeaderboardDir = Path("leaderboard"),
+    record_existing: Annotated[
+        bool,
+        typer.Option(
+            "--record-existing",
+            help="Accept the result files already in leaderboard/results as they are now and record all of "
+            "them in results/MANIFEST.json (a store without a manifest, or a result edited or removed on "
+            "purpose). Check them first, e.g. with `git diff leaderboard/results`.",
+        ),
+    ] = False,
+) -> None:
+    """Copy selected runs' result files into leaderboard/results/, record their hashes, rebuild the tables.
+
+    Each input and the results already published are checked before anything is written. The SHA-256 of
+    each published result goes into leaderboard/results/MANIFEST.json; `build` refuses a result that does
+    not match it.
+
+    Examples: `mtbench leaderboard publish runs/2026*-meta-sparsity-*`,
+    `mtbench leaderboard publish --record-existing` (record the committed results in the manifest)
+    """
+    from mtbench.leaderboard import publish
+
+    stored = publish(runs or [], out, record_existing=record_existing)
+    recorded = " and recorded the existing results" if record_existing else ""
+    console.print(
+        f"published {len(stored)} result(s) into {out / 'results'}{recorded}; manifest "
+        f"{out / 'results' / 'MANIFEST.json'}; rebuilt the tables"
+    )

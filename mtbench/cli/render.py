@@ -1,0 +1,308 @@
+"""Everything the commands print beyond one-line messages: the consoles, tables and run summaries."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from mtbench import catalog
+
+if TYPE_CHECKING:  # the runner imports torch: only for the annotations
+    from mtbench.runner import Executed, RunPlan
+
+# Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def print_error(error: Exception) -> None:
+    """``error: …`` on stderr, the message printed as written (no markup, no highlighting)."""
+    err_console.print("[bold red]error:[/] " + escape(str(error)), highlight=False)
+
+
+def print_notice(text: str) -> None:
+    err_console.print(f"[yellow]notice:[/] {escape(text)}")
+
+
+# --- ls ---------------------------------------------------------------------------------------------
+
+
+def tasks_table(specs: Iterable[Any]) -> Table:
+    table = Table(title="Tasks", title_justify="left")
+    metrics = "metrics (↑ higher / ↓ lower is better)"
+    for column in ("task", "family", "title", "head", "loss", metrics, "--unseen", "v"):
+        table.add_column(column, no_wrap=column in ("task", "family", "head"))
+    for spec in specs:
+        table.add_row(
+            spec.name,
+            spec.family,
+            spec.title,
+            f"{spec.head}×{spec.out_channels}",
+            spec.loss,
+            ", ".join(f"{m.name} {m.arrow}" for m in spec.metrics),
+            "yes" if spec.may_hold_out else "no",
+            spec.version,
+        )
+    return table
+
+
+def datasets_table(specs: Iterable[Any], prepared: dict[str, Path | None]) -> Table:
+    """One row a data set; ``prepared`` maps its name to its prepared cache, if any."""
+    table = Table(title="Data sets", title_justify="left")
+    for column in ("dataset", "kind", "tasks (default first)", "layouts", "splits train/test", "prepared cache"):
+        table.add_column(column)
+    for spec in specs:
+        others = [t.name for t in catalog.family_tasks(spec.family) if t.name not in spec.default_tasks]
+        cache = prepared.get(spec.name)
+        table.add_row(
+            spec.name,
+            "[yellow]synthetic[/]" if spec.synthetic else "real",
+            ", ".join(spec.default_tasks) + (" | " + ", ".join(others) if others else ""),
+            "\n".join(spec.layouts),
+            f"{spec.train_split}/{spec.test_split}",
+            str(cache) if cache else "—",
+        )
+    return table
+
+
+def methods_table(registry: Any, names: Iterable[str]) -> Table:
+    table = Table(title="Methods", title_justify="left")
+    for column in ("method", "summary", "paper", "source"):
+        table.add_column(column)
+    for name in names:
+        info = registry.get(name)
+        table.add_row(name, info.summary, info.paper or "—", _short_source(registry.source(name)))
+    return table
+
+
+def _short_source(source: str) -> str:
+    """``file /long/path/x.py (sha256 …)`` -> ``file x.py (sha256 …)``; results keep the full path."""
+    if source.startswith("file "):
+        path, _, rest = source[5:].partition(" (")
+        return f"file {Path(path).name} ({rest}"
+    return source
+
+
+# --- data and bench ---------------------------------------------------------------------------------
+
+
+def identity_line(reader: Any) -> str:
+    """Which data set a reader holds: real, or synthetic with its generator and seed."""
+    identity = reader.identity(content=False)
+    if identity.synthetic:
+        gen = identity.generator or {}
+        return (
+            f"[yellow]SYNTHETIC[/] data set {identity.dataset} (generator {gen.get('generator')} "
+            f"v{gen.get('generator_version')}, seed {gen.get('seed')}), layout {reader.layout}"
+        )
+    return f"real data set {identity.dataset}, layout {reader.layout}"
+
+
+def print_verify_report(dataset: str, root: Path, report: Any) -> None:
+    """Samples per split and the targets checked; then OK, or every problem found (on stderr)."""
+    table = Table(title=f"{dataset} at {root}", title_justify="left")
+    table.add_column("split")
+    table.add_column("samples", justify="right")
+    for split, count in report.counts.items():
+        table.add_row(split, str(count))
+    console.print(table)
+    console.print(f"targets checked: {', '.join(report.targets)}")
+    if report.ok:
+        console.print("[bold green]OK[/]: every sample read and checked")
+        return
+    for error in report.errors:
+        print_error(error)
+    more = " (stopped early; there may be more)" if report.truncated else ""
+    err_console.print(f"[bold red]{len(report.errors)} problem(s) found{more}[/]")
+
+
+def loader_table(dataset: str, split: str, targets: list[str], timings: list[Any]) -> Table:
+    table = Table(
+        title=f"Loader speed: {dataset}, split {split}, all targets ({', '.join(targets)}), one process",
+        title_justify="left",
+    )
+    for column in ("loader", "samples", "seconds", "samples/s", "× raw"):
+        table.add_column(column, justify="right" if column != "loader" else "left")
+    base = timings[0].per_second
+    for timing in timings:
+        table.add_row(
+            timing.name,
+            str(timing.samples),
+            f"{timing.seconds:.3f}",
+            f"{timing.per_second:.0f}",
+            f"{timing.per_second / base:.2f}",
+        )
+    return table
+
+
+def inference_table(run_dir: Path, report: dict[str, Any]) -> Table:
+    size = report["input_size"]
+    table = Table(
+        title=f"Inference, {run_dir.name}: input {size[0]}×{size[1]}, heads {', '.join(report['tasks'])}"
+        + (f" ({report['networks']} networks, summed)" if report.get("networks", 1) > 1 else "")
+        + f", CPU, {report['threads']} thread(s)",
+        title_justify="left",
+    )
+    for column in ("measure", "dense (zeros kept)", "compact", "compact ÷ dense"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    for name, key in (("parameters", "params"), ("FLOPs (1 image)", "flops")):
+        dense, small = report[key]["dense"], report[key]["compact"]
+        table.add_row(name, f"{dense:,}", f"{small:,}", f"{small / dense:.3f}")
+    for batch, timing in report["latency_ms"].items():
+        for label, key in (("", "compact"), (", BN folded", "compact_bn_folded")):
+            table.add_row(
+                f"latency, batch {batch}{label} (ms)",
+                f"{timing['dense']:.2f}",
+                f"{timing[key]:.2f}",
+                f"{timing[key] / timing['dense']:.3f}",
+            )
+    return table
+
+
+# --- run --------------------------------------------------------------------------------------------
+
+
+def format_lam(value: Any) -> str:
+    """λ as a number, a per-layer list, or — when the method has none."""
+    if value is None:
+        return "—"
+    if isinstance(value, list):
+        return "[" + ", ".join(f"{v:.3g}" for v in value) + "]"
+    return f"{value:.4g}"
+
+
+def sparkline(values: list[float]) -> str:
+    if not values:
+        return ""
+    bars = "▁▂▃▄▅▆▇█"
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    step = max(1, len(values) // 40)
+    return "".join(bars[int((v - low) / span * (len(bars) - 1))] for v in values[::step])
+
+
+def run_progress_fields(info: dict[str, Any]) -> str:
+    """The latest loss, λ and sparsity that training reports, for the progress bar."""
+    fields = []
+    if "loss" in info:
+        fields.append(f"loss {info['loss']:.3f}")
+    if "lambda" in info:
+        fields.append(f"λ {format_lam(info['lambda'])}")
+    if "group_sparsity" in info:
+        fields.append(f"sparsity {100 * info['group_sparsity']:.0f}%")
+    return "  ".join(fields)
+
+
+def print_run(done: Executed, front: dict[str, Any] | None = None) -> None:
+    """The tables and lines a user reads after a run; ``front``: the fixed-λ front at its sparsity."""
+    result = done.result
+    data, protocol = result.dataset, result.protocol
+    kind = "[yellow]SYNTHETIC[/]" if data.synthetic else "real"
+    console.print(
+        f"[bold]{result.method.name}[/] on {data.name} ({kind}), budget {protocol.budget}, "
+        f"seed {result.seed}; seen: {', '.join(protocol.seen)}; held out: {', '.join(protocol.unseen) or 'none'}"
+    )
+    for role, seen in (("seen tasks", True), ("held-out tasks", False)):
+        rows = [(name, task) for name, task in result.tasks.items() if task.seen is seen]
+        if not rows:
+            continue
+        console.print(
+            f"[bold]{role}[/] — meta-test: each task fine-tuned {protocol.settings['finetune_steps']} steps from "
+            f"the trained backbone (mask kept), evaluated on the {data.test_split} split"
+        )
+        table = Table()
+        table.add_column("task")
+        table.add_column("metric")
+        table.add_column("", justify="center")
+        table.add_column("value", justify="right")
+        for name, task in rows:
+            for index, (name_of_metric, metric) in enumerate(task.metrics.items()):
+                table.add_row(
+                    name if index == 0 else "",
+                    name_of_metric if metric.in_delta_m else f"{name_of_metric} (not in Δm)",
+                    "↑" if metric.higher_is_better else "↓",
+                    f"{metric.value:.4f}",
+                    end_section=index == len(task.metrics) - 1,
+                )
+        console.print(table)
+    lam = result.lam
+    if lam.trajectory:
+        first = lam.trajectory[0][1]
+        values = [v if not isinstance(v, list) else sum(v) / len(v) for _, v in lam.trajectory]
+        console.print(
+            f"λ: start {format_lam(lam.start)} → end {format_lam(lam.end)}   "
+            f"{sparkline(values)}" + ("   (per-layer mean shown)" if isinstance(first, list) else "")
+        )
+    else:
+        console.print("λ: — (this method has no sparsity penalty)")
+    sparsity = result.sparsity
+    if sparsity is not None and sparsity.group_sparsity is not None:
+        history = [h["group_sparsity"] for h in result.history]
+        console.print(
+            f"final sparsity of the shared backbone: {100 * sparsity.group_sparsity:.1f} % of channel "
+            f"groups, {100 * (sparsity.param_sparsity or 0.0):.1f} % of conv parameters   {sparkline(history)}"
+        )
+    hyper = [h["lambda_grad"] for h in result.history if "lambda_grad" in h]
+    if hyper:
+        positive = result.history[-1].get("lambda_grad_positive")
+        console.print(
+            f"λ's meta-gradient ∂L_Q/∂λ: positive (pushing λ down) on {100 * positive:.0f} % of the steps; "
+            f"logged values median {sorted(hyper)[len(hyper) // 2]:+.3g}   {sparkline(hyper)}"
+        )
+    accounting = result.inference
+    if accounting and sparsity is not None and accounting["params"]["dense"]:
+        params, flops = accounting["params"], accounting["flops"]
+        console.print(
+            f"compact network (zeroed channels removed): {params['compact'] / params['dense']:.3f}× "
+            f"the parameters, {flops['compact'] / max(flops['dense'], 1):.3f}× the FLOPs "
+            f"of the dense one ({params['compact']:,} params)"
+        )
+    if front is not None:
+        unseen = "" if front["unseen"] is None else f", held-out {front['unseen']:+.2f} %"
+        console.print(
+            f"fixed-λ front at {front['sparsity_pct']:.1f} % sparsity ({front['variants']} stored λ values): "
+            f"Δm seen {front['seen']:+.2f} %{unseen} — compare with this run's Δm below"
+        )
+    delta = result.delta_m
+    if delta and "unavailable" in delta:
+        console.print(f"Δm: not available ({delta['unavailable'].splitlines()[0]})")
+    elif delta and delta["reference_run"] == result.run_id:
+        console.print(f"Δm: this run is the {delta['reference_method']} reference (Δm = 0 by definition)")
+    elif delta:
+        from mtbench.scoring import ALL_METRICS, PER_TASK
+
+        console.print(
+            f"Δm vs {delta['reference_method']} (same data, protocol and seed; positive = better than the "
+            f"reference; conventions: {ALL_METRICS} | {PER_TASK}):"
+        )
+        for role, label in (("seen", "seen tasks"), ("unseen", "held-out tasks")):
+            if role in delta:
+                console.print(f"  {label}: {delta[role][ALL_METRICS]:+.2f} % | {delta[role][PER_TASK]:+.2f} %")
+    timings = result.timings
+    console.print(
+        f"wall time: training {timings.train_seconds:.1f} s, meta-test {timings.meta_test_seconds:.1f} s, "
+        f"total {timings.total_seconds:.1f} s on {result.environment['device']}"
+    )
+    console.print(
+        f"result: {done.result_file} (stored as {done.stored}); "
+        f"per-layer sparsity picture: {done.run_dir / 'sparsity.png'}"
+    )
+    if timings.reference_seconds:
+        what = "trained first" if timings.reference_trained else "waited for (a concurrent run trained it)"
+        console.print(f"reference stl {what}: {timings.reference_seconds:.1f} s (not in the total above)")
+
+
+def print_plan(plan: RunPlan) -> None:
+    """What `mtbench run --dry-run` prints: the checked plan, nothing trained."""
+    table = Table(title="mtbench run --dry-run: the plan (nothing generated, loaded or trained)", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    for what, value in plan.describe():
+        table.add_row(what, escape(value))
+    console.print(table)
