@@ -2,9 +2,11 @@
 
 One table per data set and protocol (budget, seen and held-out tasks): a row per method *variant*
 (the method name plus the ``--set`` overrides it ran with, e.g. ``fixed-lambda (lam=0.01)``) with every
-metric as mean ± std over seeds and the number of seeds, Δm against stl (recomputed per seed from the
-stl run, without overrides, of the same seed and protocol, for seen and held-out tasks apart), the group
-sparsity of the shared backbone, λ at the start and end of training and the mean rank over metrics.
+metric as mean ± the half-width of its 95 % confidence interval over seeds (Student t, `mtbench.stats`)
+and the number of seeds n, Δm against stl (recomputed per seed from the stl run, without overrides, of
+the same seed and protocol, for seen and held-out tasks apart), the group sparsity of the shared
+backbone, λ at the start and end of training and a tie-aware rank on Δm seen (`mtbench.stats.tie_aware_ranks`:
+1 + the number of variants whose interval lies entirely above; shared ranks are marked ``=``).
 The fixed-λ variants trace a sparsity–Δm front; every other variant is compared with that front at its
 own sparsity (linear interpolation between the fixed-λ means), in a table and in the plot.
 A cell whose inputs are incomplete — e.g. a Δm for a seed without an stl run, or a rank for a method
@@ -33,28 +35,28 @@ import re
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from mtbench.errors import LeaderboardError, ResultFileError
+from mtbench.result import REFERENCE_METHOD, RunResult
 from mtbench.results import (
     MANIFEST_NAME,
-    REFERENCE_METHOD,
-    content_hash,
+    checked_hash,
     load_results,
     manifest_path,
-    protocol_signature,
     read_manifest,
     read_result,
     require_inside,
     require_results_dir,
     result_path,
     store,
-    stored_form,
     verify_manifest,
     write_manifest,
 )
-from mtbench.scoring import ALL_METRICS, ScoringError, counts_in_delta_m, run_delta_m
+from mtbench.scoring import ALL_METRICS, ScoringError, run_delta_m
+from mtbench.stats import Interval, Rank, confidence_interval, sample_std, tie_aware_ranks
 
 try:
     import fcntl
@@ -78,21 +80,44 @@ class Cell:
         return sum(self.values) / len(self.values) if self.values and self.complete else None
 
     @property
+    def n(self) -> int | None:
+        """The number of values behind the mean; None where the mean is blank."""
+        return len(self.values) if self.values and self.complete else None
+
+    @property
     def std(self) -> float | None:
-        if not self.values or not self.complete:
+        """Sample std over seeds; None where the mean is blank or with a single seed (undefined, not 0)."""
+        return sample_std(self.values) if self.values and self.complete else None
+
+    @property
+    def interval(self) -> Interval | None:
+        """Mean and 95 % CI half-width (`mtbench.stats.confidence_interval`); None where the mean is blank.
+
+        With a single seed the interval exists but its ``half_width`` (and ``low``/``high``) is None.
+        """
+        return confidence_interval(self.values) if self.values and self.complete else None
+
+    @property
+    def ci95(self) -> tuple[float, float] | None:
+        """(low, high) of the 95 % CI; None where it is undefined (blank mean or a single seed)."""
+        interval = self.interval
+        if interval is None or interval.half_width is None:
             return None
-        mean = sum(self.values) / len(self.values)
-        return (
-            math.sqrt(sum((v - mean) ** 2 for v in self.values) / (len(self.values) - 1))
-            if len(self.values) > 1
-            else 0.0
-        )
+        return interval.low, interval.high
+
+    @property
+    def half_width(self) -> float | None:
+        interval = self.interval
+        return None if interval is None else interval.half_width
 
     def text(self, digits: int = 4) -> str:
-        mean, std = self.mean, self.std
-        if mean is None or std is None:
+        """``mean ± 95 % CI half-width``; the mean alone with one seed (no interval); blank without a mean."""
+        interval = self.interval
+        if interval is None:
             return ""
-        return f"{mean:.{digits}f}" if len(self.values) == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+        if interval.half_width is None:
+            return f"{interval.mean:.{digits}f}"
+        return f"{interval.mean:.{digits}f} ± {interval.half_width:.{digits}f}"
 
 
 @dataclass
@@ -103,7 +128,7 @@ class Group:
     dataset: str
     synthetic: bool
     protocol: dict[str, Any]
-    runs: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)  # variant -> seed -> payload
+    runs: dict[str, dict[int, RunResult]] = field(default_factory=dict)  # variant -> seed -> result
     bases: dict[str, str] = field(default_factory=dict)  # variant label -> plain method name
 
     @property
@@ -111,10 +136,10 @@ class Group:
         """(task, metric, higher_is_better, seen) in task order: seen tasks first."""
         columns: dict[tuple[str, str], tuple[bool, bool]] = {}
         for seeds in self.runs.values():
-            for payload in seeds.values():
-                for task, entry in payload["tasks"].items():
-                    for metric, value in entry["metrics"].items():
-                        columns.setdefault((task, metric), (value["higher_is_better"], entry["seen"]))
+            for result in seeds.values():
+                for task, entry in result.tasks.items():
+                    for metric, value in entry.metrics.items():
+                        columns.setdefault((task, metric), (value.higher_is_better, entry.seen))
         order = self.protocol["seen"] + self.protocol["unseen"]
         keys = sorted(columns, key=lambda k: (order.index(k[0]) if k[0] in order else len(order), 0))
         return [(task, metric, *columns[(task, metric)]) for task, metric in keys]
@@ -125,10 +150,10 @@ class Group:
         return {
             (task, metric)
             for seeds in self.runs.values()
-            for payload in seeds.values()
-            for task, entry in payload["tasks"].items()
-            for metric, value in entry["metrics"].items()
-            if not counts_in_delta_m(value)
+            for result in seeds.values()
+            for task, entry in result.tasks.items()
+            for metric, value in entry.metrics.items()
+            if not value.in_delta_m
         }
 
 
@@ -155,10 +180,10 @@ def collect(results_dir: Path, *, strict: bool = False) -> list[Group]:
     """
     groups: dict[str, Group] = {}
     threads: dict[str, tuple[Any, Path]] = {}  # slug -> (thread count, first file with it)
-    for path, payload in load_results(results_dir, strict=strict):
-        signature = protocol_signature(payload)
-        slug = _slug(payload["dataset"]["name"], payload["protocol"], signature)
-        count = (payload.get("environment") or {}).get("threads")
+    for path, result in load_results(results_dir, strict=strict):
+        protocol = result.protocol.to_json()
+        slug = _slug(result.dataset.name, protocol, result.signature())
+        count = result.threads
         first = threads.setdefault(slug, (count, path))
         if strict and count != first[0]:
             # a seed's numbers depend on the CPU thread count: one table, one thread count
@@ -168,15 +193,12 @@ def collect(results_dir: Path, *, strict: bool = False) -> list[Group]:
                 found=f"{count} and {first[0]}",
                 fix="re-run the odd one out with the table's thread count (OMP_NUM_THREADS), or remove it",
             )
-        group = groups.setdefault(
-            slug, Group(slug, payload["dataset"]["name"], payload["dataset"]["synthetic"], payload["protocol"])
-        )
-        label = variant_label(payload["method"]["name"], payload.get("overrides"))
-        group.bases[label] = payload["method"]["name"]
+        group = groups.setdefault(slug, Group(slug, result.dataset.name, result.dataset.synthetic, protocol))
+        label = variant_label(result.method.name, dict(result.overrides))
+        group.bases[label] = result.method.name
         seeds = group.runs.setdefault(label, {})
-        seed = payload["seed"]
-        if seed not in seeds or payload["created"] > seeds[seed]["created"]:
-            seeds[seed] = payload
+        if result.seed not in seeds or result.created > seeds[result.seed].created:
+            seeds[result.seed] = result
     return [groups[k] for k in sorted(groups)]
 
 
@@ -194,7 +216,12 @@ class Row:
     base: str = ""  # the plain method name, e.g. "fixed-lambda"
     lam_start: Cell = field(default_factory=lambda: Cell([]))
     lam_end: Cell = field(default_factory=lambda: Cell([]))
-    rank: float | None = None
+    rank: Rank | None = None  # tie-aware rank on Δm seen (`_rank`)
+
+    @property
+    def rank_text(self) -> str:
+        """``"3"``, ``"3="`` when tied, blank without a rank."""
+        return "" if self.rank is None else self.rank.text
 
     @property
     def lam_text(self) -> str:
@@ -223,11 +250,11 @@ def lambda_summary(value: float | list[float] | None) -> float | None:
     return float(value)
 
 
-def _lambda_cells(payloads: list[dict[str, Any]]) -> tuple[Cell, Cell]:
+def _lambda_cells(results: list[RunResult]) -> tuple[Cell, Cell]:
     """λ at the start and end of training over seeds; blank when a seed has none (methods without λ)."""
     cells = []
     for key in ("start", "end"):
-        values = [lambda_summary((p.get("lambda") or {}).get(key)) for p in payloads]
+        values = [lambda_summary(getattr(r.lam, key)) for r in results]
         present = [v for v in values if v is not None]
         cells.append(Cell(present, complete=len(present) == len(values)))
     return cells[0], cells[1]
@@ -236,13 +263,13 @@ def _lambda_cells(payloads: list[dict[str, Any]]) -> tuple[Cell, Cell]:
 def _delta_cells(group: Group, method: str) -> tuple[Cell, Cell]:
     seen, unseen = Cell([]), Cell([])
     references = group.runs.get(REFERENCE, {})
-    for seed, payload in sorted(group.runs[method].items()):
+    for seed, result in sorted(group.runs[method].items()):
         reference = references.get(seed)
         if reference is None:
             seen.complete = unseen.complete = False
             continue
         try:
-            delta = run_delta_m(payload, reference)
+            delta = run_delta_m(result, reference)
         except (ScoringError, KeyError):  # KeyError: the reference lacks one of this run's metrics
             seen.complete = unseen.complete = False
             continue
@@ -263,19 +290,19 @@ def rows(group: Group) -> list[Row]:
         metrics = {}
         for task, metric, _, _ in columns:
             values = [
-                p["tasks"][task]["metrics"][metric]["value"]
-                for p in seeds.values()
-                if task in p["tasks"] and metric in p["tasks"][task]["metrics"]
+                r.tasks[task].metrics[metric].value
+                for r in seeds.values()
+                if task in r.tasks and metric in r.tasks[task].metrics
             ]
             metrics[(task, metric)] = Cell(values, complete=len(values) == len(seeds))
         sparsity = [
-            p["sparsity"]["group_sparsity"]
-            for p in seeds.values()
-            if p.get("sparsity") and p["sparsity"].get("group_sparsity") is not None
+            r.sparsity.group_sparsity
+            for r in seeds.values()
+            if r.sparsity is not None and r.sparsity.group_sparsity is not None
         ]
         delta_seen, delta_unseen = _delta_cells(group, method)
         lam_start, lam_end = _lambda_cells(list(seeds.values()))
-        accounted = [p["inference"] for p in seeds.values() if p.get("inference")]
+        accounted = [r.inference for r in seeds.values() if r.inference]
         table.append(
             Row(
                 method,
@@ -292,15 +319,24 @@ def rows(group: Group) -> list[Row]:
                 lam_end=lam_end,
             )
         )
-    _rank(table, columns)
-    return sorted(table, key=lambda r: (r.rank is None, r.rank if r.rank is not None else 0, r.method))
+    _rank(table)
+    return sorted(
+        table,
+        key=lambda r: (
+            r.rank is None,
+            r.rank.position if r.rank is not None else 0,
+            r.delta_seen.mean is None,
+            -r.delta_seen.mean if r.delta_seen.mean is not None else 0.0,
+            r.method,
+        ),
+    )
 
 
-def _mean_layers(payloads: Iterable[dict[str, Any]]) -> list[tuple[str, float]]:
+def _mean_layers(results: Iterable[RunResult]) -> list[tuple[str, float]]:
     """Per-layer zeroed-group percentage, averaged over seeds (empty if any seed lacks it)."""
-    payloads = list(payloads)
-    stats = [p["sparsity"].get("layers") for p in payloads if p.get("sparsity")]
-    if not stats or len(stats) != len(payloads) or any(not s or len(s) != len(stats[0]) for s in stats):
+    results = list(results)
+    stats = [r.sparsity.layers for r in results if r.sparsity is not None]
+    if not stats or len(stats) != len(results) or any(not s or len(s) != len(stats[0]) for s in stats):
         return []
     return [
         (layer["name"], sum(100 * s[i]["zero_groups"] / s[i]["groups"] for s in stats) / len(stats))
@@ -308,20 +344,14 @@ def _mean_layers(payloads: Iterable[dict[str, Any]]) -> list[tuple[str, float]]:
     ]
 
 
-def _rank(table: list[Row], columns: list[tuple[str, str, bool, bool]]) -> None:
-    """Mean rank over all metric columns (1 = best); blank for a method with any blank metric."""
-    ranks: dict[str, list[float]] = {row.method: [] for row in table}
-    for task, metric, higher, _ in columns:
-        scored = [
-            (row.metrics[(task, metric)].mean, row.method)
-            for row in table
-            if row.metrics[(task, metric)].mean is not None
-        ]
-        scored.sort(key=lambda item: -item[0] if higher else item[0])
-        for position, (_, method) in enumerate(scored, start=1):
-            ranks[method].append(position)
-    for row in table:
-        row.rank = sum(ranks[row.method]) / len(columns) if len(ranks[row.method]) == len(columns) and columns else None
+def _rank(table: list[Row]) -> None:
+    """Tie-aware rank on Δm seen (higher is better) from the 95 % CIs (`mtbench.stats.tie_aware_ranks`).
+
+    rank = 1 + the number of variants whose interval lies entirely above this one's; a variant without an
+    interval (Δm seen blank, or a single seed) gets no rank and does not count in the others'.
+    """
+    for row, rank in zip(table, tie_aware_ranks([row.delta_seen.ci95 for row in table], higher_is_better=True)):
+        row.rank = rank
 
 
 # --- the fixed-λ front ---------------------------------------------------------------------------------
@@ -412,7 +442,7 @@ def front_comparisons(table: list[Row]) -> list[FrontComparison]:
 FRONT_TITLE = "Against the fixed-λ front"
 FRONT_HEADER = [
     "variant",
-    "seeds",
+    "n",
     "group sparsity %",
     "Δm seen %",
     "front Δm seen %",
@@ -423,7 +453,9 @@ FRONT_HEADER = [
 ]
 FRONT_NOTE = (
     "Positive difference = better than fixed-λ at equal sparsity; the front is interpolated linearly between "
-    "the fixed-λ means (sorted by sparsity), and is blank outside the sparsity range they span."
+    "the fixed-λ means (sorted by sparsity), and is blank outside the sparsity range they span. "
+    "Sparsity and Δm: mean ± 95 % CI half-width over the n seeds, as above; the front and the differences "
+    "are between means and carry no interval."
 )
 
 
@@ -461,7 +493,7 @@ def _title(group: Group) -> str:
 
 
 def _header(group: Group) -> list[str]:
-    head = ["rank", "method", "seeds"]
+    head = ["rank", "method", "n"]
     outside = group.outside_delta_m
     head += [
         f"{task} {metric} {'↑' if higher else '↓'}{'†' if (task, metric) in outside else ''}"
@@ -478,7 +510,7 @@ def _header(group: Group) -> list[str]:
 
 
 def _cells(group: Group, row: Row) -> list[str]:
-    out = ["" if row.rank is None else f"{row.rank:.2f}", row.method, str(len(row.seeds))]
+    out = [row.rank_text, row.method, str(len(row.seeds))]
     out += [row.metrics[(task, metric)].text() for task, metric, _, _ in group.metric_columns]
     params = "" if row.params.mean is None else f"{row.params.mean:,.0f}"
     return out + [
@@ -493,18 +525,24 @@ def _cells(group: Group, row: Row) -> list[str]:
 
 NOTES = (
     "One row per method variant: a method run with --set options is listed apart, e.g. "
-    "fixed-lambda (lam=0.01). "
-    "Values are mean ± std over seeds (sample std; a single seed shows its value alone). "
+    "fixed-lambda (lam=0.01). n: the number of seeds, behind every value of the row. "
+    "Every value (metrics, Δm, sparsity, GFLOPs) is mean ± the half-width of the 95 % confidence interval "
+    "of the mean over seeds: t · s / √n with s the sample std and t the 0.975 quantile of Student's t with "
+    "n − 1 degrees of freedom (4.30 for n = 3). A single seed shows its value alone: no interval. "
     "Δm: all-metric average against stl of the same seed and protocol, positive = better than stl "
     "(the Nash-MTL/CAGrad papers report −Δm). Held-out tasks: "
     "fine-tuned from the trained backbone only, never seen in training; stl's held-out numbers come from a "
     "random backbone (no transfer). λ start → end: the sparsity penalty weight at the start and end of "
     "training, mean over seeds (a per-layer λ as its geometric mean; blank for methods without λ). "
-    "Rank: mean over metric columns. A blank cell means an input is missing."
+    "Rank (on Δm seen): 1 + the number of variants whose 95 % CI of Δm seen lies entirely above this "
+    "variant's (no overlap; touching intervals overlap); variants sharing a rank are marked = (e.g. 2=), "
+    "so a rank counts only the differences the seeds resolve. Blank without an interval (a single seed or "
+    "a blank Δm seen); such variants do not count in the others' ranks. Rows are sorted by rank, then by "
+    "mean Δm seen. A blank cell means an input is missing."
 )
 NOTE_OUTSIDE = (
-    " † Shown and ranked, but not in Δm: Δm divides by the reference, and a reference that predicts a "
-    "single class has F1 = 0."
+    " † Shown, but not in Δm (so not in the rank either): Δm divides by the reference, and a reference "
+    "that predicts a single class has F1 = 0."
 )
 
 
@@ -550,6 +588,9 @@ def render_markdown(group: Group) -> str:
 
 
 def render_csv(group: Group) -> str:
+    """One record per variant: means (the plain column names), sample stds (``_std``) and 95 % CIs
+    (``_ci95_low``/``_ci95_high``, blank with a single seed), Δm's n (``_n``), the tie-aware ``rank`` on Δm
+    seen and ``rank_tied``."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(
@@ -562,9 +603,16 @@ def render_csv(group: Group) -> str:
             "base_method",
             "seeds",
             "rank",
+            "rank_tied",
             *[f"{t}/{m}" for t, m, _, _ in group.metric_columns],
             "delta_m_seen",
+            "delta_m_seen_ci95_low",
+            "delta_m_seen_ci95_high",
+            "delta_m_seen_n",
             "delta_m_unseen",
+            "delta_m_unseen_ci95_low",
+            "delta_m_unseen_ci95_high",
+            "delta_m_unseen_n",
             "group_sparsity_pct",
             "lambda_start",
             "lambda_end",
@@ -573,6 +621,11 @@ def render_csv(group: Group) -> str:
             *[f"{t}/{m}_std" for t, m, _, _ in group.metric_columns],
             "delta_m_seen_std",
             "delta_m_unseen_std",
+            *[f"{t}/{m}_ci95_{end}" for t, m, _, _ in group.metric_columns for end in ("low", "high")],
+            "group_sparsity_pct_ci95_low",
+            "group_sparsity_pct_ci95_high",
+            "gflops_compact_ci95_low",
+            "gflops_compact_ci95_high",
         ]
     )
     for row in rows(group):
@@ -582,6 +635,13 @@ def render_csv(group: Group) -> str:
 
         def significant(value: float | None) -> str:
             return "" if value is None else repr(float(f"{value:.6g}"))
+
+        def bounds(cell: Cell) -> list[str]:
+            ci = cell.ci95
+            return ["", ""] if ci is None else [num(ci[0]), num(ci[1])]
+
+        def count(cell: Cell) -> str:
+            return "" if cell.n is None else str(cell.n)
 
         cells = [row.metrics[(t, m)] for t, m, _, _ in group.metric_columns]
         writer.writerow(
@@ -593,10 +653,15 @@ def render_csv(group: Group) -> str:
                 row.method,
                 row.base,
                 len(row.seeds),
-                num(row.rank),
+                "" if row.rank is None else row.rank.position,
+                "" if row.rank is None else row.rank.tied,
                 *[num(c.mean) for c in cells],
                 num(row.delta_seen.mean),
+                *bounds(row.delta_seen),
+                count(row.delta_seen),
                 num(row.delta_unseen.mean),
+                *bounds(row.delta_unseen),
+                count(row.delta_unseen),
                 num(row.sparsity.mean),
                 significant(row.lam_start.mean),
                 significant(row.lam_end.mean),
@@ -605,6 +670,9 @@ def render_csv(group: Group) -> str:
                 *[num(c.std) for c in cells],
                 num(row.delta_seen.std),
                 num(row.delta_unseen.std),
+                *[bound for c in cells for bound in bounds(c)],
+                *bounds(row.sparsity),
+                *bounds(row.gflops),
             ]
         )
     return buffer.getvalue()
@@ -650,7 +718,8 @@ def _front_label(row: Row) -> str:
 def _scatter_svg(table: list[Row]) -> str:
     """Δm (seen) against group sparsity, plain inline SVG with a caption.
 
-    The fixed-λ front is a polyline through its means with ± std error bars, each point labelled with
+    The fixed-λ front is a polyline through its means with 95 % CI error bars (over seeds, in sparsity
+    and in Δm; none with a single seed), each point labelled with
     its λ; other sparse variants are labelled points; dense methods are small grey points (tooltips
     only, ``ew`` labelled) listed with their Δm in the caption.
     """
@@ -665,7 +734,7 @@ def _scatter_svg(table: list[Row]) -> str:
     front = front_rows(row for row, _ in plotted)
 
     def spread_of(cell: Cell) -> float:
-        return cell.std or 0.0
+        return cell.half_width or 0.0
 
     xs = [row.sparsity.mean + (spread_of(row.sparsity) if family == "front" else 0.0) for row, family in plotted]
     lows = [row.delta_seen.mean - (spread_of(row.delta_seen) if family == "front" else 0.0) for row, family in plotted]
@@ -747,7 +816,7 @@ def _legend(left: float) -> list[str]:
         f'<g class="legend" font-size="11">'
         f'<line x1="{left}" y1="{y}" x2="{left + 24}" y2="{y}" stroke="{front}" stroke-width="1.5"/>'
         f'<circle cx="{left + 12}" cy="{y}" r="4" fill="{front}"/>'
-        f'<text x="{left + 30}" y="{y + 4}">fixed-λ front (mean ± std over seeds)</text>'
+        f'<text x="{left + 30}" y="{y + 4}">fixed-λ front (error bars: 95 % CI)</text>'
         f'<circle cx="{left + 270}" cy="{y}" r="5" fill="{sparse}"/>'
         f'<text x="{left + 280}" y="{y + 4}">sparse methods</text>'
         f'<circle cx="{left + 390}" cy="{y}" r="3" fill="{dense}"/>'
@@ -756,9 +825,9 @@ def _legend(left: float) -> list[str]:
 
 
 def _error_bars(row: Row, sx: Any, sy: Any, colour: str) -> str:
-    """± std over seeds in both directions around a front point, with small caps."""
+    """The 95 % CI over seeds in both directions around a front point, with small caps (none for one seed)."""
     x, y = row.sparsity.mean, row.delta_seen.mean
-    dx, dy = row.sparsity.std or 0.0, row.delta_seen.std or 0.0
+    dx, dy = row.sparsity.half_width or 0.0, row.delta_seen.half_width or 0.0
     cap = 3
     return (
         f'<g class="errorbar" stroke="{colour}" stroke-width="1" opacity="0.7">'
@@ -817,27 +886,14 @@ def _layer_svg(row: Row) -> str:
     )
 
 
-SORT_SCRIPT = """
-document.querySelectorAll("table.sortable th").forEach(function (th, column) {
-  th.addEventListener("click", function () {
-    var body = th.closest("table").tBodies[0];
-    var ascending = th.dataset.order !== "asc";
-    th.dataset.order = ascending ? "asc" : "desc";
-    var rows = Array.prototype.slice.call(body.rows);
-    rows.sort(function (a, b) {
-      var x = a.cells[column].dataset.value, y = b.cells[column].dataset.value;
-      if (x === "" && y === "") return 0;
-      if (x === "") return 1;
-      if (y === "") return -1;
-      var nx = parseFloat(x), ny = parseFloat(y);
-      var cmp = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
-      return ascending ? cmp : -cmp;
-    });
-    rows.forEach(function (row) { body.appendChild(row); });
-  });
-});
-document.body.dataset.ready = "yes";
-"""
+ASSETS = ("leaderboard.css", "leaderboard.js")  # shared by every page; `build` writes them beside the pages
+
+
+def asset_text(name: str) -> str:
+    """The text of a shared page asset (``mtbench/assets/<name>``, shipped in the wheel as package data)."""
+    if name not in ASSETS:
+        raise ValueError(f"unknown leaderboard asset {name!r}; known: {', '.join(ASSETS)}")
+    return (resources.files("mtbench") / "assets" / name).read_text(encoding="utf-8")
 
 
 def _front_html(table: list[Row]) -> str:
@@ -857,13 +913,16 @@ def _front_html(table: list[Row]) -> str:
 
 
 def render_html(group: Group) -> str:
+    """The group's page: tables, plot and per-layer charts; styles and sorting come from the shared
+    ``leaderboard.css`` and ``leaderboard.js`` (`ASSETS`) that `build` writes beside it, linked relatively
+    so that the page works opened from the folder (file://) as well as served."""
     table = rows(group)
     header = _header(group)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = []
     for row in table:
         sort_values = (
-            ["" if row.rank is None else f"{row.rank:.6f}", row.method, str(len(row.seeds))]
+            ["" if row.rank is None else str(row.rank.position), row.method, str(len(row.seeds))]
             + [
                 "" if row.metrics[(t, m)].mean is None else f"{row.metrics[(t, m)].mean:.8g}"
                 for t, m, _, _ in group.metric_columns
@@ -889,14 +948,7 @@ def render_html(group: Group) -> str:
     return f"""<!DOCTYPE html>
 {GENERATED}
 <html lang="en"><head><meta charset="utf-8"><title>mtbench — {html.escape(group.slug)}</title>
-<style>
-body {{ font-family: sans-serif; margin: 1.5em; }} table {{ border-collapse: collapse; font-size: 13px; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: right; }} th {{ cursor: pointer; background: #f3f3f3; }}
-td:nth-child(2) {{ text-align: left; }} .synthetic {{ color: #a60; font-weight: bold; }}
-.layer-charts {{ display: flex; flex-wrap: wrap; gap: 12px; }} figure.layers {{ margin: 0; font-size: 12px; }}
-figure.plot {{ margin: 0; }} figure.plot figcaption {{ font-size: 12px; color: #555; max-width: 680px; }}
-table.front td:first-child {{ text-align: left; }} table.front td:nth-child(2) {{ text-align: right; }}
-</style></head><body>
+<link rel="stylesheet" href="leaderboard.css"></head><body>
 <h1>{html.escape(_title(group))}</h1>
 {banner}
 <p>{html.escape(_notes(group))} Click a column header to sort.</p>
@@ -908,15 +960,16 @@ table.front td:first-child {{ text-align: left; }} table.front td:nth-child(2) {
 {_scatter_svg(table)}
 <h2>Zeroed channel groups per shared conv layer (input-channel groups, stem to last stage)</h2>
 <div class="layer-charts">{"".join(_layer_svg(row) for row in table)}</div>
-<script>{SORT_SCRIPT}</script>
+<script src="leaderboard.js"></script>
 </body></html>
 """
 
 
 # --- building and publishing ---------------------------------------------------------------------------
 
-GENERATED_FILE = re.compile(r"README\.md|[^/]*--[^/]*\.(?:md|csv|html)")  # the files `build` owns in its folder
-LEFTOVER_TEMP = re.compile(r"\.(?:README\.md|[^/]*--[^/]*\.(?:md|csv|html))\..+\.tmp")  # of an interrupted fallback
+_OWNED = r"README\.md|leaderboard\.(?:css|js)|[^/]*--[^/]*\.(?:md|csv|html)"
+GENERATED_FILE = re.compile(_OWNED)  # the files `build` owns in its folder: index, shared assets, tables
+LEFTOVER_TEMP = re.compile(rf"\.(?:{_OWNED})\..+\.tmp")  # of an interrupted fallback
 STAGING_INFIX = ".staging-"  # staging folder: ``.<out name>.staging-<pid>`` beside the out folder
 AT_FDCWD = -100  # <fcntl.h>
 RENAME_EXCHANGE = 2  # <linux/fs.h>: swap two existing paths atomically
@@ -948,8 +1001,9 @@ def render_index(groups: list[Group]) -> str:
 
 
 def build_files(groups: list[Group]) -> dict[str, str]:
-    """Every generated file, name -> text: three tables per group, then the index README.md."""
-    files: dict[str, str] = {}
+    """Every generated file, name -> text: the shared page assets (`ASSETS`), three tables per group, then the
+    index README.md (in this order, which `_replace_files` relies on)."""
+    files: dict[str, str] = {name: asset_text(name) for name in ASSETS}
     for group in groups:
         for suffix, render in (("md", render_markdown), ("csv", render_csv), ("html", render_html)):
             name = f"{group.slug}.{suffix}"
@@ -1077,9 +1131,10 @@ def _mirror_kept(source: Path, target: Path) -> None:
 def _replace_files(files: dict[str, str], out_dir: Path) -> None:
     """Fallback without an atomic folder swap: per-file atomic replacement in a safe order.
 
-    New and changed tables first (each written to a temporary file beside it, then ``os.replace``), then
-    the index README.md, then the tables the new index no longer links. The index never links a missing
-    file, but until it finishes a changed table may already be new while another is still old.
+    The shared page assets and new and changed tables first (each written to a temporary file beside it,
+    then ``os.replace``), then the index README.md, then the tables the new index no longer links. The index
+    never links a missing file (nor a page its shared assets), but until it finishes a changed table may
+    already be new while another is still old.
     """
     from mtbench.data.io import atomic_write_bytes
 
@@ -1100,7 +1155,8 @@ def _install(files: dict[str, str], out_dir: Path) -> None:
     Instead the new folder is assembled beside the old one and the two are swapped in one step:
 
     1. a staging folder ``.<out name>.staging-<pid>`` in the same parent (same file system) receives the
-       new tables and README.md, plus hard links to everything else in ``out_dir`` (``results/`` …);
+       new tables, the shared page assets and README.md, plus hard links to everything else in ``out_dir``
+       (``results/`` …);
     2. ``renameat2(RENAME_EXCHANGE)`` swaps it with ``out_dir`` atomically;
     3. the staging name, which now holds the old folder, is deleted.
 
@@ -1185,13 +1241,13 @@ def publish(run_paths: Iterable[Path], leaderboard_dir: Path, *, record_existing
             found="no run",
             fix="`mtbench leaderboard publish runs/<run id>`",
         )
-    incoming = [stored_form(read_result(source)) for source in sources]
+    incoming = [read_result(source) for source in sources]
     leaderboard_dir.mkdir(parents=True, exist_ok=True)
     with _folder_lock(leaderboard_dir.resolve().parent):
         targets = {}
-        for source, payload in zip(sources, incoming):
+        for source, result in zip(sources, incoming):
             try:
-                target = require_inside(result_path(results_dir, payload), leaderboard_dir)
+                target = require_inside(result_path(results_dir, result), leaderboard_dir)
             except ResultFileError as error:
                 raise ResultFileError(
                     source,
@@ -1200,14 +1256,15 @@ def publish(run_paths: Iterable[Path], leaderboard_dir: Path, *, record_existing
                     found=error.found,
                     fix=error.fix,
                 ) from None
-            targets[target.relative_to(results_dir).as_posix()] = payload
+            targets[target.relative_to(results_dir).as_posix()] = result
         require_inside(manifest_path(results_dir), leaderboard_dir)
         hashes = _checked_store(results_dir, set(targets), record_existing)
         stored = []
-        for payload in incoming:
-            path, _ = store(payload, results_dir)
-            hashes[path.relative_to(results_dir).as_posix()] = content_hash(read_result(path))
+        for result in incoming:
+            path, _ = store(result, results_dir)  # also removes an older-schema file of the same configuration
+            hashes[path.relative_to(results_dir).as_posix()] = checked_hash(path)
             stored.append(path)
+        hashes = {relative: digest for relative, digest in hashes.items() if (results_dir / relative).is_file()}
         write_manifest(results_dir, hashes)
         build(results_dir, leaderboard_dir)
     return stored
@@ -1218,13 +1275,13 @@ def _checked_store(results_dir: Path, replaced: set[str], record_existing: bool)
     if not results_dir.is_dir():
         return {}
     kept = [
-        (path, read_result(path))
+        (path, checked_hash(path))
         for path in sorted(results_dir.rglob("*.json"))
         if path.name != MANIFEST_NAME or path.parent != results_dir
         if path.relative_to(results_dir).as_posix() not in replaced
     ]
     if record_existing:
-        return {path.relative_to(results_dir).as_posix(): content_hash(payload) for path, payload in kept}
+        return {path.relative_to(results_dir).as_posix(): digest for path, digest in kept}
     manifest = read_manifest(results_dir)
     if manifest is None:
         if kept:
@@ -1244,6 +1301,7 @@ def _checked_store(results_dir: Path, replaced: set[str], record_existing: bool)
 
 __all__ = [
     "build",
+    "asset_text",
     "build_files",
     "collect",
     "front_comparisons",

@@ -1,18 +1,24 @@
-"""Leaderboard: mean ± std over seeds, blanks instead of partial aggregates, committed tables are fresh."""
+"""Leaderboard: mean ± 95 % CI over seeds, tie-aware ranks, blanks instead of partial aggregates, committed
+tables are fresh."""
 
 from __future__ import annotations
 
 import csv
+import functools
+import html
+import http.server
 import io
 import math
 import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
 from mtbench.leaderboard import (
+    ASSETS,
     build,
     collect,
     front_comparisons,
@@ -24,6 +30,7 @@ from mtbench.leaderboard import (
     render_markdown,
     rows,
 )
+from mtbench.result import RunResult
 from mtbench.results import store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,7 +83,7 @@ def _payload(
 
 def _store(tmp_path: Path, payloads: list[dict]) -> Path:
     for payload in payloads:
-        store(payload, tmp_path)
+        store(RunResult.from_json(payload), tmp_path)
     return tmp_path
 
 
@@ -109,10 +116,11 @@ def test_means_stds_delta_m_and_blanks(tmp_path):
     assert table["meta-sparsity"].params.mean == pytest.approx((500 + 300) / 2)
     assert table["meta-sparsity"].gflops.mean == pytest.approx((1.0 + 0.6) / 2)
     assert table["meta-sparsity"].layers == [("stem.0", pytest.approx((50 + 75) / 2))]
-    # a method missing a metric gets no rank and a blank cell for it
+    # a method missing a metric gets a blank cell for it; a single seed has no Δm interval, hence no rank
     assert table["partial"].rank is None and table["partial"].metrics[("depth", "absErr")].mean is None
-    assert table["ew"].rank is not None
-    # stl mIoU mean 0.45 ties ew's 0.445? no: stl 0.45 > ew 0.445, so on mIoU stl ranks above ew
+    assert table["meta-sparsity"].rank is None  # Δm seen blank
+    # ew: Δm seen +10 / −10, its CI contains stl's [0, 0]: both rank 1, tied
+    assert table["ew"].rank_text == "1=" and table["stl"].rank_text == "1="
     assert table["stl"].metrics[("semseg", "mIoU")].mean == pytest.approx(0.45)
 
 
@@ -134,7 +142,7 @@ def test_metrics_outside_delta_m_are_marked_and_left_out(tmp_path):
     assert table["ew"].delta_unseen.mean == pytest.approx(10.0)  # absErr only
     assert table["ew"].metrics[("depth", "f1")].mean == pytest.approx(0.5)
     markdown = render_markdown(group)
-    assert "depth f1 ↑†" in markdown and "depth absErr ↓ " in markdown and "† Shown and ranked" in markdown
+    assert "depth f1 ↑†" in markdown and "depth absErr ↓ " in markdown and "† Shown, but not in Δm" in markdown
 
 
 def test_csv_has_blank_for_missing_aggregates(tmp_path):
@@ -142,6 +150,88 @@ def test_csv_has_blank_for_missing_aggregates(tmp_path):
     (group,) = collect(results)
     record = next(csv.DictReader(io.StringIO(render_csv(group))))
     assert record["delta_m_seen"] == "" and record["semseg/mIoU"] == "0.4" and record["seeds"] == "1"
+    assert record["delta_m_seen_n"] == "" and record["delta_m_seen_ci95_low"] == "" and record["rank"] == ""
+    # one seed: a mean but no interval and no std (blank, never 0)
+    assert record["semseg/mIoU_ci95_low"] == "" and record["semseg/mIoU_ci95_high"] == ""
+    assert record["semseg/mIoU_std"] == ""
+
+
+T_975_2 = 4.302653  # t_{0.975, 2}
+
+
+def _tie_payloads() -> list[dict]:
+    """stl and three 3-seed methods with Δm seen 10/20/30 (a), 0/10/20 (b), −60/−50/−40 (c), one 1-seed (d).
+
+    Δm seen = (mIoU − 0.40) / 0.40 · 100 against stl's 0.40. The 95 % CI half-width of each 3-seed method is
+    t_{0.975,2} · 10 / √3 = 24.84: a [−4.84, 44.84], b [−14.84, 34.84] and stl [0, 0] overlap one another;
+    c [−74.84, −25.16] lies entirely below all three. So a, b, stl rank 1=, c ranks 4; d (one seed) has no
+    interval and no rank.
+    """
+    payloads = []
+    for seed in range(3):
+        payloads.append(_payload("stl", seed, 0.40, 1.0))
+        payloads.append(_payload("a", seed, 0.44 + 0.04 * seed, 1.0))
+        payloads.append(_payload("b", seed, 0.40 + 0.04 * seed, 0.9))
+        payloads.append(_payload("c", seed, 0.16 + 0.04 * seed, 1.0))
+    payloads.append(_payload("d", 0, 0.60, 1.0))
+    return payloads
+
+
+def _markdown_rows(markdown: str) -> dict[str, dict[str, str]]:
+    """The main table of a rendered Markdown page: method -> header -> cell."""
+    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    table = {}
+    for line in lines[1:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) != len(header) or cells[0] == "variant":
+            break  # the front table, if any, follows
+        table[cells[1]] = dict(zip(header, cells))
+    return table
+
+
+def test_table_shows_confidence_intervals_n_and_tied_ranks(tmp_path):
+    (group,) = collect(_store(tmp_path / "r", _tie_payloads()))
+    half = T_975_2 * 10 / math.sqrt(3)  # 24.8414
+    table = {row.method: row for row in rows(group)}
+    assert table["a"].delta_seen.mean == pytest.approx(20.0)
+    assert table["a"].delta_seen.half_width == pytest.approx(half, abs=1e-5)
+    assert [table[m].rank_text for m in ("a", "b", "stl", "c", "d")] == ["1=", "1=", "1=", "4", ""]
+    assert [row.method for row in rows(group)] == ["a", "b", "stl", "c", "d"]  # by rank, then mean Δm seen
+
+    markdown = render_markdown(group)
+    cells = _markdown_rows(markdown)
+    assert list(cells["a"])[:3] == ["rank", "method", "n"]
+    assert cells["a"]["rank"] == "1=" and cells["b"]["rank"] == "1=" and cells["stl"]["rank"] == "1="
+    assert cells["c"]["rank"] == "4" and cells["d"]["rank"] == ""
+    assert cells["a"]["n"] == "3" and cells["d"]["n"] == "1"
+    assert cells["a"]["Δm seen % ↑"] == f"20.00 ± {half:.2f}" == "20.00 ± 24.84"
+    assert cells["c"]["Δm seen % ↑"] == "-50.00 ± 24.84"
+    assert cells["stl"]["Δm seen % ↑"] == "0.00 ± 0.00"  # three identical seeds: a measured zero width
+    assert cells["d"]["Δm seen % ↑"] == "50.00"  # one seed: the value alone, no interval (never ± 0)
+    # the per-metric columns show the same 95 % CI: mIoU of a is 0.48 ± 4.302653 · 0.04 / √3 = 0.0994
+    assert cells["a"]["semseg mIoU ↑"] == "0.4800 ± 0.0994"
+    # held-out Δm of b (absErr 0.9 against 1.0 on every seed): +10 with zero spread
+    assert cells["b"]["Δm held-out % ↑"] == "10.00 ± 0.00"
+    assert "95 % confidence interval" in markdown and "marked = (e.g. 2=)" in markdown
+    assert "mean ± std" not in markdown
+
+    records = {r["method"]: r for r in csv.DictReader(io.StringIO(render_csv(group)))}
+    a = records["a"]
+    assert float(a["delta_m_seen"]) == pytest.approx(20.0)
+    assert float(a["delta_m_seen_ci95_low"]) == pytest.approx(20.0 - half, abs=1e-5)
+    assert float(a["delta_m_seen_ci95_high"]) == pytest.approx(20.0 + half, abs=1e-5)
+    assert a["delta_m_seen_n"] == "3" and a["delta_m_unseen_n"] == "3"
+    assert a["rank"] == "1" and a["rank_tied"] == "True"
+    assert records["c"]["rank"] == "4" and records["c"]["rank_tied"] == "False"
+    assert float(records["c"]["delta_m_seen_ci95_high"]) == pytest.approx(-50.0 + half, abs=1e-5)
+    d = records["d"]
+    assert d["delta_m_seen"] == "50.0" and d["delta_m_seen_n"] == "1"
+    assert d["delta_m_seen_ci95_low"] == "" and d["delta_m_seen_ci95_high"] == "" and d["rank"] == ""
+    assert float(a["semseg/mIoU_ci95_high"]) == pytest.approx(0.48 + T_975_2 * 0.04 / math.sqrt(3), abs=1e-6)
+
+    page = render_html(group)
+    assert ">1=</td>" in page and ">20.00 ± 24.84</td>" in page and "<th>n</th>" in page
 
 
 def test_committed_leaderboard_matches_a_fresh_build(tmp_path):
@@ -157,8 +247,9 @@ def test_committed_leaderboard_matches_a_fresh_build(tmp_path):
         )
 
 
-def _render(page: Path, profile: Path) -> str:
-    """The DOM of ``page`` after Debian's headless chromium ran its scripts (skips without chromium)."""
+def _render(page: Path | str, profile: Path) -> str:
+    """The DOM of ``page`` (a file or a URL) after Debian's headless chromium ran its scripts (skips without
+    chromium)."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
@@ -174,13 +265,13 @@ def _render(page: Path, profile: Path) -> str:
             "--no-first-run",
             f"--user-data-dir={profile}",
             "--dump-dom",
-            page.as_uri(),
+            page.as_uri() if isinstance(page, Path) else page,
         ],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert 'data-ready="yes"' in done.stdout, done.stderr[-2000:]  # the sorting script ran
+    assert 'data-ready="yes"' in done.stdout, done.stderr[-2000:]  # the shared sorting script loaded and ran
     return done.stdout
 
 
@@ -207,6 +298,120 @@ def test_committed_pages_render_in_headless_chromium(tmp_path):
         plottable = [r for r in records if r["group_sparsity_pct"] != "" and r["delta_m_seen"] != ""]
         assert dom.count('class="point"') == len(plottable) >= 1, page.name  # one point per plottable variant
         assert 'class="layer"' in dom, page.name
+
+
+SCRIPT_TAG = re.compile(r"<script\b([^>]*)>(.*?)</script>", re.S)
+
+
+def _check_page_loads_the_shared_assets(page: Path) -> None:
+    text = page.read_text()
+    assert text.count('<link rel="stylesheet" href="leaderboard.css">') == 1, page.name
+    assert SCRIPT_TAG.findall(text) == [(' src="leaderboard.js"', "")], page.name  # the only script, loaded
+    assert "<style" not in text and " style=" not in text, page.name  # no styles of its own
+    assert "document.querySelectorAll" not in text, page.name  # no copy of the script
+
+
+def test_pages_load_the_shared_script_and_stylesheet_written_beside_them(tmp_path):
+    results = _store(tmp_path / "r", [_payload("stl", 0, 0.4, 1.0), _payload("ew", 0, 0.44, 0.9, sparsity=0.3)])
+    written = build(results, tmp_path / "board")
+    board = tmp_path / "board"
+    assert [p.name for p in written[: len(ASSETS)]] == ["leaderboard.css", "leaderboard.js"]
+    for name in ASSETS:  # one copy each, beside the pages, identical to the package's file
+        assert (board / name).read_text() == (REPO / "mtbench" / "assets" / name).read_text()
+    pages = sorted(board.glob("*.html"))
+    assert pages and all(p.parent == board for p in pages)
+    for page in pages:
+        _check_page_loads_the_shared_assets(page)
+
+
+def test_committed_pages_load_the_shared_assets_committed_beside_them():
+    board = REPO / "leaderboard"
+    pages = sorted(board.glob("*.html"))
+    if not pages:
+        pytest.skip("no leaderboard page is committed yet")
+    for name in ASSETS:
+        assert (board / name).is_file(), f"leaderboard/{name} is missing: run `mtbench leaderboard build`"
+    for page in pages:
+        _check_page_loads_the_shared_assets(page)
+
+
+# Appended to a copy of a page (beside it, so that it loads the same shared files): sorts by the method column
+# (twice), then by Δm seen, and records the orders and two computed styles for the test to read in the DOM.
+SORT_PROBE = """<script>
+(function () {
+  var table = document.getElementById("leaderboard"), heads = table.tHead.rows[0].cells;
+  function column(index) {
+    return Array.prototype.map.call(table.tBodies[0].rows, function (row) {
+      return row.cells[index].dataset.value;
+    }).join("\\n");
+  }
+  var delta = Array.prototype.findIndex.call(heads, function (th) { return th.textContent.indexOf("Δm seen") === 0; });
+  var probe = document.createElement("pre");
+  probe.id = "probe";
+  heads[1].click(); probe.dataset.up = column(1);
+  heads[1].click(); probe.dataset.down = column(1);
+  heads[delta].click(); probe.dataset.delta = column(delta);
+  probe.dataset.collapse = getComputedStyle(table).borderCollapse;
+  probe.dataset.cursor = getComputedStyle(heads[0]).cursor;
+  document.body.appendChild(probe);
+})();
+</script>
+"""
+
+
+def _probe(dom: str) -> dict[str, str]:
+    tag = re.search(r'<pre id="probe"([^>]*)>', dom)
+    assert tag is not None, dom[-2000:]
+    return {key: html.unescape(value) for key, value in re.findall(r'data-([a-z]+)="([^"]*)"', tag.group(1))}
+
+
+@pytest.fixture
+def served(tmp_path):
+    """``serve(folder)`` -> the http:// URL of ``folder`` served by a local HTTP server (stopped afterwards)."""
+    servers = []
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    def serve(folder: Path) -> str:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.browser
+def test_pages_sort_and_are_styled_opened_from_the_folder_and_served(tmp_path, served):
+    results = _store(
+        tmp_path / "r",
+        [_payload("stl", seed, 0.40 + 0.01 * seed, 1.0) for seed in (0, 1)]
+        + [_payload("ew", seed, 0.44 + 0.02 * seed, 0.9, sparsity=0.3) for seed in (0, 1)]
+        + [_payload("mgda", seed, 0.30 + 0.03 * seed, 1.2) for seed in (0, 1)]
+        + [_payload("single", 0, 0.41, 1.0)]  # one seed: no rank, but a Δm seen to sort by
+        + [_payload("orphan", 5, 0.50, 1.0)],  # no stl run of seed 5: Δm seen blank, sorted last
+    )
+    board = tmp_path / "board"
+    page = next(p for p in build(results, board) if p.suffix == ".html")
+    probe_page = board / "sort-probe.html"
+    probe_page.write_text(page.read_text().replace("</body>", SORT_PROBE + "</body>"))
+    (group,) = collect(results)
+    methods = [row.method for row in rows(group)]
+    deltas = {row.method: row.delta_seen.mean for row in rows(group)}
+    for where, target in (("file", probe_page), ("http", served(board) + probe_page.name)):
+        found = _probe(_render(target, tmp_path / f"profile-{where}"))
+        up, down = found["up"].split("\n"), found["down"].split("\n")
+        assert sorted(up) == sorted(methods) and down == up[::-1] and up != down, where
+        values = found["delta"].split("\n")
+        filled = [float(v) for v in values if v != ""]
+        assert filled == sorted(filled) and len(filled) == sum(v is not None for v in deltas.values()), where
+        assert values[len(filled) :] == [""] * (len(values) - len(filled)) and len(filled) < len(values), where
+        assert found["collapse"] == "collapse" and found["cursor"] == "pointer", where  # leaderboard.css applied
 
 
 def test_plot_labels_never_overlap():
@@ -375,6 +580,7 @@ def test_plot_labels_sparse_methods_and_the_front_but_not_dense_ones(tmp_path):
     assert svg.count('data-family="dense"') == 3 and svg.count('data-family="front"') == 2
     assert "<title>mgda: Δm +5.00 %" in svg  # dense points keep a tooltip
     assert 'class="front"' in svg  # the polyline through the front
+    assert "95 % CI" in svg and "std" not in svg  # the error bars are labelled as 95 % CIs
     caption = page[page.index('<figcaption class="dense-methods">') :]
     caption = caption[: caption.index("</figcaption>")]
     # sorted by Δm seen, best first: ew +10, mgda +5, stl 0

@@ -22,9 +22,10 @@ from typer.testing import CliRunner
 
 from mtbench.cli import app
 from mtbench.errors import ResultFileError, UnsafeNameError
-from mtbench.leaderboard import build, collect, markdown_text, publish, render_markdown
+from mtbench.leaderboard import ASSETS, build, collect, markdown_text, publish, render_markdown
 from mtbench.registry import Registry, safe_name
-from mtbench.results import MANIFEST_NAME, read_manifest, record_manifest, result_path, store
+from mtbench.result import RunResult
+from mtbench.results import MANIFEST_NAME, key_path, read_manifest, record_manifest, store
 
 KILL_TRIES = 20
 
@@ -195,7 +196,7 @@ def test_unsafe_names_are_refused_and_nothing_is_written(board, tmp_path, field,
     assert _every_file(tmp_path) == before
     assert not (tmp_path.parent / "x").exists() and not (tmp_path / "x").exists()
     with pytest.raises(UnsafeNameError):
-        result_path(board / "results", payload)
+        key_path(board / "results", payload["dataset"]["name"], payload["method"]["name"], 3, "0" * 64)
 
 
 def test_method_registry_accepts_only_safe_names():
@@ -236,7 +237,7 @@ def test_markdown_escapes_what_comes_from_results(tmp_path):
         _payload("ew", 0, 0.44, 0.9, overrides={"tag": "a|b <i>"}),
         _payload("fixed-lambda", 0, 0.38, 1.1, overrides={"lam": "0.01"}),
     ):
-        store(payload, results)
+        store(RunResult.from_json(payload), results)
     (group,) = collect(results)
     markdown = render_markdown(group)
     row = next(line for line in markdown.splitlines() if "ew (tag=" in line)
@@ -244,6 +245,41 @@ def test_markdown_escapes_what_comes_from_results(tmp_path):
     header = next(line for line in markdown.splitlines() if line.startswith("| rank |"))
     assert len(re.split(r"(?<!\\)\|", row)) == len(header.split("|"))  # the pipe did not add a column
     assert "| fixed-lambda (lam=0.01) |" in markdown
+
+
+# --- the shared page assets -------------------------------------------------------------------------------
+
+
+def test_assets_are_replaced_with_the_tables_and_written_before_them_without_the_swap(board, monkeypatch):
+    from mtbench import leaderboard
+    from mtbench.data import io as data_io
+
+    (board / "leaderboard.js").write_text("stale")  # e.g. an older version: the build owns and replaces it
+    (board / "notes.txt").write_text("mine")  # not generated: kept
+    build(board / "results", board)  # the atomic swap
+    assert (board / "leaderboard.js").read_text() == leaderboard.asset_text("leaderboard.js")
+    assert (board / "notes.txt").read_text() == "mine"
+
+    def unsupported(first: Path, second: Path) -> None:
+        raise leaderboard._ExchangeUnsupported("not here")
+
+    order: list[str] = []
+    write = data_io.atomic_write_bytes
+
+    def recording(path: Path, data: bytes) -> None:
+        order.append(Path(path).name)
+        write(path, data)
+
+    monkeypatch.setattr(leaderboard, "_exchange", unsupported)
+    monkeypatch.setattr(data_io, "atomic_write_bytes", recording)
+    for name in ASSETS:
+        (board / name).unlink()  # as in a folder built before the pages shared them
+    build(board / "results", board)  # the per-file fallback: assets first, so no page links a missing one
+    pages = [index for index, name in enumerate(order) if name.endswith(".html")]
+    assets = [order.index(name) for name in ASSETS]
+    assert pages and max(assets) < min(pages) and order[-1] == "README.md"
+    for name in ASSETS:
+        assert (board / name).read_text() == leaderboard.asset_text(name)
 
 
 # --- kill -9 during a build --------------------------------------------------------------------------------
@@ -261,11 +297,11 @@ def test_build_killed_at_any_moment_leaves_the_old_or_the_new_tables(tmp_path):
     old = _tables(prepared)
     shutil.rmtree(prepared / "results")  # new: sets 1-5, every number shifted; results differ from tables
     for payload in (p for d in datasets[1:] for p in _group(d, 0.05)):
-        store(payload, prepared / "results")
+        store(RunResult.from_json(payload), prepared / "results")
     record_manifest(prepared / "results")
     build(prepared / "results", tmp_path / "expected")
     new = _tables(tmp_path / "expected")
-    shared = (set(old) & set(new)) - {"README.md"}
+    shared = (set(old) & set(new)) - {"README.md", *ASSETS}  # the shared page assets are the same in both
     assert shared and all(old[n] != new[n] for n in shared) and set(old) != set(new)
 
     def start(index: int) -> tuple[Path, subprocess.Popen]:

@@ -51,6 +51,7 @@ def test_wheel_ships_tasks_and_baselines_and_works_outside_the_repo(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "mtbench_tasks/nyuv2.py" in names and "mtbench_baselines/__init__.py" in names
     assert "mtbench/data/synth_nyuv2.py" in names
+    assert "mtbench/assets/leaderboard.js" in names and "mtbench/assets/leaderboard.css" in names  # package data
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
         check=True,
@@ -62,7 +63,11 @@ def test_wheel_ships_tasks_and_baselines_and_works_outside_the_repo(tmp_path):
         f"assert mtbench_tasks.__file__.startswith({str(site)!r})\n"
         "from mtbench import catalog\nfrom mtbench.methods import methods\n"
         "assert 'nyuv2/depth' in catalog.tasks() and 'nyuv2-synth' in catalog.datasets()\n"
-        "methods()\nprint('ok')\n"
+        "methods()\n"
+        "from mtbench.leaderboard import ASSETS, asset_text\n"
+        "from pathlib import Path\n"  # the shared page assets, read from the installed wheel:
+        f"assert all(asset_text(n) == Path({str(REPO / 'mtbench' / 'assets')!r}, n).read_text() for n in ASSETS)\n"
+        "print('ok')\n"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
     done = subprocess.run(
