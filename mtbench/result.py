@@ -398,23 +398,20 @@ class _Checker:
             self.fail(field, "a JSON object", value)
         return value
 
-    def string(self, container: Mapping[str, Any], key: str, field: str) -> str:
+    def _typed(self, container: Mapping[str, Any], key: str, field: str, ok: Any, expected: str) -> Any:
         value = container.get(key, _MISSING)
-        if not isinstance(value, str) or not value:
-            self.fail(field, "a non-empty string", value)
+        if not ok(value):
+            self.fail(field, expected, value)
         return value
+
+    def string(self, container: Mapping[str, Any], key: str, field: str) -> str:
+        return self._typed(container, key, field, lambda v: isinstance(v, str) and bool(v), "a non-empty string")
 
     def boolean(self, container: Mapping[str, Any], key: str, field: str) -> bool:
-        value = container.get(key, _MISSING)
-        if not isinstance(value, bool):
-            self.fail(field, "true or false", value)
-        return value
+        return self._typed(container, key, field, lambda v: isinstance(v, bool), "true or false")
 
     def integer(self, container: Mapping[str, Any], key: str, field: str) -> int:
-        value = container.get(key, _MISSING)
-        if not isinstance(value, int) or isinstance(value, bool):
-            self.fail(field, "an integer", value)
-        return value
+        return self._typed(container, key, field, lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer")
 
     def number(self, container: Mapping[str, Any], key: str, field: str, *, nullable: bool = False) -> Any:
         value = container.get(key, _MISSING)

@@ -40,12 +40,13 @@ def delta_m(
             reference value.
     """
     names = set(values) | set(reference)
-    for side, mapping in (("values", values), ("reference", reference), ("higher_is_better", higher_is_better)):
+    sides = [("values", values), ("reference", reference), ("higher_is_better", higher_is_better)]
+    for side, mapping in sides + ([("groups", groups)] if groups is not None else []):
         missing = sorted(names - set(mapping))
         if missing:
             raise ScoringError(
                 f"metric {missing[0]!r} is missing from {side}",
-                expected="the same metrics on both sides",
+                expected="the same metrics on both sides, each with a direction (and a task, per task)",
                 found=f"{side} lacks {', '.join(missing)}",
             )
     if not names:
@@ -63,13 +64,6 @@ def delta_m(
         relative[name] = sign * (values[name] - reference[name]) / reference[name] * 100.0
     if groups is None:
         return sum(relative.values()) / len(relative)
-    missing = sorted(names - set(groups))
-    if missing:
-        raise ScoringError(
-            f"metric {missing[0]!r} has no task in groups",
-            expected="a task for every metric",
-            found=f"no group for {', '.join(missing)}",
-        )
     per_task: dict[str, list[float]] = {}
     for name, value in relative.items():
         per_task.setdefault(groups[name], []).append(value)

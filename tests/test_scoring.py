@@ -53,7 +53,7 @@ def test_errors():
         delta_m({"a": 1.0}, {"a": 1.0}, {})
     with pytest.raises(ScoringError, match="zero"):
         delta_m({"a": 1.0}, {"a": 0.0}, {"a": True})
-    with pytest.raises(ScoringError, match="no task in groups"):
+    with pytest.raises(ScoringError, match="missing from groups"):
         delta_m({"a": 1.0, "b": 1.0}, {"a": 1.0, "b": 1.0}, {"a": True, "b": True}, {"a": "t"})
 
 
