@@ -24,7 +24,16 @@ class CAGradConfig:
 
 
 class CAGrad(MTLMethod):
-    """Shared backbone: d = g₀ + (c‖g₀‖/‖g_w‖) g_w over the shared parameters; heads: their own gradient."""
+    """Shared backbone: d = g₀ + (c‖g₀‖/‖g_w‖) g_w over the shared parameters; heads: their own gradient.
+
+    Where the solver runs (by design): on the CPU, once per step. Only the K × K Gram matrix of the task
+    gradients (K² numbers) is copied to the host; SLSQP (`mtbench.aggregators.cagrad_weights`, SciPy,
+    float64) solves the dual over the K weights there and w goes back to the device, where d is formed
+    on the (K, P) gradients. That is one host synchronisation per step and none elsewhere in it (w is
+    logged as a device tensor). A device solver would need a hand-written constrained optimiser with a
+    data-dependent stopping rule over K (2–7) numbers — kernel launches and host checks costing more
+    than the one copy — and would move the numbers away from SciPy's.
+    """
 
     def backward(self, ctx: TrainContext, step: int, losses: dict[str, Tensor]) -> Tensor:
         current = [losses[t] for t in ctx.task_names]
@@ -32,7 +41,7 @@ class CAGrad(MTLMethod):
         shared = shared_parameters(self.model)
         d, w = cagrad(task_gradients(current, shared), self.config.c, self.config.rescale)
         assign_gradient(shared, d)
-        return w.detach().cpu()
+        return w.detach()
 
 
 METHOD = MethodInfo(

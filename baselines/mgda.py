@@ -34,7 +34,18 @@ class MGDAConfig:
 
 
 class MGDA(MTLMethod):
-    """α = argmin_{α∈Δ} ‖Σ_k α_k ∇L_k‖² (on Z for UB); shared backbone gets K·Σ_k α_k ∇_θ L_k."""
+    """α = argmin_{α∈Δ} ‖Σ_k α_k ∇L_k‖² (on Z for UB); shared backbone gets K·Σ_k α_k ∇_θ L_k.
+
+    Where the solver runs (by design): on the CPU, once per step. The K × K Gram matrix ``G Gᵀ`` is
+    computed on the device; that matrix (K² numbers) is the only thing copied to the host, where the
+    closed form (K = 2) or Frank–Wolfe with away steps (`mtbench.aggregators.min_norm_weights`) solves
+    for α in float64 NumPy, and α goes back to the device. This is one host synchronisation per step and
+    none elsewhere in it (the weights are applied and logged as device tensors). Frank–Wolfe is an
+    iterative loop with data-dependent stopping and support changes over K (2–7) numbers: on a GPU each
+    of its up to ``max_iter`` iterations would be a handful of tiny kernel launches plus a host check of
+    the stopping rule, slower than the one copy, and float64 NumPy keeps the weights identical on every
+    device.
+    """
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
@@ -62,7 +73,7 @@ class MGDA(MTLMethod):
             assert self._features is not None, "the backbone's output was not captured"
             Z = task_gradients(current, [self._features]).float()
             alphas = min_norm_weights(Z, self.config.max_iter)
-            combined = sum(float(a) * loss for a, loss in zip(alphas, current))
+            combined = sum(a * loss for a, loss in zip(alphas, current))  # α stays a device tensor
             grads = torch.autograd.grad(combined, shared, allow_unused=True)
             flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, shared)])
         else:
@@ -70,7 +81,7 @@ class MGDA(MTLMethod):
             alphas = min_norm_weights(G, self.config.max_iter)
             flat = alphas.to(G.dtype) @ G
         assign_gradient(shared, flat * len(current) if self.config.scale_by_tasks else flat)
-        return alphas.detach().cpu()
+        return alphas.detach()
 
     def step(self, ctx: TrainContext, step: int) -> dict[str, float]:
         with self._capture_features():  # backward solves for α on the backbone's output

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import Tensor
+
 from mtbench.methods import MethodInfo
 from mtbench.models import MultiTaskNet
 from mtbench.specs import TaskSpec
@@ -26,16 +28,17 @@ class SingleTask(Method):
         self.models = {t.name: ctx.new_model([t], seed_offset=i + 1) for i, t in enumerate(ctx.seen)}
         self.optimizers = {t: ctx.make_optimizer(m.parameters()) for t, m in self.models.items()}
 
-    def step(self, ctx: TrainContext, step: int) -> dict[str, float]:
-        logged = {}
+    def step(self, ctx: TrainContext, step: int) -> dict[str, Tensor]:
+        logged: dict[str, Tensor] = {}
         for salt, (task, model) in enumerate(self.models.items()):
             model.train()
             loss = ctx.losses(model, ctx.train_batch(step, [task], salt=salt), [task])[task]
             self.optimizers[task].zero_grad(set_to_none=True)
             loss.backward()
             self.optimizers[task].step()
-            logged[f"loss/{task}"] = float(loss.detach())
-        logged["loss"] = sum(logged.values())
+            logged[f"loss/{task}"] = loss.detach()  # a device tensor: `train` makes floats at logged steps
+        # the total in float64, as the former sum of Python floats
+        logged["loss"] = sum(value.double() for value in logged.values())
         return logged
 
     def model_for(self, task: TaskSpec, ctx: TrainContext) -> MultiTaskNet:

@@ -94,8 +94,13 @@ def pcgrad(G: Tensor, rng: np.random.Generator) -> Tensor:
     For every task ``i``, walk the other tasks in a random order (from ``rng``); whenever the
     running ``g_i`` conflicts with the original ``g_j`` (``g_i·g_j < 0``), remove its component
     along ``g_j``: ``g_i ← g_i − (g_i·g_j / ‖g_j‖²) g_j``. Return ``Σ_i g_i``.
+
+    Branch-free: the coefficient is ``torch.where(g_i·g_j < 0, g_i·g_j / ‖g_j‖², 0)``, so the test stays on
+    the device (no host sync per pair). A projected step computes exactly the former expression; a kept
+    one subtracts ``0·g_j``, which leaves ``g_i`` unchanged, so the result is the same float for float.
     """
     K = G.shape[0]
+    squared_norms = [torch.dot(G[j], G[j]) for j in range(K)]
     projected = []
     for i in range(K):
         g = G[i].clone()
@@ -103,8 +108,8 @@ def pcgrad(G: Tensor, rng: np.random.Generator) -> Tensor:
             if j == i:
                 continue
             dot = torch.dot(g, G[j])
-            if dot < 0:
-                g = g - dot / torch.dot(G[j], G[j]) * G[j]
+            coefficient = torch.where(dot < 0, dot / squared_norms[j], torch.zeros_like(dot))
+            g = g - coefficient * G[j]
         projected.append(g)
     return torch.stack(projected).sum(dim=0)
 

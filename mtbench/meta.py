@@ -215,21 +215,27 @@ class EpisodicMetaLearner(Method):
         learner = self.adapt(ctx, support, episode.tasks, self.lambdas() if self.penalised else None)
         return sum(ctx.losses(learner, query, episode.tasks).values())
 
-    def step(self, ctx: TrainContext, step: int) -> dict[str, float]:
+    def step(self, ctx: TrainContext, step: int) -> dict[str, Tensor | int]:
         episode = self.sampler.episode(step)
         support, query = ctx.episode_batches(episode)
         self.model.train()
         loss = self.query_loss(ctx, episode, support, query)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        logged: dict[str, float] = {"loss": float(loss.detach()), "tasks": len(episode.tasks)}
+        # Logged values stay device tensors (no host sync in the step); `train` makes floats of them at the
+        # steps it records.
+        logged: dict[str, Tensor | int] = {"loss": loss.detach(), "tasks": len(episode.tasks)}
         if self.sensitivity is not None and self.rho is not None and self.rho.requires_grad:
             self._online_hypergradient()
         if self.rho is not None and self.rho.grad is not None:
             # ρ.grad = Σ_l λ_l ∂L/∂λ_l; for a global λ, ∂L_Q/∂λ = ρ.grad / λ (per layer: their mean)
-            lam_grad = float((self.rho.grad / self.rho.detach().exp()).mean())
+            lam_grad = (self.rho.grad / self.rho.detach().exp()).mean()
             self.hyper_steps += 1
-            self.hyper_positive += lam_grad > 0
+            # the count of positive steps is kept on the device in float64 (exact for any count), so the
+            # fraction below is the same correctly rounded double as the former int / int
+            positive = lam_grad > 0
+            positive = positive.cpu() if positive.device.type == "mps" else positive  # MPS has no float64
+            self.hyper_positive = positive.to(torch.float64) + self.hyper_positive
             logged["lambda_grad"] = lam_grad
             logged["lambda_grad_positive"] = self.hyper_positive / self.hyper_steps
         if self.sensitivity is None:

@@ -85,7 +85,12 @@ class MTLMethod(Method):
     def after_step(self, ctx: TrainContext, step: int) -> None:
         """Called after every optimiser step."""
 
-    def step(self, ctx: TrainContext, step: int) -> dict[str, float]:
+    def step(self, ctx: TrainContext, step: int) -> dict[str, Tensor]:
+        """One update; returns the step's losses (and task weights) as detached 0-dim tensors on their device.
+
+        Nothing here waits for the device: `mtbench.training.train` turns the values into floats only at
+        the steps it records (every ``log_every``), so a CUDA step is queued without a host round trip.
+        """
         self.model.train()
         batch = ctx.train_batch(step)
         losses = ctx.losses(self.model, batch, ctx.task_names)
@@ -94,7 +99,7 @@ class MTLMethod(Method):
         self.optimizer.step()
         self.after_step(ctx, step)
         return {
-            "loss": float(sum(l.detach() for l in losses.values())),
-            **{f"loss/{t}": float(l.detach()) for t, l in losses.items()},
-            **({} if weights is None else {f"w/{t}": float(w) for t, w in zip(ctx.task_names, weights)}),
+            "loss": sum(l.detach() for l in losses.values()),
+            **{f"loss/{t}": l.detach() for t, l in losses.items()},
+            **({} if weights is None else {f"w/{t}": w for t, w in zip(ctx.task_names, weights.detach())}),
         }

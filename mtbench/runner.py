@@ -44,8 +44,8 @@ from mtbench.result import (
     REFERENCE_METHOD,
     DatasetRecord,
     LambdaTrace,
-    Metric,
     MethodRecord,
+    Metric,
     Protocol,
     RunResult,
     Sparsity,
@@ -58,7 +58,7 @@ from mtbench.results import default_results_dir, find_reference, key_path, read_
 from mtbench.scoring import ScoringError, run_delta_m
 from mtbench.sparsity import sparsity_stats
 from mtbench.specs import DatasetSpec, TaskSpec
-from mtbench.training import CHECKPOINT_EVERY, TensorSet, TrainContext, meta_test, train, train_identity
+from mtbench.training import CHECKPOINT_EVERY, MetaTestData, TensorSet, TrainContext, meta_test, train, train_identity
 
 #: Free space an output folder must have before a run starts (a smoke run writes about 1 MiB; a paper run more).
 MIN_FREE_BYTES = 50 * 2**20
@@ -94,6 +94,28 @@ class RunRequest:
     resume: bool = True
     #: Steps between two training checkpoints.
     checkpoint_every: int = CHECKPOINT_EVERY
+    #: Deterministic kernels (``torch.use_deterministic_algorithms``, no cuDNN autotuning, no fused Adam);
+    #: None (auto): True on the CPU (exact numbers per machine and thread count), False on CUDA, where
+    #: ``torch.backends.cudnn.benchmark`` is set instead. The result's environment records which.
+    deterministic: bool | None = None
+    #: Compile the training forwards with `torch.compile` (see `TrainContext.compile`).
+    compile: bool = False
+
+    def resolved_deterministic(self, device: torch.device) -> bool:
+        """``deterministic``, with auto resolved for ``device`` (True unless CUDA)."""
+        return self.deterministic if self.deterministic is not None else device.type != "cuda"
+
+
+def apply_determinism(request: RunRequest, device: torch.device) -> bool:
+    """Set torch's kernel choice for ``request`` on ``device``; returns whether the run is deterministic.
+
+    Deterministic: ``torch.use_deterministic_algorithms(True)`` (warn-only) and no cuDNN autotuning;
+    otherwise neither, and ``torch.backends.cudnn.benchmark`` on CUDA (autotuned convolutions).
+    """
+    deterministic = request.resolved_deterministic(device)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    return deterministic
 
 
 # --- configuration ------------------------------------------------------------------------------------
@@ -470,8 +492,11 @@ def math_libraries() -> list[str]:
     return lines
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device, deterministic: bool | None = None) -> dict[str, Any]:
     """Software and hardware a result was made with.
+
+    ``deterministic`` (None: read torch's current ``use_deterministic_algorithms`` setting, which `run`
+    sets from the request) and ``cudnn_benchmark`` (torch's current setting) say which kernels ran.
 
     Exact numbers of a seed hold for one machine and thread count only: the CPU model, its kernel choice
     (``cpu_capability``: AVX2, AVX512 …) and the number of threads change floating-point reduction order.
@@ -491,6 +516,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "cpu_capability": capability() if capability else None,
         "math_libraries": math_libraries(),
+        "deterministic": torch.are_deterministic_algorithms_enabled() if deterministic is None else deterministic,
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -734,12 +761,13 @@ def run(
     on_cuda = the_plan.device.type == "cuda"
     dataset = _dataset_record(spec, reader.identity())
     torch.manual_seed(request.seed)  # after the reference: its training must not shift this run's RNG state
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic = apply_determinism(request, the_plan.device)
     view = TaskView(reader, train_split, seen, held_out)
     count = len(view) if budget.max_train_samples is None else min(len(view), budget.max_train_samples)
     train_data = TensorSet.load(view.read, count, [t.target for t in seen], budget.resolution)
     ctx = TrainContext(
-        budget, seen, train_data, request.seed, the_plan.device, channels_last=on_cuda, autocast=on_cuda
+        budget, seen, train_data, request.seed, the_plan.device, channels_last=on_cuda, autocast=on_cuda,
+        deterministic=deterministic, compile=request.compile,
     )
     method = info.method(the_plan.config)
     source = methods(request.plugins).source(info.name)
@@ -770,21 +798,26 @@ def run(
             notice=notice,
         )
 
-    cache: dict[tuple[str, str], TensorSet] = {}
+    def samples(name: str, limit: int | None) -> tuple[str, int]:
+        total = reader.num_samples(name)
+        return name, total if limit is None else min(total, limit)
+
+    # one image tensor per split: the training set's for the training split, one read of the test split;
+    # targets per task, the held-out tasks' training targets in one more pass, each released when done
+    data = MetaTestData(
+        reader.read,
+        {"train": samples(train_split, budget.max_train_samples), "test": samples(test_split, budget.max_test_samples)},
+        budget.resolution,
+        given={"train": train_data},
+        together={"train": [t.target for t in held_out]},
+    )
+    current: list[str] = []
 
     def load(task: TaskSpec, split: str) -> TensorSet:
-        name = train_split if split == "train" else test_split
-        limit = budget.max_train_samples if split == "train" else budget.max_test_samples
-        key = (task.name, name)
-        if key not in cache:
-            total = reader.num_samples(name)
-            cache[key] = TensorSet.load(
-                lambda i, targets: reader.read(name, i, targets),
-                total if limit is None else min(total, limit),
-                [task.target],
-                budget.resolution,
-            )
-        return cache[key]
+        if current and current[0] != task.target:
+            data.done(current.pop())  # the previous task is finished: its targets go
+        current[:] = [task.target]
+        return data.get(split, task.target)
 
     order = [(t, True) for t in seen] + [(t, False) for t in held_out]
     with bar("meta-test: fine-tune and evaluate every task") as update:
@@ -795,6 +828,7 @@ def run(
             done[0] += 1
 
         tested = meta_test(method, ctx, order, load, progress=step)
+        data.close()
         update(len(order), len(order), {})
 
     stats = sparsity_stats(method.model_for(seen[0], ctx), method.sparsity_axis).to_dict()

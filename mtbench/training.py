@@ -16,6 +16,7 @@ import contextlib
 import copy
 import copyreg
 import dataclasses
+import inspect
 import io
 import json
 import pickle
@@ -59,11 +60,117 @@ def _resize(name: str, value: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(value, size=size, mode="nearest")  # depth/normal/edge keep exact values
 
 
-class TensorSet:
-    """A split held in memory as tensors: ``image`` and one tensor per target."""
+#: uint8 code k -> the float32 a reader makes of it (``np.float32(k) / 255.0``, as `to_chw_image` and the
+#: Arrow cache compute it). Decoding by table lookup gives those floats bit for bit on every device (CUDA
+#: divides by a scalar as a multiplication by its reciprocal, which can differ in the last bit).
+_UNIT_TABLE = np.arange(256, dtype=np.uint8).astype(np.float32) / 255.0
+_UNIT_TABLES: dict[torch.device, Tensor] = {}
+#: storage types tried for integer arrays, narrowest first
+_INT_TYPES = (np.int8, np.uint8, np.int16, np.int32, np.int64)
 
-    def __init__(self, tensors: dict[str, Tensor]) -> None:
+
+def _unit_table(device: torch.device) -> Tensor:
+    if device not in _UNIT_TABLES:
+        _UNIT_TABLES[device] = torch.from_numpy(_UNIT_TABLE).to(device)
+    return _UNIT_TABLES[device]
+
+
+def _quantise(image: np.ndarray) -> np.ndarray:
+    """The nearest uint8 code of each pixel of a float image in [0, 1]."""
+    return np.clip(np.rint(image * np.float32(255.0)), 0, 255).astype(np.uint8)
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays of one dtype and shape hold the same bits (-0.0 is not 0.0, NaN is itself)."""
+    flat = [np.ascontiguousarray(x).reshape(-1).view(np.uint8) for x in (a, b)]
+    return a.shape == b.shape and np.array_equal(*flat)
+
+
+def _unit_codes(image: np.ndarray) -> np.ndarray | None:
+    """uint8 codes whose `_UNIT_TABLE` values are exactly ``image`` (float32), or None if a pixel has none."""
+    if image.dtype != np.float32:
+        return None
+    codes = _quantise(image)
+    return codes if _same_bits(_UNIT_TABLE[codes], image) else None
+
+
+class _Column:
+    """One key of a `TensorSet` being filled sample by sample, in the narrowest exact storage.
+
+    Codecs: ``unit`` (images: uint8 code k of the float k/255, decoded through `_UNIT_TABLE`), ``cast`` (a
+    narrower type holding every value exactly: int8 class maps with -1 = ignore, uint8 0/1 edge maps and
+    attributes; decoded by a cast to the reader's dtype), ``raw`` (the reader's array as it is). The first
+    sample that does not fit widens the storage; the rows filled so far are converted exactly.
+    """
+
+    def __init__(self, name: str, count: int) -> None:
+        self.name, self.count = name, count
+        self.codec: str | None = None
+        self.canonical: np.dtype | None = None
+        self.array: np.ndarray | None = None
+        self.low = self.high = 0
+
+    def _encode(self, value: np.ndarray, codes: np.ndarray | None) -> tuple[np.ndarray, np.dtype]:
+        if self.codec == "unit":
+            if codes is not None:
+                return codes, np.dtype(np.uint8)
+            self.codec = "raw"
+        elif self.codec == "cast" and value.dtype.kind in "iu":
+            if value.size:
+                self.low, self.high = min(self.low, int(value.min())), max(self.high, int(value.max()))
+            kind = next(k for k in _INT_TYPES if np.iinfo(k).min <= self.low and self.high <= np.iinfo(k).max)
+            return value, np.dtype(kind)
+        elif self.codec == "cast" and value.dtype.kind == "f":
+            with np.errstate(invalid="ignore"):  # NaN or out of range: the round trip below fails
+                small = value.astype(np.uint8)  # integral values in 0..255 (0/1 maps) survive the round trip
+            if _same_bits(small.astype(value.dtype), value):
+                return small, np.dtype(np.uint8)
+            self.codec = "raw"
+        return value, value.dtype
+
+    def put(self, index: int, value: np.ndarray, codes: np.ndarray | None = None) -> None:
+        """Store ``value`` (the reader's array, resized) in row ``index``; ``codes``: its uint8 codes if an image."""
+        if self.array is None:
+            self.canonical = value.dtype
+            narrowable = self.name != "image" and value.dtype.kind in "iuf"
+            self.codec = "unit" if codes is not None else "cast" if narrowable else "raw"
+        encoded, dtype = self._encode(value, codes)
+        if self.array is None:
+            self.array = np.empty((self.count, *encoded.shape), dtype=dtype)
+        elif self.array.dtype != dtype:
+            wider = np.empty(self.array.shape, dtype=dtype)
+            if self.name == "image" and self.array.dtype == np.uint8 and dtype.kind == "f":
+                np.take(_UNIT_TABLE, self.array[:index], out=wider[:index])
+            else:
+                wider[:index] = self.array[:index]  # integers and 0/1 floats convert exactly
+            self.array = wider
+        self.array[index] = encoded
+
+    def tensor(self) -> tuple[Tensor, str | torch.dtype | None]:
+        """The filled storage, and how `TensorSet.batch` decodes it (None: as stored)."""
+        assert self.array is not None and self.canonical is not None
+        tensor = torch.from_numpy(self.array)
+        if self.codec == "unit":
+            return tensor, "unit"
+        decoded = torch.from_numpy(np.empty(0, dtype=self.canonical)).dtype
+        return tensor, None if tensor.dtype == decoded else decoded
+
+
+class TensorSet:
+    """A split held in memory as tensors: ``image`` and one tensor per target, stored compactly.
+
+    `load` stores images as uint8 where every pixel is exactly k/255 (8-bit sources: JPEG/PNG, the uint8
+    Arrow cache) and as float32 otherwise (the MTAN .npy tree and the NYU parquet mirror hold floats that
+    are not); integer label maps in the narrowest integer type holding their values (int8: -1 = ignore and
+    up to 127 classes), 0/1 float maps and attributes as uint8, other floats (depth, normals) as float32.
+    ``decode[key]`` says how `batch` restores the reader's values on the device: ``"unit"`` (uint8 codes
+    through `_UNIT_TABLE`) or a dtype to cast to; a key without one is used as stored (a set built from
+    tensors directly, as in tests, has none).
+    """
+
+    def __init__(self, tensors: dict[str, Tensor], decode: Mapping[str, str | torch.dtype] | None = None) -> None:
         self.tensors = tensors
+        self.decode = {key: how for key, how in (decode or {}).items() if key in tensors}
 
     @classmethod
     def load(
@@ -72,19 +179,126 @@ class TensorSet:
         count: int,
         targets: Sequence[str],
         resolution: tuple[int, int] | None = None,
+        *,
+        images: bool = True,
     ) -> TensorSet:
-        samples = [read(i, targets) for i in range(count)]
-        tensors = {key: torch.from_numpy(np.stack([s[key] for s in samples])) for key in samples[0]}
-        if resolution is not None:
-            tensors = {key: _resize(key, value, resolution) for key, value in tensors.items()}
-        return cls(tensors)
+        """Read ``count`` samples into preallocated arrays, one sample at a time.
+
+        With ``resolution``, each sample is resized into its slot (images bilinear, targets nearest) before
+        the next is read; an 8-bit image keeps the nearest uint8 code of its resized float. ``images=False``
+        keeps the targets only (the reader still decodes the image: `Reader.read` always does).
+        """
+        columns: dict[str, _Column] = {}
+        for index in range(count):
+            sample = read(index, targets)
+            for key, value in sample.items():
+                if key == "image" and not images:
+                    continue
+                column = columns.setdefault(key, _Column(key, count))
+                codes = _unit_codes(value) if key == "image" and column.codec in (None, "unit") else None
+                if resolution is not None and value.ndim >= 2 and tuple(value.shape[-2:]) != tuple(resolution):
+                    value = _resize(key, torch.from_numpy(np.ascontiguousarray(value))[None], resolution)[0].numpy()
+                    codes = None if codes is None else _quantise(value)
+                column.put(index, value, codes)
+        tensors: dict[str, Tensor] = {}
+        decode: dict[str, str | torch.dtype] = {}
+        for key, column in columns.items():
+            tensors[key], how = column.tensor()
+            if how is not None:
+                decode[key] = how
+        return cls(tensors, decode)
 
     def __len__(self) -> int:
-        return len(self.tensors["image"])
+        return len(self.tensors["image"] if "image" in self.tensors else next(iter(self.tensors.values())))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by this set's tensors (storage shared with another set counts in both)."""
+        return sum(t.untyped_storage().nbytes() for t in self.tensors.values())
+
+    def select(self, keys: Sequence[str], *others: TensorSet) -> TensorSet:
+        """A set of ``keys``, taken from this set or else from ``others``, sharing their storage: no copy."""
+        tensors: dict[str, Tensor] = {}
+        decode: dict[str, str | torch.dtype] = {}
+        for key in keys:
+            source = next(s for s in (self, *others) if key in s.tensors)
+            tensors[key] = source.tensors[key]
+            if key in source.decode:
+                decode[key] = source.decode[key]
+        return TensorSet(tensors, decode)
 
     def batch(self, indices: Sequence[int], keys: Sequence[str], device: torch.device) -> Batch:
+        """Samples ``indices``: moved to ``device`` in their stored types, decoded there (images to float)."""
         index = torch.as_tensor(list(indices), dtype=torch.long)
-        return {key: self.tensors[key][index].to(device, non_blocking=True) for key in ("image", *keys)}
+        out = {}
+        for key in ("image", *keys):
+            value = self.tensors[key][index].to(device, non_blocking=True)
+            how = self.decode.get(key)
+            if how == "unit":
+                value = _unit_table(value.device)[value.long()]
+            elif how is not None:
+                value = value.to(how)
+            out[key] = value
+        return out
+
+
+class MetaTestData:
+    """The meta-test's sets: one image tensor per split shared by every task's sets, targets per task.
+
+    ``splits[role]`` (role ``train`` or ``test``) is ``(split name, samples to use)``; ``read(split, index,
+    targets)`` reads one sample. ``given[role]``: a set already in memory (the training set): its images and
+    targets are reused (no copy, no read) when it holds the same number of samples. ``together[role]``:
+    targets read in one pass over the split when the first of them is needed (the held-out tasks' targets
+    of the training split: with the training set's own pass, that split is read at most twice per run).
+    `done` releases a task's targets, `close` everything; ``passes`` counts the passes over each role.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[str, int, Sequence[str]], dict[str, np.ndarray]],
+        splits: Mapping[str, tuple[str, int]],
+        resolution: tuple[int, int] | None = None,
+        *,
+        given: Mapping[str, TensorSet] | None = None,
+        together: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        self.read, self.splits, self.resolution = read, dict(splits), resolution
+        self.given = {role: data for role, data in (given or {}).items() if len(data) == self.splits[role][1]}
+        self.together = {role: list(targets) for role, targets in (together or {}).items()}
+        self.images: dict[str, TensorSet] = {}
+        self.targets: dict[str, dict[str, TensorSet]] = {}
+        self.passes: dict[str, int] = {role: 0 for role in self.splits}
+
+    def get(self, role: str, target: str) -> TensorSet:
+        """``image`` and ``target`` of the ``role`` split (read on first use)."""
+        given = self.given.get(role)
+        if given is not None and target in given.tensors:
+            return given.select(["image", target])
+        own = self.targets.setdefault(role, {})
+        if target not in own:
+            known = set(own) | set(given.tensors if given is not None else ())
+            wanted = [target, *(t for t in self.together.get(role, ()) if t != target and t not in known)]
+            images = given is None and role not in self.images
+            name, count = self.splits[role]
+            loaded = TensorSet.load(
+                lambda i, targets: self.read(name, i, targets), count, wanted, self.resolution, images=images
+            )
+            self.passes[role] += 1
+            if images:
+                self.images[role] = loaded.select(["image"])
+            for key in dict.fromkeys(wanted):
+                own[key] = loaded.select([key])
+        images_of = given if given is not None else self.images[role]
+        return images_of.select(["image", target], own[target])
+
+    def done(self, target: str) -> None:
+        """Release ``target``'s sets (a task is finished); the images stay for the next task."""
+        for own in self.targets.values():
+            own.pop(target, None)
+
+    def close(self) -> None:
+        self.images.clear()
+        self.targets.clear()
 
 
 # --- context ------------------------------------------------------------------------------------------
@@ -101,10 +315,17 @@ class TrainContext:
     device: torch.device
     channels_last: bool = False
     autocast: bool = False
+    #: Deterministic kernels wanted (the runner's ``--deterministic``): False lets `make_optimizer` pick fused
+    #: Adam on CUDA. The CPU path does not read it.
+    deterministic: bool = True
+    #: Run the forwards of the networks made by `new_model` through `torch.compile` (``--compile``).
+    compile: bool = False
     by_name: dict[str, TaskSpec] = field(init=False)
+    _compiled: dict[int, nn.Module] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.by_name = {t.name: t for t in self.seen}
+        self._compiled = {}
 
     @property
     def task_names(self) -> list[str]:
@@ -115,7 +336,12 @@ class TrainContext:
         model = MultiTaskNet(self.budget.arch, tasks if tasks is not None else self.seen)
         init_seeded(model, self.seed * 1000 + seed_offset)
         model = model.to(self.device)
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+        model = model.to(memory_format=torch.channels_last) if self.channels_last else model
+        if self.compile:
+            # compiled lazily on its first forward; only networks made here are compiled: learn2learn's
+            # per-step clones and the meta-test's copies would each compile again, so they run eagerly
+            self._compiled[id(model)] = torch.compile(model)
+        return model
 
     def batch(self, indices: Sequence[int], tasks: Sequence[str]) -> Batch:
         images_and_targets = self.train.batch(indices, [self.by_name[t].target for t in tasks], self.device)
@@ -168,20 +394,49 @@ class TrainContext:
             optimizer_class: `torch.optim.Adam` or a subclass taking Adam's options (`mtbench.sparsity.ProximalAdam`).
             **options: the remaining options of ``optimizer_class`` (``weight_decay``, ``prox`` …).
 
-        Torch picks the implementation: the per-parameter loop on CPU, ``foreach`` on CUDA. On CUDA this is
-        where fused Adam (``options.setdefault("fused", True)``: one kernel for the whole update) would be
-        chosen; it is not, because it rounds the update differently from ``foreach``, so GPU numbers would
-        move against the stored ones (CPU runs are never affected).
+        Torch picks the implementation on CPU (the per-parameter loop; CPU runs are never changed here). On
+        CUDA, unless the run is deterministic (``deterministic``), fused Adam (``fused=True``: one kernel
+        for the whole update) is chosen when ``optimizer_class`` accepts it and the caller chose neither
+        ``fused`` nor ``foreach``; it rounds the update differently from ``foreach``, which is why a
+        deterministic CUDA run keeps ``foreach``.
         """
+        if (
+            self.device.type == "cuda"
+            and not self.deterministic
+            and "fused" not in options
+            and "foreach" not in options
+            and accepts_fused(optimizer_class)
+        ):
+            options["fused"] = True
         return optimizer_class(params, lr=self.budget.lr if lr is None else lr, **options)
+
+    def forward(self, model: nn.Module, images: Tensor, tasks: Sequence[str]) -> dict[str, Tensor]:
+        """``model(images, tasks)`` under the context's autocast; compiled when ``compile`` and ``model`` is one
+        of `new_model`'s networks."""
+        module = self._compiled.get(id(model), model) if self.compile else model
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return module(images, tasks)
 
     def losses(self, model: nn.Module, batch: Batch, tasks: Sequence[str]) -> dict[str, Tensor]:
         """Per-task training losses of ``model`` on ``batch`` (the loss functions live in `mtbench.losses`)."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            outputs = model(batch["image"], tasks)
+        outputs = self.forward(model, batch["image"], tasks)
         if self.autocast:  # losses in float32, whatever precision the forward ran in
             outputs = {t: value.float() for t, value in outputs.items()}
         return {t: task_loss(self.by_name[t], outputs[t], batch[self.by_name[t].target]) for t in tasks}
+
+
+def accepts_fused(optimizer_class: type[torch.optim.Optimizer]) -> bool:
+    """Whether ``optimizer_class`` (or the class whose ``__init__`` it forwards to) takes ``fused``."""
+    for cls in optimizer_class.__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters
+        if "fused" in parameters:
+            return True
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return False
+    return False
 
 
 # --- methods ------------------------------------------------------------------------------------------
@@ -191,7 +446,9 @@ class Method:
     """Base class of every method. Subclasses set ``config`` in ``__init__`` and implement the hooks.
 
     Hooks: ``setup(ctx)`` builds models and optimisers; ``step(ctx, step)`` performs one outer update
-    and returns scalars to log; ``model_for(task)`` gives the network the meta-test starts from;
+    and returns scalars to log (0-dim tensors left on their device, or numbers: `train` converts them to
+    floats only at the steps it records, so a step need not wait for the device); ``model_for(task)``
+    gives the network the meta-test starts from;
     ``lam()`` reports the current sparsity strength λ, if the method has one.
     """
 
@@ -204,7 +461,7 @@ class Method:
     def setup(self, ctx: TrainContext) -> None:
         raise NotImplementedError
 
-    def step(self, ctx: TrainContext, step: int) -> dict[str, float]:
+    def step(self, ctx: TrainContext, step: int) -> Mapping[str, Tensor | float]:
         raise NotImplementedError
 
     def model_for(self, task: TaskSpec, ctx: TrainContext) -> MultiTaskNet:
@@ -466,11 +723,11 @@ def train(
         lam_start = method.lam()
     start = time.perf_counter()
     for step in range(first, steps):
-        logged = method.step(ctx, step)
+        logged = method.step(ctx, step)  # device tensors: nothing waits for the device between two records
         if step % ctx.budget.log_every == 0 or step == steps - 1:
             entry = {
                 "step": step,
-                **{k: float(v) for k, v in logged.items()},
+                **{k: float(v) for k, v in logged.items()},  # the host sync, at recorded steps only
                 "group_sparsity": _mean_group_sparsity(method, ctx),
             }
             lam = method.lam()
@@ -522,7 +779,7 @@ def finetune(
     weights = [w for _, w in shared_conv_weights(model)]
     masks = zero_group_masks(weights, axis)
     optimizer = ctx.make_optimizer(model.parameters(), lr=ctx.budget.finetune_lr)
-    single = TrainContext(ctx.budget, [task], data, seed, ctx.device, ctx.channels_last, ctx.autocast)
+    single = dataclasses.replace(ctx, seen=[task], train=data, seed=seed, compile=False)
     for step in range(ctx.budget.finetune_steps):
         rng = np.random.default_rng([seed, step, 29])
         indices = rng.choice(len(data), size=min(ctx.budget.finetune_batch, len(data)), replace=False).tolist()
@@ -543,8 +800,9 @@ def evaluate(model: MultiTaskNet, task: TaskSpec, data: TensorSet, ctx: TrainCon
     for first in range(0, len(data), ctx.budget.eval_batch):
         indices = range(first, min(first + ctx.budget.eval_batch, len(data)))
         batch = data.batch(indices, [task.target], ctx.device)
+        images = batch["image"].contiguous(memory_format=torch.channels_last) if ctx.channels_last else batch["image"]
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.autocast):
-            output = model(batch["image"], [task.name])[task.name]
+            output = model(images, [task.name])[task.name]
         evaluator.update(output.float(), batch[task.target])
     return evaluator.compute()
 
@@ -578,7 +836,8 @@ def meta_test(
         if not seen or task.name not in model.heads:
             head = model.make_head(task)
             init_seeded(head, ctx.seed * 1000 + 500 + offset)
-            model.heads[task.name] = head.to(ctx.device)
+            head = head.to(ctx.device)
+            model.heads[task.name] = head.to(memory_format=torch.channels_last) if ctx.channels_last else head
         start = time.perf_counter()
         finetune(model, task, load(task, "train"), ctx, seed=ctx.seed * 1000 + 700 + offset, axis=method.sparsity_axis)
         tuned = time.perf_counter()
@@ -591,6 +850,7 @@ __all__ = [
     "CHECKPOINT_EVERY",
     "Batch",
     "CheckpointError",
+    "MetaTestData",
     "Method",
     "TaskResult",
     "TaskView",

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-
 import os
 import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
 
 pytestmark = [pytest.mark.slow]
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
 from mtbench import catalog
 from mtbench.inference import export_run, load_run
-from mtbench.result import RunResult
 from mtbench.presets import budget
+from mtbench.result import RunResult
 from mtbench.runner import RunRequest, execute
 from mtbench.sparsity import group_norms, shared_conv_weights, sparsity_stats
 from mtbench.training import TensorSet, TrainContext, finetune

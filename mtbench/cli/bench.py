@@ -81,3 +81,107 @@ def bench_inference(
     for run_dir in run_dirs:
         report = measure(run_dir, repeats=repeats, threads=threads, batch_sizes=(1, 16) if latency else ())
         console.print(inference_table(run_dir, report))
+
+
+@app.command("memory")
+@reports_errors
+def bench_memory(
+    n: Annotated[int, typer.Option("--n", help="Training samples of the small load; the large one loads 4n.")] = 32,
+    resolution: Annotated[
+        int | None, typer.Option(help="Square size the training set is resized to (default: the paper preset's).")
+    ] = None,
+    celeba_size: Annotated[int, typer.Option(help="Side of the CelebAMask-like images and masks.")] = 512,
+    nyu_size: Annotated[str, typer.Option(help="HxW of the NYU-like scenes.")] = "288x384",
+    compare: Annotated[
+        bool, typer.Option(help="Also measure the loader before issue 10 (a labelled copy kept for this only).")
+    ] = True,
+    case: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Layout to measure (repeatable): celebamask-official, nyuv2-mtan, nyuv2-nyudmt (default: all)."
+        ),
+    ] = None,
+) -> None:
+    """Peak RSS of loading a training split as a run does, for n and 4n samples, each in a fresh process;
+    the ratio, the MiB per sample, and the extrapolation to CelebAMask-HQ (24,183) and NYU-v2 (795).
+
+    Example: `mtbench bench memory --n 32` (CelebAMask-like 512², NYU-like 288×384, paper preset's 256²)
+    """
+    from mtbench.bench_memory import bench_memory as measure
+    from mtbench.bench_memory import default_cases, extrapolation_table, memory_table
+    from mtbench.presets import BUDGETS
+
+    try:
+        height, width = (int(side) for side in nyu_size.lower().split("x"))
+    except ValueError:
+        raise ConfigError("--nyu-size must be HxW", expected="e.g. 288x384", found=nyu_size) from None
+    size = (resolution, resolution) if resolution else BUDGETS["paper"].resolution
+    scratch = Path(tempfile.mkdtemp(prefix="mtbench-bench-memory-"))
+    try:
+        results = measure(
+            scratch,
+            n=n,
+            cases=default_cases(celeba_size, (height, width), case or None),
+            resolution=size,
+            compare=compare,
+            progress=lambda text: console.print(f"[dim]{text}[/dim]"),
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    console.print(memory_table(results))
+    console.print(extrapolation_table(results))
+
+
+@app.command("train")
+@reports_errors
+def bench_train_command(
+    methods: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Methods, NAME[:key=value,...] (--set options; compile=true compiles the forwards), e.g. "
+            "meta-sparsity:first_order=false. Default: ew fixed-lambda meta-sparsity."
+        ),
+    ] = None,
+    dataset: Annotated[str, typer.Option(help="Synthetic data set: nyuv2-synth or celebamask-synth.")] = "nyuv2-synth",
+    budget: Annotated[str, typer.Option(help="smoke | quick | paper (network, resolution, batch).")] = "quick",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    deterministic: Annotated[
+        bool | None,
+        typer.Option(
+            "--deterministic/--no-deterministic",
+            help="As for `mtbench run` (default by device: on for the CPU, off on CUDA).",
+            show_default=False,
+        ),
+    ] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed steps per method first.")] = 2,
+    steps: Annotated[int, typer.Option(help="Timed steps per method in each round.")] = 5,
+    repeats: Annotated[int, typer.Option(help="Rounds (methods round-robin); the median round is reported.")] = 3,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the measurements to this file.")] = None,
+) -> None:
+    """Time per training step, images/s, FLOPs per step, achieved FLOP/s (and on CUDA the fraction of the
+    GPU's bf16 peak) and peak memory of several methods, measured round-robin in one process.
+
+    Examples: `mtbench bench train --budget smoke`,
+    `mtbench bench train ew meta-sparsity meta-sparsity:first_order=false --budget paper --device cuda`,
+    `mtbench bench train ew ew:compile=true --budget quick --steps 3`
+    """
+    import json
+
+    from mtbench.bench_train import DEFAULT_METHODS, Variant, bench_train, train_table
+    from mtbench.cli.render import print_notice
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    variants = [Variant.parse(text) for text in (methods or DEFAULT_METHODS)]
+    with progress_bar(f"bench train: {', '.join(v.label for v in variants)}") as update:
+        report = bench_train(
+            variants, dataset=dataset, budget=budget, device=device, deterministic=deterministic,
+            warmup=warmup, steps=steps, repeats=repeats, notice=print_notice, progress=update,
+        )
+    console.print(train_table(report))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")

@@ -49,6 +49,25 @@ def run(
             "remove the checkpoint there, whatever it holds, and train from step 0.",
         ),
     ] = True,
+    deterministic: Annotated[
+        bool | None,
+        typer.Option(
+            "--deterministic/--no-deterministic",
+            help="Deterministic kernels (torch.use_deterministic_algorithms; no cuDNN autotuning, no fused "
+            "Adam). Default: by device, on for the CPU (exact numbers per machine and thread count), off on "
+            "CUDA (cudnn.benchmark and fused Adam instead). The result's environment records which.",
+            show_default=False,
+        ),
+    ] = None,
+    compile_: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="Compile the training forwards with torch.compile (networks of the MTL methods; the meta "
+            "learners' per-step clones and the meta-test run eagerly). Off by default; `mtbench bench train "
+            "--compile` measures whether it pays.",
+        ),
+    ] = False,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -83,6 +102,8 @@ def run(
         results=results,
         reference=reference,
         resume=resume,
+        deterministic=deterministic,
+        compile=compile_,
     )
     the_plan = plan(request, notice=print_notice)
     if dry_run:

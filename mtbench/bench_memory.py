@@ -1,0 +1,340 @@
+"""``mtbench bench memory``: peak memory of loading a training split the way a run does.
+
+For each case (a synthetic set in a real layout, at the real resolutions unless told otherwise) the
+training split is loaded twice, with ``n`` and ``4n`` samples, each time in a fresh Python process whose
+peak resident set size (``VmHWM``, read in that process) is the measurement. The peak is reset to the
+current RSS just before the load (``/proc/self/clear_refs``), so that the transient peak of importing
+torch, which can exceed a small load's, does not hide it (``ru_maxrss`` where that is not possible). The
+difference of the two peaks over the ``3n`` extra samples is the memory a run needs per training sample;
+the peaks are then extrapolated to the real training splits (CelebAMask-HQ 24,183, NYU-v2 795).
+
+``compare=True`` also measures `legacy_load`: a copy of the loader before issue 10 (float32 images,
+int64 labels, a list of samples stacked into a second copy, the full-resolution stack resized after),
+kept in this module only for that comparison. Nothing else uses it.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: real training-split sizes the peaks are extrapolated to
+REAL_TRAIN_SAMPLES = {"celebamask": 24183, "nyuv2": 795}
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class MemoryCase:
+    """One synthetic set to measure: data set, layout, generator size options."""
+
+    name: str
+    dataset: str
+    layout: str
+    options: dict[str, int]
+    family: str
+
+    @property
+    def size_text(self) -> str:
+        if "image_size" in self.options:
+            return f"image {self.options['image_size']}², masks {self.options['mask_size']}²"
+        return f"{self.options['height']}×{self.options['width']}"
+
+
+def default_cases(
+    celeba_size: int = 512, nyu_size: tuple[int, int] = (288, 384), layouts: Sequence[str] | None = None
+) -> list[MemoryCase]:
+    """CelebAMask-HQ-like at the real mask resolution (the official reader resizes the 1024² images to
+    the masks' 512² anyway), NYU-like at 288×384 in both of its file layouts (.npy floats and jpg/png);
+    ``layouts`` keeps only those layouts (celebamask-official, nyuv2-mtan, nyuv2-nyudmt)."""
+    height, width = nyu_size
+    cases = [
+        MemoryCase(
+            "CelebAMask-HQ-like, official",
+            "celebamask-synth",
+            "celebamask-official",
+            {"image_size": celeba_size, "mask_size": celeba_size},
+            "celebamask",
+        ),
+        MemoryCase("NYU-v2-like, MTAN .npy", "nyuv2-synth", "nyuv2-mtan", {"height": height, "width": width}, "nyuv2"),
+        MemoryCase(
+            "NYU-v2-like, NYUD-MT jpg/png",
+            "nyuv2-synth",
+            "nyuv2-nyudmt",
+            {"height": height, "width": width},
+            "nyuv2",
+        ),
+    ]
+    return [case for case in cases if layouts is None or case.layout in layouts]
+
+
+@dataclass(frozen=True)
+class Peak:
+    """One child process: samples loaded, RSS peaks (KiB) before and after the load, bytes kept."""
+
+    samples: int
+    before_kib: int
+    peak_kib: int
+    stored_bytes: int
+    seconds: float
+
+    @property
+    def peak_mib(self) -> float:
+        return self.peak_kib / 1024
+
+    @property
+    def load_mib(self) -> float:
+        return (self.peak_kib - self.before_kib) / 1024
+
+
+@dataclass(frozen=True)
+class MemoryResult:
+    case: MemoryCase
+    loader: str  # "compact" (TensorSet.load) or "legacy"
+    resolution: tuple[int, int] | None
+    small: Peak
+    large: Peak
+
+    @property
+    def ratio(self) -> float:
+        return self.large.peak_kib / self.small.peak_kib
+
+    @property
+    def slope_mib(self) -> float:
+        """Peak MiB per training sample: (peak(4n) − peak(n)) / 3n."""
+        return (self.large.peak_kib - self.small.peak_kib) / 1024 / (self.large.samples - self.small.samples)
+
+    def extrapolated_mib(self, samples: int) -> float:
+        return self.small.peak_mib + self.slope_mib * (samples - self.small.samples)
+
+    def arithmetic(self, samples: int) -> str:
+        return (
+            f"{self.small.peak_mib:,.0f} MiB + {self.slope_mib:.3f} MiB/sample × ({samples:,} − {self.small.samples}) "
+            f"= {self.extrapolated_mib(samples) / 1024:,.2f} GiB"
+        )
+
+
+# --- the loader before issue 10, for the comparison only ----------------------------------------------
+
+
+def legacy_load(
+    read: Callable[[int, Sequence[str]], dict[str, Any]],
+    count: int,
+    targets: Sequence[str],
+    resolution: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """LEGACY, for `bench_memory(compare=True)` only: ``TensorSet.load`` as it was before issue 10."""
+    import numpy as np
+    import torch
+
+    from mtbench.training import _resize
+
+    samples = [read(i, targets) for i in range(count)]
+    tensors = {key: torch.from_numpy(np.stack([s[key] for s in samples])) for key in samples[0]}
+    if resolution is not None:
+        tensors = {key: _resize(key, value, resolution) for key, value in tensors.items()}
+    return tensors
+
+
+# --- the child process ----------------------------------------------------------------------------------
+
+
+def _status_kib(field: str) -> int | None:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``), or None without /proc."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_high_water() -> bool:
+    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux ≥ 4.0: ``clear_refs`` 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _tasks_for(reader: Any, wanted: Sequence[Any], family: Sequence[Any]) -> list[Any]:
+    """``wanted`` tasks the layout provides; one it does not is replaced by a task of the same kind it
+    does (NYUD-MT: 40-class segmentation for the 13-class one)."""
+    provided = set(reader.targets())
+    chosen = [t for t in wanted if t.target in provided]
+    for task in wanted:
+        if task.target not in provided:
+            used = {t.target for t in chosen}
+            chosen += [t for t in family if t.kind == task.kind and t.target in provided - used][:1]
+    return chosen
+
+
+def _child(job: dict[str, Any]) -> dict[str, Any]:
+    """Load the training split of ``job['root']`` as a run does; report the peaks."""
+    import torch  # noqa: F401  (imported before the baseline, as in a run)
+
+    from mtbench import catalog
+    from mtbench.data.layouts import open_reader
+    from mtbench.episodes import TaskView
+    from mtbench.training import TensorSet
+
+    spec = catalog.dataset(job["dataset"])
+    reader = open_reader(spec.family, job["root"], job["layout"])
+    seen = _tasks_for(
+        reader, [catalog.task(spec.family, name) for name in job["tasks"]], catalog.family_tasks(spec.family)
+    )
+    view = TaskView(reader, spec.train_split, seen, [])
+    targets = [t.target for t in seen]
+    resolution = tuple(job["resolution"]) if job["resolution"] else None
+    view.read(0, targets)  # first read outside the measurement: lazy indexes, decoder imports
+    gc.collect()
+    # the peak of importing torch can exceed a small load's: the peak is reset to the current RSS first,
+    # so that the load's own peak is measured (ru_maxrss, which cannot be reset, where /proc is missing)
+    reset = _reset_high_water()
+    before = _status_kib("VmRSS") if reset else None
+    before = before if before is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    if job["loader"] == "legacy":
+        tensors = legacy_load(view.read, job["count"], targets, resolution)  # type: ignore[arg-type]
+        stored = sum(t.untyped_storage().nbytes() for t in tensors.values())
+    else:
+        data = TensorSet.load(view.read, job["count"], targets, resolution)  # type: ignore[arg-type]
+        stored = data.nbytes
+    seconds = time.perf_counter() - start
+    high = _status_kib("VmHWM") if reset else None
+    peak = high if high is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"before_kib": before, "peak_kib": peak, "stored_bytes": stored, "seconds": seconds}
+
+
+def _measure(job: dict[str, Any]) -> Peak:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "mtbench.bench_memory", json.dumps(job)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"memory benchmark child failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return Peak(job["count"], report["before_kib"], report["peak_kib"], report["stored_bytes"], report["seconds"])
+
+
+# --- the benchmark ----------------------------------------------------------------------------------------
+
+
+def bench_memory(
+    scratch: Path,
+    *,
+    n: int = 32,
+    cases: Sequence[MemoryCase] | None = None,
+    resolution: tuple[int, int] | None = (256, 256),
+    compare: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> list[MemoryResult]:
+    """Generate each case with at least ``4n`` training samples under ``scratch``, then measure the load
+    of ``n`` and ``4n`` of them (TensorSet.load, and `legacy_load` with ``compare``), one process each."""
+    from mtbench import catalog
+    from mtbench.data.layouts import open_reader
+    from mtbench.data.synth import CELEBA_SPLIT_P, NYU_VAL_FRACTION
+
+    results = []
+    for number, case in enumerate(cases if cases is not None else default_cases()):
+        spec = catalog.dataset(case.dataset)
+        share = CELEBA_SPLIT_P[0] if case.family == "celebamask" else 1 - NYU_VAL_FRACTION
+        total = math.ceil(4 * n / share * 1.15) + 4  # the CelebA-like split is drawn: room for chance
+        root = scratch / f"case{number}"
+        if progress:
+            progress(f"generating {case.name}: {total} samples at {case.size_text}")
+        assert spec.generator is not None
+        spec.generator(root, n=total, seed=0, layout=case.layout, **case.options)
+        available = open_reader(spec.family, root, case.layout).num_samples(spec.train_split)
+        if available < 4 * n:
+            raise RuntimeError(f"{case.name}: only {available} training samples generated, {4 * n} needed")
+        for loader in ("legacy", "compact") if compare else ("compact",):
+            peaks = []
+            for count in (n, 4 * n):
+                if progress:
+                    progress(f"{case.name}: loading {count} training samples ({loader} loader)")
+                job = {
+                    "root": str(root),
+                    "dataset": case.dataset,
+                    "layout": case.layout,
+                    "tasks": list(spec.default_tasks),
+                    "resolution": list(resolution) if resolution else None,
+                    "count": count,
+                    "loader": loader,
+                }
+                peaks.append(_measure(job))
+            results.append(MemoryResult(case, loader, resolution, peaks[0], peaks[1]))
+    return results
+
+
+def memory_table(results: Sequence[MemoryResult]) -> Any:
+    """The measurements as a Rich table (units on every number)."""
+    from rich.table import Table
+
+    first = results[0]
+    where = "native size" if first.resolution is None else f"{first.resolution[0]}×{first.resolution[1]}"
+    table = Table(
+        title=f"Peak RSS loading the training split as a run does (TensorSet.load at {where}), "
+        "one fresh process per cell",
+        title_justify="left",
+    )
+    columns = ("case", "size", "loader", "n", "peak RSS (n)", "4n", "peak RSS (4n)", "4n/n", "slope", "kept")
+    columns += ("time (4n)",)
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("case", "size", "loader") else "right")
+    for result in results:
+        small, large = result.small, result.large
+        table.add_row(
+            result.case.name,
+            result.case.size_text,
+            result.loader,
+            f"{small.samples} samples",
+            f"{small.peak_mib:,.0f} MiB",
+            f"{large.samples} samples",
+            f"{large.peak_mib:,.0f} MiB",
+            f"{result.ratio:.2f}×",
+            f"{result.slope_mib:.3f} MiB/sample",
+            f"{large.stored_bytes / large.samples / MIB:.3f} MiB/sample",  # what the loaded set holds
+            f"{large.seconds:.1f} s",
+        )
+    return table
+
+
+def extrapolation_table(results: Sequence[MemoryResult]) -> Any:
+    """Peak RSS extrapolated to the real training splits: peak(n) + slope × (N − n)."""
+    from rich.table import Table
+
+    table = Table(
+        title="Extrapolated peak RSS for the real training splits: peak(n) + slope × (N − n)",
+        title_justify="left",
+    )
+    for column in ("case", "loader", "N (real train)", "arithmetic", "peak RSS"):
+        table.add_column(column, justify="left" if column in ("case", "loader", "arithmetic") else "right")
+    legacy = {r.case.name: r for r in results if r.loader == "legacy"}
+    for result in results:
+        samples = REAL_TRAIN_SAMPLES[result.case.family]
+        peak = f"{result.extrapolated_mib(samples) / 1024:,.2f} GiB"
+        old = legacy.get(result.case.name)
+        if result.loader != "legacy" and old is not None:
+            peak += f" ({old.extrapolated_mib(samples) / result.extrapolated_mib(samples):.1f}× less)"
+        table.add_row(result.case.name, result.loader, f"{samples:,} samples", result.arithmetic(samples), peak)
+    return table
+
+
+if __name__ == "__main__":  # the child process of `_measure`
+    print(json.dumps(_child(json.loads(sys.argv[1]))))
