@@ -50,6 +50,8 @@ def famo_logit_gradient(logits: Tensor, losses_before: Tensor, losses_after: Ten
 class FAMO(MTLMethod):
     """Backward Σ_k c·z_k/L_k · L_k (weights detached); after the step, re-measure the batch and update ξ."""
 
+    saved_tensors = ("logits",)
+
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
         self.logits = nn.Parameter(torch.zeros(len(ctx.task_names), device=ctx.device))
@@ -89,9 +91,6 @@ class FAMO(MTLMethod):
         with torch.no_grad():
             after = ctx.losses(self.model, batch, ctx.task_names)
         self.update_logits(self.losses_before, torch.stack([after[t] for t in ctx.task_names]).detach())
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "logits": self.logits.detach().cpu()}
 
 
 METHOD = MethodInfo(

@@ -58,6 +58,8 @@ def gradnorm_loss(weights: Tensor, grad_norms: Tensor, losses: Tensor, initial_l
 class GradNorm(MTLMethod):
     """The network minimises Σ_k w_k L_k; the weights w separately minimise `gradnorm_loss`, then Σ w = K."""
 
+    saved_tensors = ("weights",)
+
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
         K = len(ctx.task_names)
@@ -88,9 +90,6 @@ class GradNorm(MTLMethod):
         with torch.no_grad():
             self.weights.clamp_(min=self.config.min_weight)
             self.weights.mul_(len(self.weights) / self.weights.sum())
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "weights": self.weights.detach().cpu()}
 
 
 METHOD = MethodInfo(

@@ -29,6 +29,8 @@ def uncertainty_loss(losses: Tensor, log_vars: Tensor) -> Tensor:
 class UncertaintyWeighting(MTLMethod):
     """Minimise Σ_k exp(−s_k) L_k + s_k jointly over the network and the log-variances s_k."""
 
+    saved_tensors = ("log_vars",)
+
     def setup(self, ctx: TrainContext) -> None:
         self.log_vars = nn.Parameter(
             torch.full((len(ctx.task_names),), float(self.config.init_log_var), device=ctx.device)
@@ -42,9 +44,6 @@ class UncertaintyWeighting(MTLMethod):
         """Returns the weights exp(−s_k) of this step's loss (before the optimiser moves s)."""
         uncertainty_loss(torch.stack([losses[t] for t in ctx.task_names]), self.log_vars).backward()
         return torch.exp(-self.log_vars.detach())
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "log_vars": self.log_vars.detach().cpu()}
 
 
 METHOD = MethodInfo(

@@ -145,11 +145,11 @@ def legacy_load(
     return tensors
 
 
-# --- the child process ----------------------------------------------------------------------------------
+# --- process memory (Linux /proc; None or False elsewhere) ----------------------------------------------
 
 
-def _status_kib(field: str) -> int | None:
-    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``), or None without /proc."""
+def proc_status_kib(field: str) -> int | None:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``: resident now, ``VmHWM``: the peak), or None without /proc."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -159,13 +159,16 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
-def _reset_high_water() -> bool:
-    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux ≥ 4.0: ``clear_refs`` 5)."""
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux ≥ 4.0: ``clear_refs`` 5); False if not possible."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return False
     return True
+
+
+# --- the child process ----------------------------------------------------------------------------------
 
 
 def _tasks_for(reader: Any, wanted: Sequence[Any], family: Sequence[Any]) -> list[Any]:
@@ -201,8 +204,8 @@ def _child(job: dict[str, Any]) -> dict[str, Any]:
     gc.collect()
     # the peak of importing torch can exceed a small load's: the peak is reset to the current RSS first,
     # so that the load's own peak is measured (ru_maxrss, which cannot be reset, where /proc is missing)
-    reset = _reset_high_water()
-    before = _status_kib("VmRSS") if reset else None
+    reset = reset_peak_rss()
+    before = proc_status_kib("VmRSS") if reset else None
     before = before if before is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     if job["loader"] == "legacy":
@@ -212,7 +215,7 @@ def _child(job: dict[str, Any]) -> dict[str, Any]:
         data = TensorSet.load(view.read, job["count"], targets, resolution)  # type: ignore[arg-type]
         stored = data.nbytes
     seconds = time.perf_counter() - start
-    high = _status_kib("VmHWM") if reset else None
+    high = proc_status_kib("VmHWM") if reset else None
     peak = high if high is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"before_kib": before, "peak_kib": peak, "stored_bytes": stored, "seconds": seconds}
 

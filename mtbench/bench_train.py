@@ -27,12 +27,12 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from mtbench.bench_memory import proc_status_kib, reset_peak_rss
 from mtbench.errors import ConfigError
 
 #: Dense (no structured sparsity) bf16 tensor-core peak in TFLOP/s, by a fragment of
@@ -162,27 +162,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _current_rss() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_host_peak() -> bool:
-    """Reset the process's peak RSS to its current RSS (Linux ``/proc/self/clear_refs``); False if not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def _host_peak(reset_worked: bool) -> int:
-    peak = _current_rss() if reset_worked else None
+    kib = proc_status_kib("VmHWM") if reset_worked else None
+    peak = None if kib is None else kib * 1024
     if peak is None:  # the lifetime peak (ru_maxrss is KiB on Linux)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return peak
@@ -293,7 +275,7 @@ def bench_train(
         drawn.clear()
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(the_device)
-        reset = _reset_host_peak()
+        reset = reset_peak_rss()
         compiled, ctx.compile = ctx.compile, False  # count FLOPs on the eager graph (same operations)
         with FlopCounterMode(display=False) as counter:
             for _ in range(steps):

@@ -453,6 +453,8 @@ class Method:
     """
 
     kind: ClassVar[str] = "mtl"
+    #: tensor attributes saved beside the network in the run's ``checkpoint.pt`` (e.g. learned task weights)
+    saved_tensors: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -481,7 +483,8 @@ class Method:
         return getattr(self.config, "axis", "in")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict()} if self.model is not None else {}
+        state = {"model": self.model.state_dict()} if self.model is not None else {}
+        return {**state, **{name: getattr(self, name).detach().cpu() for name in self.saved_tensors}}
 
 
 # --- the loop -----------------------------------------------------------------------------------------
