@@ -56,8 +56,8 @@ class DatasetNotFoundError(MtbenchError):
     """A data set is not where it was looked for."""
 
 
-class DataFormatError(MtbenchError):
-    """A file or folder of a data set does not have the expected format.
+class PathError(MtbenchError):
+    """An error about one file or folder, named first in the message.
 
     Attributes:
         path: the offending file or folder.
@@ -66,6 +66,10 @@ class DataFormatError(MtbenchError):
     def __init__(self, path: str | Path, problem: str, **kwargs: str | None) -> None:
         self.path = Path(path)
         super().__init__(f"{self.path}: {problem}", **kwargs)
+
+
+class DataFormatError(PathError):
+    """A file or folder of a data set does not have the expected format."""
 
 
 class HeldOutTargetError(MtbenchError):
@@ -83,16 +87,8 @@ class UnsafeNameError(RegistryError):
     """A name that becomes part of a file or folder name (a method, a data set) is not of the safe form."""
 
 
-class ResultFileError(MtbenchError):
-    """A result file (or a results folder) is missing, unreadable, malformed, or not the one that was published.
-
-    Attributes:
-        path: the offending file or folder.
-    """
-
-    def __init__(self, path: str | Path, problem: str, **kwargs: str | None) -> None:
-        self.path = Path(path)
-        super().__init__(f"{self.path}: {problem}", **kwargs)
+class ResultFileError(PathError):
+    """A result file (or a results folder) is missing, unreadable, malformed, or not the one that was published."""
 
 
 class LeaderboardError(MtbenchError):

@@ -131,14 +131,7 @@ class ArrowCacheReader(Reader):
         return self._views[key]
 
     def read(self, split: str, index: int, targets: Any = ()) -> dict[str, np.ndarray]:
-        unknown = [t for t in targets if t not in self.target_sources]
-        if unknown:
-            raise DataFormatError(
-                self.root,
-                f"the cache has no target {unknown[0]!r}",
-                expected=", ".join(self.targets()),
-                found=", ".join(unknown),
-            )
+        self.require_targets(targets, "the cache")
         columns = ("image", *targets)
         row = self._view(split, columns)[index]
         return {name: _decode(name, np.asarray(row[name]), self.meta["columns"][name]) for name in columns}

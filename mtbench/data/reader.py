@@ -160,16 +160,18 @@ class Reader(ABC):
                 f"split {split!r} not found in {self.root}", expected=" or ".join(self.splits()), found=repr(split)
             )
 
-    def read(self, split: str, index: int, targets: Collection[str] = ()) -> Sample:
-        """The image and the requested targets of sample ``index`` of ``split``; nothing else is read."""
+    def require_targets(self, targets: Collection[str], holder: str) -> None:
+        """A `DataFormatError` naming the first of ``targets`` this reader does not provide (``holder`` has none)."""
         unknown = [t for t in targets if t not in self.target_sources]
         if unknown:
             raise DataFormatError(
-                self.root,
-                f"the {self.title} layout has no target {unknown[0]!r}",
-                expected=", ".join(self.targets()),
+                self.root, f"{holder} has no target {unknown[0]!r}", expected=", ".join(self.targets()),
                 found=", ".join(unknown),
             )
+
+    def read(self, split: str, index: int, targets: Collection[str] = ()) -> Sample:
+        """The image and the requested targets of sample ``index`` of ``split``; nothing else is read."""
+        self.require_targets(targets, f"the {self.title} layout")
         sample: Sample = {"image": self._read_image(split, index)}
         height, width = sample["image"].shape[1:]
         for target in targets:
