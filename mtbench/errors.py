@@ -28,6 +28,10 @@ class MtbenchError(Exception):
             lines.append(f"  fix:      {fix}")
         super().__init__("\n".join(lines))
 
+    def details(self) -> dict[str, str | None]:
+        """``expected``, ``found`` and ``fix``, to restate this error as another (``Other(where, problem, **e.details())``)."""
+        return {"expected": self.expected, "found": self.found, "fix": self.fix}
+
 
 class RegistryError(MtbenchError):
     """A registry lookup or registration failed."""

@@ -1249,13 +1249,8 @@ def publish(run_paths: Iterable[Path], leaderboard_dir: Path, *, record_existing
             try:
                 target = require_inside(result_path(results_dir, result), leaderboard_dir)
             except ResultFileError as error:
-                raise ResultFileError(
-                    source,
-                    f"publishing it would write outside {leaderboard_dir}",
-                    expected=error.expected,
-                    found=error.found,
-                    fix=error.fix,
-                ) from None
+                outside = f"publishing it would write outside {leaderboard_dir}"
+                raise ResultFileError(source, outside, **error.details()) from None
             targets[target.relative_to(results_dir).as_posix()] = result
         require_inside(manifest_path(results_dir), leaderboard_dir)
         hashes = _checked_store(results_dir, set(targets), record_existing)

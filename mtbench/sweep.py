@@ -225,13 +225,8 @@ def _method_variants(check: _Checker, name: str, body: Any, info: Any) -> list[t
             try:
                 build_config(info.config, dict(combination))
             except ConfigError as error:
-                raise check.fail(
-                    where,
-                    f"the combination {', '.join(f'{k}={v}' for k, v in combination)} is invalid: {error.problem}",
-                    expected=error.expected,
-                    found=error.found,
-                    fix=error.fix,
-                ) from None
+                invalid = f"the combination {', '.join(f'{k}={v}' for k, v in combination)} is invalid"
+                raise check.fail(where, f"{invalid}: {error.problem}", **error.details()) from None
             variants.append(tuple(sorted(combination)))
     return variants
 
@@ -258,7 +253,7 @@ def _dataset_entry(check: _Checker, index: int, table: Any, first_budget: str) -
         try:
             task = task_of(spec.family, task_name)
         except UnknownNameError as error:
-            raise check.fail(key, error.problem, expected=error.expected, found=error.found, fix=error.fix) from None
+            raise check.fail(key, error.problem, **error.details()) from None
         if not task.may_hold_out:
             raise check.fail(key, f"task {task.name!r} may not be held out", expected="a task marked --unseen yes "
                              "in `mtbench ls tasks`", found=task.name)
@@ -279,7 +274,7 @@ def _dataset_entry(check: _Checker, index: int, table: Any, first_budget: str) -
                 resolved, _ = resolve_data(name, root, get_budget(first_budget))
             except MtbenchError as error:
                 raise check.fail(f"{where}.data_root", f"{root} cannot serve as {name}: {error.problem}",
-                                 expected=error.expected, found=error.found, fix=error.fix) from None
+                                 **error.details()) from None
             if resolved.name != name:
                 raise check.fail(f"{where}.data_root", f"{root} holds {resolved.name}, not {name}",
                                  expected=f"a folder of {name}", found=resolved.name,
