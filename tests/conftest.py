@@ -97,3 +97,16 @@ def cli():
         return result.exit_code, result.output  # click >= 8.2: stdout and stderr interleaved
 
     return invoke
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny-tensor tests: on a shared 2-core machine, OpenMP threads
+    competing with other jobs only add contention (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+

@@ -22,13 +22,7 @@ DENSE = ("semseg", "depth", "normal", "edge")
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP threads competing with other jobs are far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tasks(dense: tuple[str, ...] = DENSE) -> list:

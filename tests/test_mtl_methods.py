@@ -40,13 +40,7 @@ def on_simplex(w, atol: float = 1e-9) -> bool:
     return bool((w >= -atol).all() and abs(w.sum() - 1.0) <= 1e-6)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tensors here are tiny: intra-op threads only add contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
