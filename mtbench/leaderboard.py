@@ -180,6 +180,9 @@ def collect(results_dir: Path, *, strict: bool = False) -> list[Group]:
     """
     groups: dict[str, Group] = {}
     threads: dict[str, tuple[Any, Path]] = {}  # slug -> (thread count, first file with it)
+    # a variant is a method and its resolved config: runs of one config whose --set options differ only by
+    # spelling a default (`--set hypergradient=maml` or nothing) are one row, labelled by the options all share
+    variants: dict[tuple[str, str, str], dict[int, RunResult]] = {}
     for path, result in load_results(results_dir, strict=strict):
         protocol = result.protocol.to_json()
         slug = _slug(result.dataset.name, protocol, result.signature())
@@ -193,12 +196,16 @@ def collect(results_dir: Path, *, strict: bool = False) -> list[Group]:
                 found=f"{count} and {first[0]}",
                 fix="re-run the odd one out with the table's thread count (OMP_NUM_THREADS), or remove it",
             )
-        group = groups.setdefault(slug, Group(slug, result.dataset.name, result.dataset.synthetic, protocol))
-        label = variant_label(result.method.name, dict(result.overrides))
-        group.bases[label] = result.method.name
-        seeds = group.runs.setdefault(label, {})
+        groups.setdefault(slug, Group(slug, result.dataset.name, result.dataset.synthetic, protocol))
+        config = json.dumps(result.method.config, sort_keys=True)
+        seeds = variants.setdefault((slug, result.method.name, config), {})
         if result.seed not in seeds or result.created > seeds[result.seed].created:
             seeds[result.seed] = result
+    for (slug, method, _), seeds in sorted(variants.items()):
+        shared = set.intersection(*(set(r.overrides.items()) for r in seeds.values()))
+        label = variant_label(method, dict(shared))
+        groups[slug].bases[label] = method
+        groups[slug].runs.setdefault(label, {}).update(seeds)
     return [groups[k] for k in sorted(groups)]
 
 

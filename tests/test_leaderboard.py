@@ -598,3 +598,15 @@ def test_a_table_refuses_results_made_with_different_thread_counts(tmp_path):
     assert len(collect(results)) == 1  # the non-strict display (`mtbench run`'s front) still reads them
     two["environment"] = {"threads": 1}
     assert len(collect(_store(tmp_path / "s", [one, two]), strict=True)) == 1
+
+
+def test_runs_of_one_config_are_one_row_whatever_default_options_they_spelled(tmp_path):
+    """`--set hypergradient=maml` (the default) and no option resolve to the same config: one row, labelled
+    by the options every seed shares, with all seeds behind it."""
+    plain = _payload("meta-sparsity", 0, 0.4, 1.0)
+    plain["method"]["config"] = {"hypergradient": "maml"}
+    spelled = _payload("meta-sparsity", 1, 0.5, 1.0, overrides={"hypergradient": "maml"})
+    other = _payload("meta-sparsity", 0, 0.3, 1.0, overrides={"hypergradient": "online"})
+    (group,) = collect(_store(tmp_path / "r", [plain, spelled, other]))
+    assert sorted(group.runs) == ["meta-sparsity", "meta-sparsity (hypergradient=online)"]
+    assert sorted(group.runs["meta-sparsity"]) == [0, 1]
