@@ -208,7 +208,8 @@ def bench_train(
     the_device = first.device
     on_cuda = the_device.type == "cuda"
     is_deterministic = apply_determinism(first.request, the_device)
-    spec, reader = open_data(first, notice)
+    opened = open_data(first, notice)
+    spec, reader = opened.spec, opened.reader
     seen = list(first.seen)
     view = TaskView(reader, _split_name(reader, spec.train_split), seen, [])
     b = first.budget

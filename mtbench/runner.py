@@ -639,8 +639,9 @@ def execute(
 
 def execute_plan(the_plan: RunPlan, notice: Notice | None = None, progress: ProgressFactory | None = None) -> Executed:
     """`reference_for`, `run` and `record` of a checked plan."""
-    reference = reference_for(the_plan, notice, progress)
-    done = run(the_plan, notice=notice, progress=progress, reference=reference)
+    data = open_data(the_plan, notice)  # once: the fingerprint hashes every file of the data set
+    reference = reference_for(the_plan, notice, progress, data=data)
+    done = run(the_plan, notice=notice, progress=progress, reference=reference, data=data)
     stored = record(done.result, the_plan.results_dir, notice)
     return dataclasses.replace(done, stored=stored)
 
@@ -668,19 +669,23 @@ class Executed:
 
 
 def reference_for(
-    the_plan: RunPlan, notice: Notice | None = None, progress: ProgressFactory | None = None
+    the_plan: RunPlan,
+    notice: Notice | None = None,
+    progress: ProgressFactory | None = None,
+    *,
+    data: OpenedData | None = None,
 ) -> Reference | None:
     """The stored stl reference of this plan's data set, protocol and seed, trained first if missing.
 
-    None when the plan needs none. Concurrent runs that need the same reference serialise on a lock file in
+    None when the plan needs none. ``data``: the plan's data set already opened (`open_data`). Concurrent runs that need the same reference serialise on a lock file in
     the results store: the first trains it, the others wait and re-read the store. A stored reference file
     that cannot be read is named as corrupt before it is replaced.
     """
     if not the_plan.needs_reference:
         return None
     request, results_dir = the_plan.request, the_plan.results_dir
-    spec, reader = open_data(the_plan, notice)  # the fingerprint is part of the reference's signature
-    signature = protocol_signature(_dataset_record(spec, reader.identity()), the_plan.protocol)
+    data = data or open_data(the_plan, notice)  # the fingerprint is part of the reference's signature
+    spec, signature = data.spec, protocol_signature(data.record, the_plan.protocol)
     found = find_reference(results_dir, signature, request.seed)
     if found is not None:
         return Reference(found, 0.0, False)
@@ -712,8 +717,7 @@ def reference_for(
         reference = execute(
             # the data set is resolved by now: naming it keeps the reference run from repeating notices
             dataclasses.replace(
-                request, method=REFERENCE_METHOD, overrides={}, out=out, reference=False, dataset=spec.name,
-                data_root=request.data_root,
+                request, method=REFERENCE_METHOD, overrides={}, out=out, reference=False, dataset=spec.name
             ),
             notice,
             progress,
@@ -721,16 +725,22 @@ def reference_for(
     return Reference(reference.result, time.perf_counter() - start, True)
 
 
-def open_data(the_plan: RunPlan, notice: Notice | None = None) -> tuple[DatasetSpec, Reader]:
+@dataclass(frozen=True)
+class OpenedData:
+    """A plan's data set opened for reading, with its identity (fingerprint) computed once."""
+
+    spec: DatasetSpec
+    reader: Reader
+    record: DatasetRecord
+
+
+def open_data(the_plan: RunPlan, notice: Notice | None = None) -> OpenedData:
     """The plan's data set opened for reading (a synthetic stand-in is generated here, once)."""
     request = the_plan.request
     spec, reader = resolve_data(the_plan.dataset.name, request.data_root, the_plan.budget, notice)
     check_targets(reader, (*the_plan.seen, *the_plan.held_out))
-    return spec, reader
-
-
-def _dataset_record(spec: DatasetSpec, identity: Any) -> DatasetRecord:
-    return DatasetRecord(
+    identity = reader.identity()
+    record = DatasetRecord(
         name=spec.name,
         synthetic=identity.synthetic,
         identity=identity.to_dict(),
@@ -738,6 +748,7 @@ def _dataset_record(spec: DatasetSpec, identity: Any) -> DatasetRecord:
         train_split=spec.train_split,
         test_split=spec.test_split,
     )
+    return OpenedData(spec, reader, record)
 
 
 def run(
@@ -746,20 +757,22 @@ def run(
     notice: Notice | None = None,
     progress: ProgressFactory | None = None,
     reference: Reference | None = None,
+    data: OpenedData | None = None,
 ) -> Executed:
     """Train on the seen tasks, meta-test every task, write the run folder; returns the result.
 
     The run folder (``checkpoint.pt``, ``result.json`` written once, ``sparsity.png``, ``lambda.png``) is the
-    run's own output; the results store is written by `record`. ``reference``: Δm is measured against it.
+    run's own output; the results store is written by `record`. ``reference``: Δm is measured against it;
+    ``data``: the plan's data set already opened (`open_data`).
     """
     started = time.perf_counter()
     request, budget, info = the_plan.request, the_plan.budget, the_plan.method
-    spec, reader = open_data(the_plan, notice)
+    data = data or open_data(the_plan, notice)
+    spec, reader, dataset = data.spec, data.reader, data.record
     seen, held_out = list(the_plan.seen), list(the_plan.held_out)
     train_split = _split_name(reader, spec.train_split)
     test_split = _split_name(reader, spec.test_split)
     on_cuda = the_plan.device.type == "cuda"
-    dataset = _dataset_record(spec, reader.identity())
     torch.manual_seed(request.seed)  # after the reference: its training must not shift this run's RNG state
     deterministic = apply_determinism(request, the_plan.device)
     view = TaskView(reader, train_split, seen, held_out)
