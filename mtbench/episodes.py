@@ -170,7 +170,8 @@ class TaskView:
     def __len__(self) -> int:
         return self.reader.num_samples(self.split)
 
-    def read(self, index: int, targets: Sequence[str]) -> Sample:
+    def read(self, index: int, targets: Sequence[str], *, image: bool = True) -> Sample:
+        """Sample ``index`` of the split: its image (unless ``image=False``) and ``targets``, all of seen tasks."""
         for target in targets:
             if target in self.forbidden:
                 raise HeldOutTargetError(
@@ -183,6 +184,8 @@ class TaskView:
                     expected=", ".join(sorted(self.allowed)),
                     found=target,
                 )
+        if not image:
+            return self.reader.read(self.split, index, targets, image=False)
         return self.reader.read(self.split, index, targets)
 
     def batch(self, indices: Sequence[int], tasks: Sequence[str]) -> dict[str, np.ndarray]:

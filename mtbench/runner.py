@@ -30,7 +30,7 @@ import torch
 
 import mtbench
 from mtbench import catalog
-from mtbench.data.cache import ArrowCacheReader, _locked, find_prepared, mtbench_home
+from mtbench.data.cache import ArrowCacheReader, _locked, find_prepared, mtbench_home, prepared_synthetic
 from mtbench.data.io import atomic_write_json
 from mtbench.data.layouts import open_reader
 from mtbench.data.reader import SYNTH_MANIFEST, Reader
@@ -386,13 +386,23 @@ def choose_data(
 def resolve_data(
     dataset: str | None, data_root: Path | None, budget: Budget, notice: Notice | None = None
 ) -> tuple[DatasetSpec, Reader]:
-    """The data set a run uses, opened (see `choose_data`); a synthetic stand-in is generated here, once."""
+    """The data set a run uses, opened (see `choose_data`). A synthetic stand-in is generated here, once, and
+    read, like a prepared real set, through an Arrow cache (`synthetic_reader`); ``data_root`` is read as it is."""
     if data_root is not None:
         return _open_root(dataset, data_root)
     spec, _ = choose_data(dataset, None, budget, notice)
     if spec.synthetic:
-        return spec, open_reader(spec.family, synthetic_cache(spec, budget, notice))
+        return spec, synthetic_reader(spec, budget, notice)
     return spec, ArrowCacheReader(_prepared(spec))
+
+
+def synthetic_reader(spec: DatasetSpec, budget: Budget, notice: Notice | None = None) -> ArrowCacheReader:
+    """The synthetic stand-in of a budget (`synthetic_cache`) through its Arrow cache, prepared from the generated
+    folder once (`prepared_synthetic`: keyed by the folder's content fingerprint). The cache holds exactly the
+    arrays the folder's reader gives, and its identity is the folder's (fingerprint, synthetic flag, generator
+    manifest; layout ``arrow-cache(<the folder's layout>)``), so results and their keys do not change."""
+    generated = open_reader(spec.family, synthetic_cache(spec, budget, notice))
+    return ArrowCacheReader(prepared_synthetic(generated, notice=notice))
 
 
 def _split_name(reader: Reader, wanted: str) -> str:

@@ -186,11 +186,11 @@ class TensorSet:
 
         With ``resolution``, each sample is resized into its slot (images bilinear, targets nearest) before
         the next is read; an 8-bit image keeps the nearest uint8 code of its resized float. ``images=False``
-        keeps the targets only (the reader still decodes the image: `Reader.read` always does).
+        keeps the targets only: ``read`` is then called with ``image=False`` (a reader then decodes no image).
         """
         columns: dict[str, _Column] = {}
         for index in range(count):
-            sample = read(index, targets)
+            sample = read(index, targets) if images else read(index, targets, image=False)
             for key, value in sample.items():
                 if key == "image" and not images:
                     continue
@@ -281,7 +281,11 @@ class MetaTestData:
             images = given is None and role not in self.images
             name, count = self.splits[role]
             loaded = TensorSet.load(
-                lambda i, targets: self.read(name, i, targets), count, wanted, self.resolution, images=images
+                lambda i, targets, **options: self.read(name, i, targets, **options),
+                count,
+                wanted,
+                self.resolution,
+                images=images,
             )
             self.passes[role] += 1
             if images:

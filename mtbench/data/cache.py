@@ -2,7 +2,16 @@
 
 A prepared data set lives in ``$MTBENCH_HOME/data/<dataset>/<fingerprint[:12]>/`` with one
 ``save_to_disk`` folder per split and ``mtbench-cache.json`` (identity, source, fingerprint, targets).
-``$MTBENCH_HOME/data/index.json`` names the latest prepared copy of each data set.
+``$MTBENCH_HOME/data/index.json`` names the latest prepared copy of each data set. A synthetic set
+generated for a run is prepared once into ``$MTBENCH_HOME/synth/.arrow/`` (`prepared_synthetic`).
+
+Format 2 (``CACHE_FORMAT``) stores every integer label map in the narrowest integer type holding the
+reader's declared value range (`Reader.label_values`: uint8 for 0..255, int8 for -1..127, else wider;
+every row is checked and a value that does not fit raises `CacheValueError`), and stores a target the
+reader derives from another target (`Reader.derived_targets`, e.g. CelebAMask-HQ's faceseg3 from faceseg19)
+only as its source, rebuilding it on read. ``mtbench-cache.json`` records each stored column's type
+(``columns``), each target's canonical dtype (``canonical``) and the derivations (``derived``). Caches of
+format 1 (label maps as int16, every target a column) are still read.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,11 +32,19 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mtbench.data.io import atomic_write_json, quiet_datasets
-from mtbench.data.reader import DatasetIdentity, Reader
-from mtbench.errors import DataFormatError, DatasetNotFoundError, MtbenchError
+from mtbench.data.reader import DERIVATIONS, DatasetIdentity, Reader, derive
+from mtbench.errors import ConfigError, DataFormatError, DatasetNotFoundError, MtbenchError
 
 CACHE_META = "mtbench-cache.json"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+#: integer types a label map may be stored in, narrowest first
+_LABEL_TYPES = ("uint8", "int8", "int16", "int32", "int64")
+#: the stored type of a label map whose reader declares no value range (format 1 stored every label map so)
+_UNDECLARED_LABEL_TYPE = "int16"
+
+
+class CacheValueError(DataFormatError):
+    """A sample's value does not fit the type its cache column stores (it would be changed, never stored)."""
 
 
 def mtbench_home() -> Path:
@@ -36,6 +53,7 @@ def mtbench_home() -> Path:
 
 
 def _column_dtype(target: str, stores_uint8_images: bool) -> str:
+    """Format 1's stored type of a column (format 2 keeps it for images and float targets)."""
     if target == "image":
         return "uint8" if stores_uint8_images else "float32"
     if target.startswith("semantic") or target.startswith("faceseg"):
@@ -47,20 +65,87 @@ def _column_dtype(target: str, stores_uint8_images: bool) -> str:
     return "float32"
 
 
+def _label_type(low: int, high: int) -> str:
+    """The narrowest integer type holding every value in ``low..high``."""
+    for name in _LABEL_TYPES:
+        info = np.iinfo(name)
+        if info.min <= low and high <= info.max:
+            return name
+    raise ConfigError("label values beyond int64", found=f"{low}..{high}")
+
+
+def _stored_dtype(target: str, value: np.ndarray, reader: Reader) -> str:
+    """Format 2's stored type of a column, from the reader's canonical array of the first sample."""
+    if target == "image":
+        return "uint8" if reader.stores_uint8_images else "float32"
+    if value.dtype.kind in "iu":  # a label map: the narrowest type of its declared range
+        declared = reader.label_values.get(target)
+        return _label_type(*declared) if declared is not None else _UNDECLARED_LABEL_TYPE
+    return _column_dtype(target, reader.stores_uint8_images)
+
+
 def _encode(target: str, value: np.ndarray, dtype: str) -> np.ndarray:
     if target == "image" and dtype == "uint8":
         return np.round(value * 255.0).astype(np.uint8)
     return value.astype(dtype)
 
 
-def _decode(target: str, value: np.ndarray, stored: str) -> np.ndarray:
+def _check_fits(reader: Reader, split: str, index: int, target: str, value: np.ndarray, dtype: str) -> None:
+    """Raise `CacheValueError` naming the sample if ``value`` would change when stored as ``dtype``."""
+    if value.dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        low, high = int(value.min()), int(value.max())
+        if info.min <= low and high <= info.max:
+            return
+        expected = f"values in {info.min}..{info.max}"
+        found = f"values in {low}..{high}"
+    else:
+        if value.dtype == dtype or np.array_equal(value.astype(dtype).astype(value.dtype), value):
+            return
+        expected, found = f"values that {dtype} holds exactly", "other values (fractions or out of range)"
+    declared = reader.label_values.get(target)
+    why = f"the reader declares {declared[0]}..{declared[1]}" if declared else "the reader declares no range"
+    raise CacheValueError(
+        reader.locate(split, index, target),
+        f"{target} of sample {reader.sample_ids(split)[index]} ({split}) does not fit the cache's {dtype} column "
+        f"({why})",
+        expected=expected,
+        found=found,
+        fix=f"fix the sample, or declare {target}'s true range in {type(reader).__name__}.label_values",
+    )
+
+
+def _canonical_v1(target: str) -> str:
+    """Format 1's canonical dtype of a column (format 2 records it)."""
+    return "int64" if target.startswith("semantic") or target.startswith("faceseg") else "float32"
+
+
+def _decode(name: str, value: np.ndarray, stored: str, canonical: str) -> np.ndarray:
     """Stored column -> canonical array. ``datasets``' numpy formatter widens ints to int64, so the
     stored dtype comes from the cache's metadata, not from ``value``."""
-    if target == "image":
-        return value.astype(np.float32) / 255.0 if stored == "uint8" else value.astype(np.float32)
-    if target.startswith("semantic") or target.startswith("faceseg"):
-        return value.astype(np.int64)
-    return value.astype(np.float32)
+    if name == "image" and stored == "uint8":  # an 8-bit image: k/255 exactly, as `to_chw_image` makes it
+        return value.astype(np.float32) / 255.0
+    return value.astype(canonical)
+
+
+def _derivation_record(how: np.ndarray | str, source: str) -> dict[str, Any]:
+    if isinstance(how, str):
+        return {"from": source, "function": how}
+    return {"from": source, "table": how.tolist(), "dtype": str(how.dtype)}
+
+
+def _derivation(record: dict[str, Any], root: Path) -> np.ndarray | str:
+    if "table" in record:
+        return np.asarray(record["table"], dtype=record["dtype"])
+    if record.get("function") not in DERIVATIONS:
+        raise DataFormatError(
+            root / CACHE_META,
+            f"unknown derivation {record.get('function')!r}",
+            expected=", ".join(DERIVATIONS),
+            found=str(record.get("function")),
+            fix="read this cache with the mtbench that made it, or re-run `mtbench data prepare`",
+        )
+    return str(record["function"])
 
 
 class ArrowCacheReader(Reader):
@@ -74,11 +159,27 @@ class ArrowCacheReader(Reader):
     def __init__(self, root: str | Path) -> None:
         super().__init__(root)
         self.meta: dict[str, Any] = json.loads((self.root / CACHE_META).read_text())
+        self.format = int(self.meta.get("format", 1))
+        if self.format > CACHE_FORMAT:
+            raise DataFormatError(
+                self.root / CACHE_META,
+                f"a cache of format {self.format}, made by a newer mtbench",
+                expected=f"format {CACHE_FORMAT} or older",
+                found=f"format {self.format}",
+                fix="upgrade mtbench, or re-run `mtbench data prepare` with this one",
+            )
         self.family = self.meta["identity"]["family"]  # type: ignore[misc]
         sources = self.meta["target_sources"]  # a JSON object: key order is not kept, "targets" is
         self.target_sources = {t: sources[t] for t in self.meta["targets"]}  # type: ignore[misc]
         #: the source layout's required splits (caches written before they were recorded: those present)
         self.required_splits = tuple(self.meta.get("required_splits", self.meta["split_order"]))  # type: ignore[misc]
+        #: stored column -> its stored type; every name (image and targets) -> its canonical dtype
+        self.stored: dict[str, str] = dict(self.meta["columns"])
+        self.canonical: dict[str, str] = dict(self.meta.get("canonical") or {n: _canonical_v1(n) for n in self.stored})
+        self.derived_targets = {  # type: ignore[misc]
+            target: (record["from"], _derivation(record, self.root))
+            for target, record in (self.meta.get("derived") or {}).items()
+        }
         self._splits: dict[str, Any] = {}
         self._views: dict[tuple[str, tuple[str, ...]], Any] = {}
         self.check_splits()
@@ -130,23 +231,53 @@ class ArrowCacheReader(Reader):
             self._views[key] = self._split(split).select_columns(list(columns)).with_format("numpy")
         return self._views[key]
 
-    def read(self, split: str, index: int, targets: Any = ()) -> dict[str, np.ndarray]:
-        self.require_targets(targets, "the cache")
-        columns = ("image", *targets)
-        row = self._view(split, columns)[index]
-        return {name: _decode(name, np.asarray(row[name]), self.meta["columns"][name]) for name in columns}
+    def _columns(self, targets: Any, image: bool) -> tuple[str, ...]:
+        """The stored columns that hold the image (if wanted) and ``targets`` (a derived one: its source)."""
+        names = (["image"] if image else []) + [self.derived_targets.get(t, (t,))[0] for t in targets]
+        return tuple(dict.fromkeys(names))
 
-    def read_batch(self, split: str, indices: list[int], targets: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    def _assemble(self, values: Any, targets: Any, image: bool, batch: bool) -> dict[str, np.ndarray]:
+        """Canonical arrays of the image (if wanted) and ``targets`` from the stored columns ``values``."""
+        decoded = {
+            name: _decode(name, np.asarray(values[name]), self.stored[name], self.canonical[name])
+            for name in self._columns(targets, image)
+        }
+        out = {"image": decoded["image"]} if image else {}
+        for target in targets:
+            if target in self.derived_targets:
+                source, how = self.derived_targets[target]
+                value = decoded[source]
+                if batch and isinstance(how, str):  # a function of one sample's array
+                    derived = np.stack([derive(how, one) for one in value]) if len(value) else value
+                else:
+                    derived = derive(how, value)
+                out[target] = derived.astype(self.canonical[target], copy=False)
+            else:
+                out[target] = decoded[target]
+        return out
+
+    def read(self, split: str, index: int, targets: Any = (), *, image: bool = True) -> dict[str, np.ndarray]:
+        """As `Reader.read`; with ``image=False`` the image column is not even selected. (Sizes were checked
+        when the cache was prepared: every column has one shape.)"""
+        self.require_targets(targets, "the cache")
+        targets = tuple(dict.fromkeys(targets))
+        row = self._view(split, self._columns(targets, image))[index]
+        return self._assemble(row, targets, image, batch=False)
+
+    def read_batch(
+        self, split: str, indices: list[int], targets: tuple[str, ...] = (), *, image: bool = True
+    ) -> dict[str, np.ndarray]:
         """Several samples at once, stacked (one Arrow lookup instead of one per sample)."""
-        columns = ("image", *targets)
-        rows = self._view(split, columns)[indices]
-        return {name: _decode(name, np.asarray(rows[name]), self.meta["columns"][name]) for name in columns}
+        self.require_targets(targets, "the cache")
+        targets = tuple(dict.fromkeys(targets))
+        rows = self._view(split, self._columns(targets, image))[indices]
+        return self._assemble(rows, targets, image, batch=True)
 
     def _read_image(self, split: str, index: int) -> np.ndarray:
         return self.read(split, index)["image"]
 
     def _read_target(self, split: str, index: int, target: str) -> np.ndarray:
-        return self.read(split, index, (target,))[target]
+        return self.read(split, index, (target,), image=False)[target]
 
     def files(self) -> Iterator[Path]:
         yield from (p for p in self.root.rglob("*") if p.is_file())
@@ -194,13 +325,25 @@ def find_prepared(dataset: str, cache_root: Path | None = None) -> Path | None:
 
 
 def prepare(
-    reader: Reader, *, cache_root: Path | None = None, progress: Callable[[int, int], None] | None = None
+    reader: Reader,
+    *,
+    cache_root: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    into: Path | None = None,
+    identity: DatasetIdentity | None = None,
 ) -> PreparedDataset:
-    """Convert every sample of ``reader`` (all splits, all targets) into an Arrow cache.
+    """Convert every sample of ``reader`` (all splits, all targets) into an Arrow cache (format 2).
 
-    The source is fingerprinted (SHA-256 over file contents); the cache is built in a scratch
-    folder and moved into place at the end, so an interrupted prepare never leaves a half cache.
-    A missing or empty split is refused first (`SplitError`), before anything long starts.
+    The source is fingerprinted (SHA-256 over file contents; ``identity``: the reader's, computed already);
+    the cache is built in a scratch folder and moved into place at the end, so an interrupted prepare never
+    leaves a half cache. A missing or empty split is refused first (`SplitError`), before anything long
+    starts. ``into``: the folder to write instead of ``<cache root>/data/<dataset>/<fingerprint[:12]>``;
+    such a cache is not named in the index (`find_prepared`): its caller finds it again, and holds a lock
+    that keeps two preparations of it apart (`prepared_synthetic`).
+
+    Every label map row is checked to fit its column's type (`CacheValueError`), and every derived target
+    to equal the derivation of its source (`DataFormatError`), so the cache reads back exactly what the
+    reader gives.
     """
     import datasets
 
@@ -208,30 +351,42 @@ def prepare(
 
     reader.check_splits()
     cache_root = cache_root or mtbench_home()
-    identity = reader.identity(content=True)
-    target = cache_root / "data" / identity.dataset / identity.fingerprint[:12]
-    uint8_images = reader.stores_uint8_images
+    identity = identity or reader.identity(content=True)
+    target = into or cache_root / "data" / identity.dataset / identity.fingerprint[:12]
     targets = reader.targets()
+    derived = {  # derived from a stored target of the reader (not from another derived one)
+        t: d
+        for t, d in reader.derived_targets.items()
+        if t in targets and d[0] in targets and d[0] not in reader.derived_targets
+    }
     total = sum(reader.num_samples(s) for s in reader.splits())
     done = 0
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         counts: dict[str, int] = {}
-        columns = {name: _column_dtype(name, uint8_images) for name in ("image", *targets)}
+        first = reader.read(reader.splits()[0], 0, targets)
+        canonical = {name: str(value.dtype) for name, value in first.items()}
+        columns = {name: _stored_dtype(name, value, reader) for name, value in first.items() if name not in derived}
         for split in reader.splits():
-            first = reader.read(split, 0, targets)
+            example = first if split == reader.splits()[0] else reader.read(split, 0, targets)
             features = datasets.Features(
-                {name: _feature(np.asarray(value), _column_dtype(name, uint8_images)) for name, value in first.items()}
+                {name: _feature(np.asarray(example[name]), dtype) for name, dtype in columns.items()}
             )
 
             def rows(split: str = split) -> Iterator[dict[str, np.ndarray]]:
                 nonlocal done
                 for index in range(reader.num_samples(split)):
                     sample = reader.read(split, index, targets)
-                    yield {
-                        name: _encode(name, value, _column_dtype(name, uint8_images)) for name, value in sample.items()
-                    }
+                    for name, (source, how) in derived.items():
+                        _check_derived(reader, split, index, name, sample[name], derive(how, sample[source]))
+                    row = {}
+                    for name, dtype in columns.items():
+                        value = sample[name]
+                        if name != "image":
+                            _check_fits(reader, split, index, name, value, dtype)
+                        row[name] = _encode(name, value, dtype)
+                    yield row
                     done += 1
                     if progress:
                         progress(done, total)
@@ -253,6 +408,8 @@ def prepare(
             "target_sources": reader.target_sources,
             "targets": list(targets),
             "columns": columns,
+            "canonical": canonical,
+            "derived": {name: _derivation_record(how, source) for name, (source, how) in derived.items()},
             "splits": counts,
             "split_order": list(counts),
             "required_splits": list(reader.required_splits),
@@ -260,24 +417,40 @@ def prepare(
             "prepared_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         atomic_write_json(staging / CACHE_META, meta)
-        with _locked(cache_root / "data" / ".lock"):
+        with _locked(cache_root / "data" / ".lock") if into is None else nullcontext():  # ``into``: the caller's lock
             if target.exists():
                 shutil.rmtree(target)
             os.replace(staging, target)
-            index = read_index(cache_root)
-            index[identity.dataset] = {
-                "path": str(target),
-                "fingerprint": identity.fingerprint,
-                "source": meta["source"],
-                "layout": identity.layout,
-                "synthetic": identity.synthetic,
-                "prepared_at": meta["prepared_at"],
-            }
-            atomic_write_json(_index_path(cache_root), index)
+            if into is None:
+                index = read_index(cache_root)
+                index[identity.dataset] = {
+                    "path": str(target),
+                    "fingerprint": identity.fingerprint,
+                    "source": meta["source"],
+                    "layout": identity.layout,
+                    "synthetic": identity.synthetic,
+                    "prepared_at": meta["prepared_at"],
+                }
+                atomic_write_json(_index_path(cache_root), index)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return PreparedDataset(target, identity, counts)
+
+
+def _check_derived(reader: Reader, split: str, index: int, target: str, value: np.ndarray, rebuilt: np.ndarray) -> None:
+    """The reader's ``target`` must be exactly what its declared derivation makes of its source."""
+    if value.dtype != rebuilt.dtype or value.shape != rebuilt.shape or not np.array_equal(value, rebuilt):
+        source = reader.derived_targets[target][0]
+        raise DataFormatError(
+            reader.locate(split, index, target),
+            f"{target} of sample {reader.sample_ids(split)[index]} ({split}) is not the derivation of its {source} "
+            f"that {type(reader).__name__}.derived_targets declares",
+            expected=f"{rebuilt.dtype} {tuple(rebuilt.shape)} equal to the derivation",
+            found=f"{value.dtype} {tuple(value.shape)}"
+            + ("" if value.shape != rebuilt.shape else f", {int((value != rebuilt).sum())} values differ"),
+            fix="fix the reader's derived_targets declaration (a cache stores only the source)",
+        )
 
 
 def _feature(value: np.ndarray, dtype: str) -> Any:
@@ -302,3 +475,49 @@ def require_prepared(dataset: str, cache_root: Path | None = None) -> Path:
             fix=f"run `mtbench data prepare {dataset} --from /path/to/{dataset}` once",
         )
     return path
+
+
+def synthetic_cache_path(generated: Path, fingerprint: str) -> Path:
+    """Where the Arrow cache of the generated synthetic set ``generated`` (content ``fingerprint``) lives."""
+    return mtbench_home() / "synth" / ".arrow" / f"{Path(generated).name}-{fingerprint[:16]}"
+
+
+def prepared_synthetic(
+    reader: Reader,
+    *,
+    notice: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """The Arrow cache of a generated synthetic set (opened by ``reader``), prepared from it once.
+
+    The cache is keyed by the set's folder name and content fingerprint (`synthetic_cache_path`), so a set
+    generated anew, or with other options, never reuses another's cache; its identity is the generated
+    set's (fingerprint, synthetic flag, generator manifest), with its layout read as ``arrow-cache(...)``.
+    Prepared under a lock and moved into place at the end (`prepare`), so concurrent runs prepare it once
+    and an interrupted one leaves nothing behind. Costs one content fingerprint of the set per call (a run
+    computed one anyway); nothing else is read once the cache exists.
+    """
+    identity = reader.identity(content=True)
+    if not identity.synthetic:
+        raise ConfigError(
+            f"{reader.root} is not a generated synthetic set",
+            expected="a folder written by `mtbench data synth` (with its manifest)",
+            found=f"real {identity.dataset} data ({reader.layout} layout)",
+            fix="prepare real data with `mtbench data prepare`",
+        )
+    path = synthetic_cache_path(reader.root, identity.fingerprint)
+    with _locked(path.parent / ".lock"):
+        if not _holds(path, identity.fingerprint):
+            if notice:
+                notice(f"preparing the Arrow cache of {reader.root.name} once into {path}")
+            prepare(reader, into=path, identity=identity, progress=progress)
+    return path
+
+
+def _holds(path: Path, fingerprint: str) -> bool:
+    """Whether ``path`` is a complete cache of the set with ``fingerprint``."""
+    try:
+        meta = json.loads((path / CACHE_META).read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("identity", {}).get("fingerprint") == fingerprint

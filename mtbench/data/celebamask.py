@@ -57,6 +57,10 @@ FACESEG19_TO_3 = np.array(
 )
 
 ATTRIBUTE_TARGETS = {f"attr:{name}": name for name in CELEBA_ATTRIBUTES}
+#: value ranges of the label maps (no ignore value: every pixel has a class)
+FACE_LABEL_VALUES = {"faceseg19": (0, len(CELEBA_PARTS)), "faceseg3": (0, len(FACE3_CLASSES) - 1)}
+#: faceseg3 is FACESEG19_TO_3[faceseg19]: a cache stores faceseg19 only
+FACE_DERIVED: dict[str, tuple[str, np.ndarray | str]] = {"faceseg3": ("faceseg19", FACESEG19_TO_3)}
 
 
 def _split_of(orig_idx: int) -> str:
@@ -147,6 +151,8 @@ class CelebaOfficialReader(Reader):
         "faceseg3": "masks",
         **{target: f"attribute {name}" for target, name in ATTRIBUTE_TARGETS.items()},
     }
+    label_values: ClassVar[dict[str, tuple[int, int]]] = FACE_LABEL_VALUES
+    derived_targets: ClassVar[dict[str, tuple[str, np.ndarray | str]]] = FACE_DERIVED
 
     required_splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
 
@@ -379,6 +385,8 @@ class CelebaParquetReader(ParquetReader):
     title: ClassVar[str] = "CelebAMask-HQ parquet mirror (eurecom-ds/celeba_hq_mask)"
     stores_uint8_images: ClassVar[bool] = True
     target_sources: ClassVar[dict[str, str]] = {"faceseg19": "mask", "faceseg3": "mask"}
+    label_values: ClassVar[dict[str, tuple[int, int]]] = FACE_LABEL_VALUES
+    derived_targets: ClassVar[dict[str, tuple[str, np.ndarray | str]]] = FACE_DERIVED
     SHARD_NAMES: ClassVar[dict[str, str]] = {"val": "validation"}
 
     def __init__(self, root: str | Path, size: int | None = None, cache_dir: Path | None = None) -> None:

@@ -79,6 +79,8 @@ class MtanReader(Reader):
         "normal": "normal",
         "edge": "label",
     }
+    label_values: ClassVar[dict[str, tuple[int, int]]] = {"semantic13": (-1, len(NYU13_CLASSES) - 1)}
+    derived_targets: ClassVar[dict[str, tuple[str, np.ndarray | str]]] = {"edge": ("semantic13", "label_edges")}
     SPLITS: ClassVar[tuple[str, ...]] = ("train", "val")
     required_splits: ClassVar[tuple[str, ...]] = SPLITS
     FOLDERS: ClassVar[dict[str, str]] = {"image": "image", "label": "label", "depth": "depth", "normal": "normal"}
@@ -178,6 +180,7 @@ class NyudMtReader(Reader):
         "normal": "normals",
         "edge": "edge",
     }
+    label_values: ClassVar[dict[str, tuple[int, int]]] = {"semantic40": (-1, len(NYU40_CLASSES) - 1)}
     SPLITS: ClassVar[tuple[str, ...]] = ("train", "val")
     required_splits: ClassVar[tuple[str, ...]] = SPLITS
     TARGET_FILES: ClassVar[dict[str, tuple[str, str]]] = {
@@ -299,6 +302,8 @@ class NyuParquetReader(ParquetReader):
         "normal": "normal",
         "edge": "segmentation",
     }
+    label_values: ClassVar[dict[str, tuple[int, int]]] = {"semantic13": (-1, len(NYU13_CLASSES) - 1)}
+    derived_targets: ClassVar[dict[str, tuple[str, np.ndarray | str]]] = {"edge": ("semantic13", "label_edges")}
 
     SPLITS: ClassVar[tuple[str, ...]] = ("train", "val")
     required_splits: ClassVar[tuple[str, ...]] = SPLITS

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -61,6 +61,13 @@ class Reader(ABC):
     stores_uint8_images: ClassVar[bool] = False
     #: splits the layout must hold, each with at least one sample (checked when the data set is opened)
     required_splits: ClassVar[tuple[str, ...]] = ("train",)
+    #: integer label map target -> the inclusive range ``(lowest, highest)`` of its values (-1 = ignore
+    #: included where it occurs); a cache stores the map in the narrowest integer type holding that range
+    label_values: ClassVar[dict[str, tuple[int, int]]] = {}
+    #: target -> ``(source target, derivation)`` where the target is a function of another target of the same
+    #: sample: a lookup table (``table[source]``, numpy indexing) or the name of a function in `DERIVATIONS`.
+    #: `read` derives it from the source's array when both are asked for; a cache stores only the source.
+    derived_targets: ClassVar[dict[str, tuple[str, np.ndarray | str]]] = {}
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
@@ -116,8 +123,10 @@ class Reader(ABC):
         return self.root
 
     def sample_files(self, split: str, index: int) -> tuple[Path, dict[str, Path]] | None:
-        """``(image file, {target: file})`` of a sample, used to tell which file has the wrong size;
-        None where samples are not one file per array (then the target is blamed)."""
+        """``(image file, {target: file})`` of a sample, used to tell which file has the wrong size and, when
+        the image is not read (``read(..., image=False)``), to learn its size from the file's header; None
+        where samples are not one file per array, or where the image is resized when read (its file's size
+        is then not the sample's)."""
         return None
 
     @abstractmethod
@@ -169,17 +178,65 @@ class Reader(ABC):
                 found=", ".join(unknown),
             )
 
-    def read(self, split: str, index: int, targets: Collection[str] = ()) -> Sample:
-        """The image and the requested targets of sample ``index`` of ``split``; nothing else is read."""
+    def read(self, split: str, index: int, targets: Collection[str] = (), *, image: bool = True) -> Sample:
+        """The image and the requested targets of sample ``index`` of ``split``; nothing else is read.
+
+        ``image=False``: the image is neither read nor decoded and the sample has no ``image`` key (passes
+        that need targets only). Every target map must still have the image's size: where `sample_files`
+        names the image file, its size comes from the file's header (no pixel is decoded); otherwise (or
+        when the header cannot be read) the requested targets are only checked against each other.
+        A derived target (`derived_targets`) whose source is requested too is computed from the source's
+        array, so the source's files are read once.
+        """
         self.require_targets(targets, f"the {self.title} layout")
-        sample: Sample = {"image": self._read_image(split, index)}
-        height, width = sample["image"].shape[1:]
-        for target in targets:
-            value = self._read_target(split, index, target)
-            if value.ndim >= 2 and value.shape[-2:] != (height, width):
-                raise self._size_mismatch(split, index, target, targets, (height, width), value.shape[-2:])
+        sample: Sample = {}
+        if image:
+            sample["image"] = self._read_image(split, index)
+            size: tuple[int, ...] | None = tuple(sample["image"].shape[1:])
+        else:
+            size = self._image_file_size(split, index)
+        wanted = list(dict.fromkeys(targets))
+        derived_late = [t for t in wanted if self.derived_targets.get(t, ("",))[0] in wanted]
+        first: str | None = None  # the target whose size the others are checked against (no image size known)
+        for target in [t for t in wanted if t not in derived_late] + derived_late:  # sources before derived
+            value = self._derived(target, sample)
+            if value is None:
+                value = self._read_target(split, index, target)
+            if value.ndim >= 2:
+                if size is None:
+                    size, first = tuple(value.shape[-2:]), target
+                elif tuple(value.shape[-2:]) != size:
+                    if first is not None:
+                        raise self._targets_disagree(split, index, first, size, target, value.shape[-2:])
+                    raise self._size_mismatch(split, index, target, targets, size, value.shape[-2:])
             sample[target] = value
-        return sample
+        return {key: sample[key] for key in (["image"] if image else []) + wanted}
+
+    def _derived(self, target: str, sample: Sample) -> np.ndarray | None:
+        """``target`` computed from its source's array in ``sample``; None if it is not derived or its source
+        is not there."""
+        derivation = self.derived_targets.get(target)
+        if derivation is None or derivation[0] not in sample:
+            return None
+        return derive(derivation[1], sample[derivation[0]])
+
+    def _image_file_size(self, split: str, index: int) -> tuple[int, int] | None:
+        """``(H, W)`` of a sample's image from its file's header (`sample_files`); None where unknown."""
+        files = self.sample_files(split, index)
+        return stored_size(files[0]) if files is not None else None
+
+    def _targets_disagree(
+        self, split: str, index: int, first: str, first_size: tuple[int, ...], target: str, size: tuple[int, ...]
+    ) -> DataFormatError:
+        """The error for two targets of different sizes, read without the image (whose size is unknown)."""
+        sample_id = self.sample_ids(split)[index]
+        return DataFormatError(
+            self.locate(split, index, target),
+            f"{target} of sample {sample_id} ({split}) does not match the size of its {first}",
+            expected=_size_text(first_size),
+            found=_size_text(size),
+            fix="every map of a sample has its image's size: restore the wrong one from the original download",
+        )
 
     def _size_mismatch(
         self,
@@ -187,10 +244,11 @@ class Reader(ABC):
         index: int,
         target: str,
         targets: Collection[str],
-        image_size: tuple[int, int],
+        image_size: tuple[int, ...],
         target_size: tuple[int, ...],
     ) -> DataFormatError:
-        """The error for a target whose size differs from its image, blaming the file most likely wrong.
+        """The error for a target whose size differs from its image (decoded, or from its file's header),
+        blaming the file most likely wrong.
 
         Where the layout stores one file per array (`sample_files`), the sizes of the requested targets'
         files (from their headers; other targets' files stay unopened) and the image size of a few other
@@ -287,6 +345,18 @@ class Reader(ABC):
         )
 
 
+#: derivations a reader may name in `Reader.derived_targets` (a cache records the name and calls the same function)
+DERIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+
+
+def derive(how: np.ndarray | str, source: np.ndarray) -> np.ndarray:
+    """A derived target from its source's canonical array: ``how[source]`` for a lookup table, else the
+    function `DERIVATIONS` names ``how``."""
+    if isinstance(how, str):
+        return DERIVATIONS[how](source)
+    return how[source]
+
+
 def _size_text(size: Iterable[int]) -> str:
     return "×".join(map(str, size))
 
@@ -310,3 +380,6 @@ def label_edges(labels: np.ndarray) -> np.ndarray:
     edge[:, :-1] |= horizontal
     edge[:-1, :] |= vertical
     return edge[None].astype(np.float32)
+
+
+DERIVATIONS["label_edges"] = label_edges
