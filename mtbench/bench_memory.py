@@ -8,6 +8,14 @@ torch, which can exceed a small load's, does not hide it (``ru_maxrss`` where th
 difference of the two peaks over the ``3n`` extra samples is the memory a run needs per training sample;
 the peaks are then extrapolated to the real training splits (CelebAMask-HQ 24,183, NYU-v2 795).
 
+``stream=True`` also measures the streaming path (`mtbench.streaming.StreamingSet` over an Arrow cache
+prepared from the case, DataLoader workers prefetching): ``steps`` training batches drawn as a run draws
+them. Its memory is this process's peak RSS plus, for each worker process, the peak of its private dirty
+memory (``Private_Dirty`` of ``/proc/<pid>/smaps_rollup``, sampled after every batch): what a worker
+allocates or copies on write. Pages of the memory-mapped cache that a worker has read are page cache
+(clean, shared, reclaimed by the kernel under pressure) and are not counted; neither are the pages a
+forked worker shares with this process.
+
 ``compare=True`` also measures `legacy_load`: a copy of the loader before issue 10 (float32 images,
 int64 labels, a list of samples stacked into a second copy, the full-resolution stack resized after),
 kept in this module only for that comparison. Nothing else uses it.
@@ -86,6 +94,8 @@ class Peak:
     peak_kib: int
     stored_bytes: int
     seconds: float
+    #: stream: the workers' summed peak private dirty memory (KiB), already included in ``peak_kib``
+    workers_kib: int = 0
 
     @property
     def peak_mib(self) -> float:
@@ -99,7 +109,7 @@ class Peak:
 @dataclass(frozen=True)
 class MemoryResult:
     case: MemoryCase
-    loader: str  # "compact" (TensorSet.load) or "legacy"
+    loader: str  # "compact" (TensorSet.load), "stream" (StreamingSet) or "legacy"
     resolution: tuple[int, int] | None
     small: Peak
     large: Peak
@@ -183,17 +193,58 @@ def _tasks_for(reader: Any, wanted: Sequence[Any], family: Sequence[Any]) -> lis
     return chosen
 
 
+def private_dirty_kib(pid: int) -> int:
+    """``Private_Dirty`` of process ``pid`` in KiB (0 if it is gone or /proc is missing)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Private_Dirty:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _stream(data: Any, count: int, targets: Sequence[str], steps: int, batch: int) -> int:
+    """Draw ``steps`` training batches as `TrainContext.train_batch` does; the workers' summed peak private
+    dirty memory (KiB), sampled after every batch."""
+    import functools
+
+    import numpy as np
+    import torch
+
+    def indices(step: int) -> list[list[int]] | None:
+        if step >= steps:
+            return None
+        rng = np.random.default_rng([0, step, 0, 17])
+        return [rng.choice(count, size=min(batch, count), replace=False).tolist()]
+
+    peaks: dict[int, int] = {}
+    for step in range(steps):
+        data.fetch(indices(step), targets, torch.device("cpu"), ahead=functools.partial(indices), position=step)
+        for stream in data.streams.values():
+            for worker in getattr(stream.iterator, "_workers", []):
+                peaks[worker.pid] = max(peaks.get(worker.pid, 0), private_dirty_kib(worker.pid))
+    assert data.stats["misses"] == 0 and data.stats["hits"] == steps, data.stats
+    return sum(peaks.values())
+
+
 def _child(job: dict[str, Any]) -> dict[str, Any]:
-    """Load the training split of ``job['root']`` as a run does; report the peaks."""
+    """Load the training split of ``job['root']`` as a run does (or stream ``job['steps']`` batches of it
+    from the Arrow cache ``job['cache']``); report the peaks."""
     import torch  # noqa: F401  (imported before the baseline, as in a run)
 
     from mtbench import catalog
+    from mtbench.data.cache import ArrowCacheReader
     from mtbench.data.layouts import open_reader
     from mtbench.episodes import TaskView
+    from mtbench.streaming import StreamingSet
     from mtbench.training import TensorSet
 
     spec = catalog.dataset(job["dataset"])
-    reader = open_reader(spec.family, job["root"], job["layout"])
+    if job["loader"] == "stream":
+        reader: Any = ArrowCacheReader(job["cache"])
+    else:
+        reader = open_reader(spec.family, job["root"], job["layout"])
     seen = _tasks_for(
         reader, [catalog.task(spec.family, name) for name in job["tasks"]], catalog.family_tasks(spec.family)
     )
@@ -208,7 +259,13 @@ def _child(job: dict[str, Any]) -> dict[str, Any]:
     before = proc_status_kib("VmRSS") if reset else None
     before = before if before is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    if job["loader"] == "legacy":
+    workers_kib = 0
+    if job["loader"] == "stream":
+        data = StreamingSet(view.read, job["count"], targets, resolution, workers=job["workers"])  # type: ignore[arg-type]
+        workers_kib = _stream(data, job["count"], targets, job["steps"], job["batch"])
+        data.close()
+        stored = 0
+    elif job["loader"] == "legacy":
         tensors = legacy_load(view.read, job["count"], targets, resolution)  # type: ignore[arg-type]
         stored = sum(t.untyped_storage().nbytes() for t in tensors.values())
     else:
@@ -217,7 +274,10 @@ def _child(job: dict[str, Any]) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     high = proc_status_kib("VmHWM") if reset else None
     peak = high if high is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"before_kib": before, "peak_kib": peak, "stored_bytes": stored, "seconds": seconds}
+    return {
+        "before_kib": before, "peak_kib": peak + workers_kib, "stored_bytes": stored, "seconds": seconds,
+        "workers_kib": workers_kib,
+    }
 
 
 def _measure(job: dict[str, Any]) -> Peak:
@@ -232,7 +292,10 @@ def _measure(job: dict[str, Any]) -> Peak:
     if done.returncode != 0:
         raise RuntimeError(f"memory benchmark child failed ({done.returncode}):\n{done.stderr[-4000:]}")
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    return Peak(job["count"], report["before_kib"], report["peak_kib"], report["stored_bytes"], report["seconds"])
+    return Peak(
+        job["count"], report["before_kib"], report["peak_kib"], report["stored_bytes"], report["seconds"],
+        report["workers_kib"],
+    )
 
 
 # --- the benchmark ----------------------------------------------------------------------------------------
@@ -245,11 +308,17 @@ def bench_memory(
     cases: Sequence[MemoryCase] | None = None,
     resolution: tuple[int, int] | None = (256, 256),
     compare: bool = True,
+    stream: bool = True,
+    steps: int = 64,
+    workers: int = 2,
     progress: Callable[[str], None] | None = None,
 ) -> list[MemoryResult]:
     """Generate each case with at least ``4n`` training samples under ``scratch``, then measure the load
-    of ``n`` and ``4n`` of them (TensorSet.load, and `legacy_load` with ``compare``), one process each."""
+    of ``n`` and ``4n`` of them (TensorSet.load, and `legacy_load` with ``compare``), one process each; with
+    ``stream``, also ``steps`` batches of 8 drawn from the first ``n`` / ``4n`` training samples, streamed
+    from an Arrow cache of the case by ``workers`` DataLoader workers."""
     from mtbench import catalog
+    from mtbench.data.cache import prepare
     from mtbench.data.layouts import open_reader
     from mtbench.data.synth import CELEBA_SPLIT_P, NYU_VAL_FRACTION
 
@@ -266,8 +335,15 @@ def bench_memory(
         available = open_reader(spec.family, root, case.layout).num_samples(spec.train_split)
         if available < 4 * n:
             raise RuntimeError(f"{case.name}: only {available} training samples generated, {4 * n} needed")
-        for loader in ("legacy", "compact") if compare else ("compact",):
+        loaders = (("legacy",) if compare else ()) + ("compact",) + (("stream",) if stream else ())
+        for loader in loaders:
             peaks = []
+            cache = None
+            if loader == "stream":
+                if progress:
+                    progress(f"{case.name}: preparing its Arrow cache")
+                reader = open_reader(spec.family, root, case.layout)
+                cache = prepare(reader, cache_root=scratch / f"case{number}-cache").path
             for count in (n, 4 * n):
                 if progress:
                     progress(f"{case.name}: loading {count} training samples ({loader} loader)")
@@ -279,6 +355,10 @@ def bench_memory(
                     "resolution": list(resolution) if resolution else None,
                     "count": count,
                     "loader": loader,
+                    "cache": str(cache) if cache else None,
+                    "steps": steps,
+                    "batch": 8,
+                    "workers": workers,
                 }
                 peaks.append(_measure(job))
             results.append(MemoryResult(case, loader, resolution, peaks[0], peaks[1]))
@@ -292,8 +372,9 @@ def memory_table(results: Sequence[MemoryResult]) -> Any:
     first = results[0]
     where = "native size" if first.resolution is None else f"{first.resolution[0]}×{first.resolution[1]}"
     table = Table(
-        title=f"Peak RSS loading the training split as a run does (TensorSet.load at {where}), "
-        "one fresh process per cell",
+        title=f"Peak RSS of the training split as a run holds it at {where}: loaded (compact: TensorSet.load; "
+        "legacy: the loader before issue 10) or streamed (stream: batches read by DataLoader workers from the Arrow "
+        "cache; + the workers' private memory), one fresh process per cell",
         title_justify="left",
     )
     columns = ("case", "size", "loader", "n", "peak RSS (n)", "4n", "peak RSS (4n)", "4n/n", "slope", "kept")

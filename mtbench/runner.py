@@ -19,7 +19,7 @@ import time
 import typing
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +58,13 @@ from mtbench.results import default_results_dir, find_reference, key_path, read_
 from mtbench.scoring import ScoringError, run_delta_m
 from mtbench.sparsity import sparsity_stats
 from mtbench.specs import DatasetSpec, TaskSpec
+from mtbench.streaming import (
+    StreamingMetaTestData,
+    StreamingSet,
+    check_data_options,
+    choose_data_path,
+    sample_bytes,
+)
 from mtbench.training import CHECKPOINT_EVERY, MetaTestData, TensorSet, TrainContext, meta_test, train, train_identity
 
 #: Free space an output folder must have before a run starts (a smoke run writes about 1 MiB; a paper run more).
@@ -68,6 +75,9 @@ RUNS_DIR = Path("runs")
 #: in ``runs/.resume/<method>-seed<seed>-<configuration digest>/`` (the run id is only made at the end), so
 #: a rerun of the same configuration without ``--out`` resumes too.
 RESUME_FILE = "resume.pt"
+
+#: share of the GPU's memory a compact training set may take to be moved onto the GPU once (CUDA runs)
+RESIDENT_SHARE = 0.25
 
 Notice = Callable[[str], None]
 ProgressFactory = Callable[[str], AbstractContextManager[Callable[..., None]]]
@@ -100,6 +110,14 @@ class RunRequest:
     deterministic: bool | None = None
     #: Compile the training forwards with `torch.compile` (see `TrainContext.compile`).
     compile: bool = False
+    #: How the splits are held: ``memory`` (compact tensors), ``stream`` (read batch by batch through DataLoader
+    #: workers) or ``auto`` (stream when the in-memory estimate exceeds ``memory_budget_gib``); see
+    #: `mtbench.streaming.choose_data_path`. Either path gives the same numbers.
+    data_mode: str = "auto"
+    #: The in-memory data's budget in GiB for ``auto`` (None: half of the machine's memory).
+    memory_budget_gib: float | None = None
+    #: DataLoader workers per stream when streaming (None: `mtbench.streaming.default_workers`).
+    loader_workers: int | None = None
 
     def resolved_deterministic(self, device: torch.device) -> bool:
         """``deterministic``, with auto resolved for ``device`` (True unless CUDA)."""
@@ -605,6 +623,7 @@ def plan(request: RunRequest, notice: Notice | None = None) -> RunPlan:
     family = catalog.dataset(request.dataset or "nyuv2").family
     check_task_options(family, request.tasks, request.unseen)
     device = pick_device(request.device)
+    check_data_options(request.data_mode, request.memory_budget_gib, request.loader_workers)
     results_dir = request.results or default_results_dir()
     if request.out is not None:
         check_output_dir(request.out, "--out", "--out")
@@ -787,7 +806,31 @@ def run(
     deterministic = apply_determinism(request, the_plan.device)
     view = TaskView(reader, train_split, seen, held_out)
     count = len(view) if budget.max_train_samples is None else min(len(view), budget.max_train_samples)
-    train_data = TensorSet.load(view.read, count, [t.target for t in seen], budget.resolution)
+    seen_targets = [t.target for t in seen]
+
+    def samples(name: str, limit: int | None) -> tuple[str, int]:
+        total = reader.num_samples(name)
+        return name, total if limit is None else min(total, limit)
+
+    splits = {"train": samples(train_split, budget.max_train_samples), "test": samples(test_split, budget.max_test_samples)}
+    path = choose_data_path(
+        request.data_mode,
+        sample_bytes(view.read, seen_targets, budget.resolution),
+        count + splits["test"][1],
+        the_plan.device,
+        budget_gib=request.memory_budget_gib,
+        workers=request.loader_workers,
+    )
+    if path.mode == "stream":
+        if notice and request.data_mode == "auto":
+            notice(f"streaming the data: {path.reason}")
+        train_data: TensorSet | StreamingSet = StreamingSet(
+            view.read, count, seen_targets, budget.resolution, workers=path.workers, pin_memory=on_cuda
+        )
+    else:
+        train_data = TensorSet.load(view.read, count, seen_targets, budget.resolution)
+        if on_cuda and train_data.nbytes < RESIDENT_SHARE * torch.cuda.get_device_properties(the_plan.device).total_memory:
+            train_data = train_data.to(the_plan.device)  # uint8 images on the GPU: batches gathered there
     ctx = TrainContext(
         budget, seen, train_data, request.seed, the_plan.device, channels_last=on_cuda, autocast=on_cuda,
         deterministic=deterministic, compile=request.compile,
@@ -821,18 +864,22 @@ def run(
             notice=notice,
         )
 
-    def samples(name: str, limit: int | None) -> tuple[str, int]:
-        total = reader.num_samples(name)
-        return name, total if limit is None else min(total, limit)
-
+    image_size = train_data.image_size
+    resident = str(train_data.tensors["image"].device) if isinstance(train_data, TensorSet) else None
+    prefetch = dict(train_data.stats) if isinstance(train_data, StreamingSet) else None
+    train_data.close()  # a streaming set's workers stop here; a set in memory stays for the meta-test
     # one image tensor per split: the training set's for the training split, one read of the test split;
     # targets per task, the held-out tasks' training targets in one more pass, each released when done
-    data = MetaTestData(
-        reader.read,
-        {"train": samples(train_split, budget.max_train_samples), "test": samples(test_split, budget.max_test_samples)},
-        budget.resolution,
-        given={"train": train_data},
-        together={"train": [t.target for t in held_out]},
+    data: MetaTestData | StreamingMetaTestData = (
+        StreamingMetaTestData(reader.read, splits, budget.resolution, workers=path.workers, pin_memory=on_cuda)
+        if isinstance(train_data, StreamingSet)
+        else MetaTestData(
+            reader.read,
+            splits,
+            budget.resolution,
+            given={"train": train_data},
+            together={"train": [t.target for t in held_out]},
+        )
     )
     current: list[str] = []
 
@@ -875,7 +922,12 @@ def run(
             reference_seconds=reference_seconds,
             reference_trained=bool(reference and reference.trained),
         ),
-        tuple(train_data.tensors["image"].shape[-2:]),
+        image_size,
+        data_path={
+            **path.to_json(),
+            **({"resident": resident} if resident is not None else {}),
+            **({"prefetch": {n: prefetch[n] + data.stats[n] for n in prefetch}} if prefetch is not None else {}),
+        },
     )
     if reference is not None or info.name == REFERENCE_METHOD:
         try:
@@ -1026,6 +1078,7 @@ def build_result(
     sparsity: Sparsity,
     timings: Timings,
     input_size: tuple[int, ...],
+    data_path: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """The `RunResult` of a finished run (Δm and the accounting are added by `run`)."""
     info, request = the_plan.method, the_plan.request
@@ -1052,7 +1105,7 @@ def build_result(
         protocol=the_plan.protocol,
         seed=request.seed,
         overrides=dict(request.overrides),
-        environment=environment(the_plan.device),
+        environment={**environment(the_plan.device), **({"data": dict(data_path)} if data_path is not None else {})},
         tasks={
             r.task.name: TaskOutcome(
                 seen=r.seen,

@@ -16,6 +16,7 @@ import contextlib
 import copy
 import copyreg
 import dataclasses
+import functools
 import inspect
 import io
 import json
@@ -216,6 +217,11 @@ class TensorSet:
         """Bytes held by this set's tensors (storage shared with another set counts in both)."""
         return sum(t.untyped_storage().nbytes() for t in self.tensors.values())
 
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the images as the network sees them."""
+        return (int(self.tensors["image"].shape[-2]), int(self.tensors["image"].shape[-1]))
+
     def select(self, keys: Sequence[str], *others: TensorSet) -> TensorSet:
         """A set of ``keys``, taken from this set or else from ``others``, sharing their storage: no copy."""
         tensors: dict[str, Tensor] = {}
@@ -232,7 +238,8 @@ class TensorSet:
         index = torch.as_tensor(list(indices), dtype=torch.long)
         out = {}
         for key in ("image", *keys):
-            value = self.tensors[key][index].to(device, non_blocking=True)
+            stored = self.tensors[key]
+            value = stored[index.to(stored.device)].to(device, non_blocking=True)
             how = self.decode.get(key)
             if how == "unit":
                 value = _unit_table(value.device)[value.long()]
@@ -240,6 +247,28 @@ class TensorSet:
                 value = value.to(how)
             out[key] = value
         return out
+
+    def to(self, device: torch.device) -> TensorSet:
+        """This set with its compact tensors moved to ``device`` (a GPU-resident training set: batches are
+        gathered there, no host copy per step)."""
+        return TensorSet({key: t.to(device) for key, t in self.tensors.items()}, self.decode)
+
+    def fetch(
+        self,
+        requests: Sequence[Sequence[int]],
+        keys: Sequence[str],
+        device: torch.device,
+        *,
+        ahead: Callable[[int], Sequence[Sequence[int]] | None] | None = None,
+        position: int = 0,
+        stream: Any = None,
+    ) -> list[Batch]:
+        """One `batch` per request. ``ahead``/``position``/``stream`` let a `mtbench.streaming.StreamingSet`
+        read the next requests in the background; a set in memory has nothing to prefetch."""
+        return [self.batch(indices, keys, device) for indices in requests]
+
+    def close(self) -> None:
+        """Nothing to stop (a `mtbench.streaming.StreamingSet` stops its workers)."""
 
 
 class MetaTestData:
@@ -305,6 +334,31 @@ class MetaTestData:
         self.targets.clear()
 
 
+def _single_request(indices: Callable[..., list[int]], position: int, **options: Any) -> list[list[int]]:
+    return [indices(position, **options)]
+
+
+def _episode_requests(sampler: EpisodeSampler, index: int) -> list[tuple[int, ...]]:
+    episode = sampler.episode(index)
+    return [episode.support, episode.query]
+
+
+def _bounded(ahead: Callable[[int], Any], end: int, position: int) -> Any:
+    return ahead(position) if position < end else None
+
+
+def finetune_indices(step: int, *, seed: int, size: int, batch: int) -> list[int]:
+    """The meta-test fine-tuning batch of ``step``: depends only on (seed, step)."""
+    rng = np.random.default_rng([seed, step, 29])
+    return rng.choice(size, size=min(batch, size), replace=False).tolist()
+
+
+def eval_chunk(size: int, batch: int, position: int) -> list[range] | None:
+    """The ``position``-th evaluation batch of a split of ``size`` samples (None past the end)."""
+    first = position * batch
+    return [range(first, min(first + batch, size))] if first < size else None
+
+
 # --- context ------------------------------------------------------------------------------------------
 
 
@@ -326,10 +380,12 @@ class TrainContext:
     compile: bool = False
     by_name: dict[str, TaskSpec] = field(init=False)
     _compiled: dict[int, nn.Module] = field(init=False, repr=False, compare=False)
+    _sampler: EpisodeSampler | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.by_name = {t.name: t for t in self.seen}
         self._compiled = {}
+        self._sampler = None
 
     @property
     def task_names(self) -> list[str]:
@@ -347,11 +403,27 @@ class TrainContext:
             self._compiled[id(model)] = torch.compile(model)
         return model
 
-    def batch(self, indices: Sequence[int], tasks: Sequence[str]) -> Batch:
-        images_and_targets = self.train.batch(indices, [self.by_name[t].target for t in tasks], self.device)
+    def _layout(self, batch: Batch) -> Batch:
         if self.channels_last:
-            images_and_targets["image"] = images_and_targets["image"].contiguous(memory_format=torch.channels_last)
-        return images_and_targets
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def batch(self, indices: Sequence[int], tasks: Sequence[str]) -> Batch:
+        return self._layout(self.train.batch(indices, [self.by_name[t].target for t in tasks], self.device))
+
+    def fetch(
+        self,
+        requests: Sequence[Sequence[int]],
+        tasks: Sequence[str],
+        ahead: Callable[[int], Sequence[Sequence[int]] | None],
+        position: int,
+        stream: Any,
+    ) -> list[Batch]:
+        """The batches ``requests`` of the training set; ``ahead(k)`` is the same pure function of the position
+        that made ``requests`` (``position``), so a streaming set can read the next ones in the background."""
+        keys = [self.by_name[t].target for t in tasks]
+        batches = self.train.fetch(requests, keys, self.device, ahead=ahead, position=position, stream=stream)
+        return [self._layout(b) for b in batches]
 
     def train_indices(self, step: int, salt: int = 0) -> list[int]:
         """The training batch of ``step``: depends only on (seed, step, salt)."""
@@ -359,7 +431,9 @@ class TrainContext:
         return rng.choice(len(self.train), size=min(self.budget.batch_size, len(self.train)), replace=False).tolist()
 
     def train_batch(self, step: int, tasks: Sequence[str] | None = None, salt: int = 0) -> Batch:
-        return self.batch(self.train_indices(step, salt), tasks or self.task_names)
+        tasks = tasks or self.task_names
+        ahead = functools.partial(_single_request, self.train_indices, salt=salt)
+        return self.fetch(ahead(step), tasks, ahead, step, ("train", salt))[0]
 
     def episodes(self, combinations: str = "subsets", meta_val_fraction: float | None = None) -> EpisodeSampler:
         """Episodes over the seen tasks; with ``meta_val_fraction``, queries come from a meta-validation
@@ -369,7 +443,7 @@ class TrainContext:
             if meta_val_fraction
             else (None, None)
         )
-        return EpisodeSampler(
+        self._sampler = EpisodeSampler(
             len(self.train),
             self.task_names,
             support_size=self.budget.batch_size,
@@ -379,9 +453,15 @@ class TrainContext:
             support_pool=pools[0],
             query_pool=pools[1],
         )
+        return self._sampler
 
     def episode_batches(self, episode: Episode) -> tuple[Batch, Batch]:
-        return self.batch(episode.support, episode.tasks), self.batch(episode.query, episode.tasks)
+        """Support and query batches of ``episode``; the episodes after it (of the last `episodes` sampler) are
+        read ahead by a streaming set."""
+        sampler = self._sampler
+        ahead = functools.partial(_episode_requests, sampler) if sampler is not None else lambda _: None
+        support, query = self.fetch([episode.support, episode.query], episode.tasks, ahead, episode.index, "episodes")
+        return support, query
 
     def make_optimizer(
         self,
@@ -787,10 +867,12 @@ def finetune(
     masks = zero_group_masks(weights, axis)
     optimizer = ctx.make_optimizer(model.parameters(), lr=ctx.budget.finetune_lr)
     single = dataclasses.replace(ctx, seen=[task], train=data, seed=seed, compile=False)
-    for step in range(ctx.budget.finetune_steps):
-        rng = np.random.default_rng([seed, step, 29])
-        indices = rng.choice(len(data), size=min(ctx.budget.finetune_batch, len(data)), replace=False).tolist()
-        loss = single.losses(model, single.batch(indices, [task.name]), [task.name])[task.name]
+    steps = ctx.budget.finetune_steps
+    each = functools.partial(_single_request, finetune_indices, seed=seed, size=len(data), batch=ctx.budget.finetune_batch)
+    ahead = functools.partial(_bounded, each, steps)  # nothing is read ahead past the last step
+    for step in range(steps):
+        (batch,) = single.fetch(ahead(step), [task.name], ahead, step, "finetune")
+        loss = single.losses(model, batch, [task.name])[task.name]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         _mask_gradients(weights, masks)
@@ -804,9 +886,11 @@ def evaluate(model: MultiTaskNet, task: TaskSpec, data: TensorSet, ctx: TrainCon
     """Metrics of ``task`` on ``data`` (accumulated over the whole split)."""
     model.eval()
     evaluator = evaluator_for(task)
-    for first in range(0, len(data), ctx.budget.eval_batch):
-        indices = range(first, min(first + ctx.budget.eval_batch, len(data)))
-        batch = data.batch(indices, [task.target], ctx.device)
+    ahead = functools.partial(eval_chunk, len(data), ctx.budget.eval_batch)
+    position = 0
+    while (requests := ahead(position)) is not None:
+        (batch,) = data.fetch(requests, [task.target], ctx.device, ahead=ahead, position=position, stream="eval")
+        position += 1
         images = batch["image"].contiguous(memory_format=torch.channels_last) if ctx.channels_last else batch["image"]
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.autocast):
             output = model(images, [task.name])[task.name]

@@ -135,9 +135,9 @@ def test_meta_test_sets_share_one_image_tensor_per_split_and_release_targets(nyu
     train_count, test_count = reader.num_samples("train"), reader.num_samples("val")
     calls = collections.Counter()
 
-    def read(split, i, wanted):
+    def read(split, i, wanted, **options):
         calls[split] += 1
-        return reader.read(split, i, wanted)
+        return reader.read(split, i, wanted, **options)
 
     train = TensorSet.load(lambda i, wanted: read("train", i, wanted), train_count, ["semantic13", "normal"])
     calls.clear()
@@ -177,15 +177,17 @@ def test_meta_test_sets_share_one_image_tensor_per_split_and_release_targets(nyu
 
 @pytest.mark.e2e
 def test_a_run_reads_the_training_split_at_most_twice(nyu_mtan, tmp_path, monkeypatch):
-    """Before issue 10 a run read the training split 1 + T times (T tasks: 5 here), now 1 (+1 with held-out tasks)."""
+    """Before issue 10 a run read the training split 1 + T times (T tasks: 5 here) and decoded every image each
+    time; now it reads it once (+1 with held-out tasks, without images) and decodes each image once."""
     from mtbench.runner import RunRequest, execute
 
     calls: collections.Counter[str] = collections.Counter()
     read = Reader.read
 
-    def spy(self, split, index, targets=()):
+    def spy(self, split, index, targets=(), **options):
         calls[split] += 1
-        return read(self, split, index, targets)
+        calls[f"{split} images"] += options.get("image", True)
+        return read(self, split, index, targets, **options)
 
     monkeypatch.setattr(Reader, "read", spy)
     reader, smoke = _reader(nyu_mtan, "nyuv2"), budget("smoke")
@@ -194,8 +196,11 @@ def test_a_run_reads_the_training_split_at_most_twice(nyu_mtan, tmp_path, monkey
     calls.clear()
     request = RunRequest(method="ew", data_root=nyu_mtan, budget="smoke", out=tmp_path / "run", unseen=("depth",))
     execute(dataclasses.replace(request, reference=False))
-    assert calls["train"] == 2 * train  # training set + one pass for the held-out task's targets
-    assert calls["val"] == 4 * test  # one pass per task (targets per task); its images stored once
+    # training set + one pass for the held-out task's targets, + sample 0 once for the memory estimate
+    assert calls["train"] == 2 * train + 1
+    assert calls["train images"] == train + 1  # the held-out targets' pass decodes no image
+    assert calls["val"] == 4 * test  # one pass per task (targets per task) ...
+    assert calls["val images"] == test  # ... and the images decoded once, stored once
 
 
 def test_bench_memory_command_runs_at_tiny_n(cli):

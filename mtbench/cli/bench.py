@@ -101,11 +101,18 @@ def bench_memory(
             help="Layout to measure (repeatable): celebamask-official, nyuv2-mtan, nyuv2-nyudmt (default: all)."
         ),
     ] = None,
+    stream: Annotated[
+        bool,
+        typer.Option(help="Also measure the streaming path (`mtbench run --data stream`) over an Arrow cache."),
+    ] = True,
+    steps: Annotated[int, typer.Option(help="Batches of 8 the streaming path draws.")] = 64,
+    workers: Annotated[int, typer.Option(help="DataLoader workers of the streaming path.")] = 2,
 ) -> None:
     """Peak RSS of loading a training split as a run does, for n and 4n samples, each in a fresh process;
     the ratio, the MiB per sample, and the extrapolation to CelebAMask-HQ (24,183) and NYU-v2 (795).
 
-    Example: `mtbench bench memory --n 32` (CelebAMask-like 512², NYU-like 288×384, paper preset's 256²)
+    Example: `mtbench bench memory --n 32` (CelebAMask-like 512², NYU-like 288×384, paper preset's 256²;
+    loaded compactly, by the loader before issue 10, and streamed)
     """
     from mtbench.bench_memory import bench_memory as measure
     from mtbench.bench_memory import default_cases, extrapolation_table, memory_table
@@ -124,6 +131,9 @@ def bench_memory(
             cases=default_cases(celeba_size, (height, width), case or None),
             resolution=size,
             compare=compare,
+            stream=stream,
+            steps=steps,
+            workers=workers,
             progress=lambda text: console.print(f"[dim]{text}[/dim]"),
         )
     finally:

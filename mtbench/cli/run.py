@@ -68,6 +68,34 @@ def run(
             "--compile` measures whether it pays.",
         ),
     ] = False,
+    data_mode: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="How the splits are held: memory (compact tensors), stream (read batch by batch by DataLoader "
+            "workers from the data set, the Arrow cache for real data: memory does not grow with the data set) "
+            "or auto (stream when the in-memory estimate exceeds --memory-budget). Both give the same numbers; "
+            "the result's environment.data records which ran and why.",
+        ),
+    ] = "auto",
+    memory_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--memory-budget",
+            help="GiB the in-memory data may take before --data auto streams (default: half of this machine's "
+            "memory).",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="DataLoader worker processes per stream when streaming (default: half the cores on CUDA, at "
+            "most 8; 1 on the CPU).",
+            show_default=False,
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -82,7 +110,8 @@ def run(
     Examples: `mtbench run meta-sparsity --unseen depth`,
     `mtbench run fixed-lambda --unseen depth --set lam=0.5`,
     `mtbench run meta-sparsity --dataset celebamask-synth --unseen smiling --budget smoke`,
-    `mtbench run meta-sparsity --unseen depth --dry-run`
+    `mtbench run meta-sparsity --unseen depth --dry-run`,
+    `mtbench run ew --dataset celebamask --unseen smiling --budget paper --data stream --workers 8`
     """
     from mtbench.results import default_results_dir
     from mtbench.runner import RunRequest, execute_plan, front_at, parse_set, plan
@@ -104,6 +133,9 @@ def run(
         resume=resume,
         deterministic=deterministic,
         compile=compile_,
+        data_mode=data_mode,
+        memory_budget_gib=memory_budget,
+        loader_workers=workers,
     )
     the_plan = plan(request, notice=print_notice)
     if dry_run:
