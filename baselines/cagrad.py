@@ -28,11 +28,13 @@ class CAGrad(MTLMethod):
 
     Where the solver runs (by design): on the CPU, once per step. Only the K × K Gram matrix of the task
     gradients (K² numbers) is copied to the host; SLSQP (`mtbench.aggregators.cagrad_weights`, SciPy,
-    float64) solves the dual over the K weights there and w goes back to the device, where d is formed
-    on the (K, P) gradients. That is one host synchronisation per step and none elsewhere in it (w is
-    logged as a device tensor). A device solver would need a hand-written constrained optimiser with a
-    data-dependent stopping rule over K (2–7) numbers — kernel launches and host checks costing more
-    than the one copy — and would move the numbers away from SciPy's.
+    float64) solves the dual over the K weights there and w goes back to the device (a non-blocking copy
+    from pinned memory, `mtbench.aggregators.to_device`), where d is formed on the (K, P) gradients. That
+    is one host synchronisation per step (the Gram matrix's read) and none elsewhere in it (w is logged as a
+    device tensor; ``tests/test_host_syncs.py`` holds the step to exactly that one read and that one copy).
+    A device solver would need a hand-written constrained optimiser with a data-dependent stopping rule
+    over K (2–7) numbers — kernel launches and host checks costing more than the one copy — and would move
+    the numbers away from SciPy's.
     """
 
     def backward(self, ctx: TrainContext, step: int, losses: dict[str, Tensor]) -> Tensor:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mtbench import sparsity
 from mtbench.methods import MethodInfo
 from mtbench.mtl import MTLMethod
 from mtbench.training import TrainContext
@@ -42,22 +43,58 @@ def dwa_weights(history: Sequence[Sequence[float]], window: int, temperature: fl
     return len(ratios) * weights / weights.sum()
 
 
+def dwa_weights_on_device(history: Sequence[Tensor], window: int, temperature: float) -> Tensor:
+    """`dwa_weights` of the (K,) loss tensors ``history``, as a float64 tensor on their device.
+
+    Where reading the losses is free (`mtbench.sparsity.host_reads_are_free`: the CPU) this *is*
+    `dwa_weights`, in NumPy, so CPU runs keep their numbers bit for bit. Elsewhere the same formula runs in
+    float64 torch ops on the device, so the step never waits for it; the means add the ``window`` steps one
+    after the other, as NumPy's do, but torch's ``exp`` may round differently from NumPy's in the last bit.
+    """
+    if len(history) < 2 * window:
+        raise ValueError(f"DWA needs {2 * window} steps of losses, got {len(history)}")
+    device = history[-1].device
+    if sparsity.host_reads_are_free(device):  # looked up here, so one patch of it reaches every caller
+        return torch.from_numpy(dwa_weights([row.tolist() for row in history], window, temperature))
+    losses = torch.stack([row.to(dtype=torch.float64) for row in history])
+
+    def mean(rows: Tensor) -> Tensor:
+        total = rows[0]
+        for row in rows[1:]:
+            total = total + row
+        return total / len(rows)
+
+    ratios = mean(losses[-window:]) / mean(losses[-2 * window : -window])
+    logits = ratios / temperature
+    weights = torch.exp(logits - logits.max())
+    return len(ratios) * weights / weights.sum()
+
+
 class DynamicWeightAverage(MTLMethod):
-    """Minimise Σ_k w_k(t) L_k with w(t) from `dwa_weights` of the previous steps' losses."""
+    """Minimise Σ_k w_k(t) L_k with w(t) from `dwa_weights` of the previous steps' losses.
+
+    The losses of the last ``2·window`` steps are kept as (K,) tensors on the device and the weights are
+    computed there (`dwa_weights_on_device`), so a step reads nothing back to the host.
+    """
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
-        self.history: deque[list[float]] = deque(maxlen=2 * self.config.window)
+        self.history: deque[Tensor] = deque(maxlen=2 * self.config.window)
 
     def backward(self, ctx: TrainContext, step: int, losses: dict[str, Tensor]) -> Tensor:
         current = [losses[t] for t in ctx.task_names]
+        if self.history and not isinstance(self.history[0], Tensor):  # a checkpoint from when they were floats
+            rows = [torch.tensor(row, dtype=current[0].dtype, device=current[0].device) for row in self.history]
+            self.history = deque(rows, maxlen=self.history.maxlen)
         if len(self.history) >= 2 * self.config.window:
-            weights = dwa_weights(list(self.history), self.config.window, self.config.temperature)
+            weights = dwa_weights_on_device(list(self.history), self.config.window, self.config.temperature)
         else:
-            weights = np.ones(len(current))
-        sum(float(w) * loss for w, loss in zip(weights, current)).backward()
-        self.history.append([float(loss.detach()) for loss in current])
-        return torch.from_numpy(weights)
+            weights = torch.ones(len(current), dtype=torch.float64, device=current[0].device)
+        # w_k rounded to the loss dtype, as the former float(w_k) · L_k rounded it: the same products
+        factors = weights.to(current[0].dtype)
+        sum(w * loss for w, loss in zip(factors, current)).backward()
+        self.history.append(torch.stack([loss.detach() for loss in current]))
+        return weights
 
 
 METHOD = MethodInfo(

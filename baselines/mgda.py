@@ -39,9 +39,11 @@ class MGDA(MTLMethod):
     Where the solver runs (by design): on the CPU, once per step. The K × K Gram matrix ``G Gᵀ`` is
     computed on the device; that matrix (K² numbers) is the only thing copied to the host, where the
     closed form (K = 2) or Frank–Wolfe with away steps (`mtbench.aggregators.min_norm_weights`) solves
-    for α in float64 NumPy, and α goes back to the device. This is one host synchronisation per step and
-    none elsewhere in it (the weights are applied and logged as device tensors). Frank–Wolfe is an
-    iterative loop with data-dependent stopping and support changes over K (2–7) numbers: on a GPU each
+    for α in float64 NumPy, and α goes back to the device (a non-blocking copy from pinned memory,
+    `mtbench.aggregators.to_device`). This is one host synchronisation per step (the Gram matrix's read)
+    and none elsewhere in it (the weights are applied and logged as device tensors;
+    ``tests/test_host_syncs.py`` holds the step to exactly that one read and that one copy). Frank–Wolfe is
+    an iterative loop with data-dependent stopping and support changes over K (2–7) numbers: on a GPU each
     of its up to ``max_iter`` iterations would be a handful of tiny kernel launches plus a host check of
     the stopping rule, slower than the one copy, and float64 NumPy keeps the weights identical on every
     device.

@@ -5,6 +5,10 @@ its ``K × K`` Gram matrix, where only inner products matter), and returns eithe
 probability simplex Δ = {w ≥ 0, Σ w = 1} or an aggregated ``(P,)`` gradient. The small simplex
 problems are solved in float64 NumPy on the Gram matrix; the ``(P,)`` results keep ``G``'s dtype
 and device.
+
+Host round trip (by design): a solver on the host costs one read of the ``K × K`` Gram matrix per call
+(`gram`, the one point where a CUDA step waits for the device) and one copy of the ``K`` weights back
+(`to_device`: from pinned memory without waiting, on CUDA). PCGrad and the ``(P,)`` work stay on the device.
 """
 
 from __future__ import annotations
@@ -16,9 +20,23 @@ from torch import Tensor
 
 
 def gram(G: Tensor) -> np.ndarray:
-    """``M = G Gᵀ`` (K × K) in float64 NumPy."""
+    """``M = G Gᵀ`` (K × K) in float64 NumPy: formed on ``G``'s device, then read back (K² numbers; on an
+    accelerator this read waits for the device: the one host synchronisation of a host-side solve)."""
     G64 = G.detach().double()
     return (G64 @ G64.T).cpu().numpy()
+
+
+def to_device(weights: np.ndarray, like: Tensor) -> Tensor:
+    """The host ``weights`` as a tensor of ``like``'s dtype on its device (the solvers' way back).
+
+    The same numbers as ``torch.as_tensor(weights, dtype=…, device=…)`` (the cast to the dtype is made on the
+    host either way). On CUDA the copy goes from pinned memory with ``non_blocking=True``: a plain copy from
+    pageable memory would wait for the device again; this one is queued behind the work already there.
+    """
+    if like.device.type != "cuda":
+        return torch.as_tensor(weights, dtype=like.dtype, device=like.device)
+    host = torch.from_numpy(np.ascontiguousarray(weights)).to(like.dtype)
+    return host.pin_memory().to(like.device, non_blocking=True)
 
 
 # --- minimum-norm point of the convex hull (MGDA) ------------------------------------------------------
@@ -78,11 +96,12 @@ def frank_wolfe_min_norm(M: np.ndarray, max_iter: int = 1000, tol: float = 1e-12
 def min_norm_weights(G: Tensor, max_iter: int = 1000) -> Tensor:
     """Weights ``w ∈ Δ`` of the minimum-norm point ``Gᵀw`` of the convex hull of the rows of ``G``.
 
-    Closed form for two tasks, `frank_wolfe_min_norm` otherwise.
+    Closed form for two tasks, `frank_wolfe_min_norm` otherwise. Solved on the host, by design: one read of
+    the Gram matrix (`gram`) and one non-blocking copy of the K weights back (`to_device`) per call.
     """
     M = gram(G)
     w = min_norm_two(M) if M.shape[0] == 2 else frank_wolfe_min_norm(M, max_iter)
-    return torch.as_tensor(w, dtype=G.dtype, device=G.device)
+    return to_device(w, G)
 
 
 # --- PCGrad --------------------------------------------------------------------------------------------
@@ -161,12 +180,15 @@ def cagrad(G: Tensor, c: float = 0.5, rescale: bool = True) -> tuple[Tensor, Ten
 
     ``g₀ = mean_k g_k``; ``w = argmin_{w∈Δ} wᵀG g₀ + c‖g₀‖‖g_w‖`` with ``g_w = Gᵀw``;
     ``d = g₀ + (c‖g₀‖ / ‖g_w‖) g_w``, divided by ``1 + c²`` when ``rescale``. ``c = 0`` gives ``g₀``.
+
+    ``w`` is solved on the host, by design (SLSQP): one read of the Gram matrix (`gram`) and one non-blocking
+    copy of w back (`to_device`) per call; ``c = 0`` reads nothing.
     """
     K = G.shape[0]
     g0 = G.mean(dim=0)
     if c == 0:
         return g0, torch.full((K,), 1.0 / K, dtype=G.dtype, device=G.device)
-    w = torch.as_tensor(cagrad_weights(gram(G), c), dtype=G.dtype, device=G.device)
+    w = to_device(cagrad_weights(gram(G), c), G)
     gw = w @ G
     d = g0 + c * g0.norm() / (gw.norm() + 1e-12) * gw
     return (d / (1.0 + c**2) if rescale else d), w
@@ -181,4 +203,5 @@ __all__ = [
     "min_norm_two",
     "min_norm_weights",
     "pcgrad",
+    "to_device",
 ]

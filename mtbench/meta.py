@@ -165,11 +165,14 @@ class EpisodicMetaLearner(Method):
         lam = self.rho.exp()
         return lam.expand(len(self.shared_positions)) if lam.numel() == 1 else lam
 
-    def _current_lambdas(self) -> list[float]:
+    def _current_lambdas(self) -> list[Tensor]:
+        """λ_l per penalised layer for the optimiser's prox: 0-dim tensors left on their device (no host read;
+        `ProximalAdam` forms the thresholds there)."""
         lam = self.lambdas()
-        return [] if lam is None else lam.detach().cpu().tolist()
+        return [] if lam is None else list(lam.detach().unbind())
 
     def lam(self) -> float | list[float] | None:
+        """λ as numbers (a host read): `train` calls it at the steps it records, never inside a step."""
         if self.rho is None:
             return 0.0
         values = self.rho.detach().exp().cpu().tolist()

@@ -28,6 +28,32 @@ Axis = Literal["in", "out"]
 ProxKind = Literal["adam", "plain"]
 
 
+def host_reads_are_free(device: torch.device) -> bool:
+    """Whether reading a tensor's value on the host costs nothing on ``device`` (the CPU: no device to wait for).
+
+    A training step on an accelerator never reads a tensor's value on the host (``float(t)``, ``.item()``,
+    ``bool(t)``, ``.cpu()``): each read waits for every kernel queued before it. Where a read is free, the few
+    places that can use one to save work (an early exit) or to keep a host computation bit for bit as it was
+    (`mtbench_baselines.dwa`) do so; elsewhere they take their device-side form. The tests patch this function
+    to run the device-side forms on the CPU (``tests/test_host_syncs.py``).
+    """
+    return device.type == "cpu"
+
+
+def _device_scalar(value: Tensor | float, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """``value`` as a 0-dim (or unchanged-shape) tensor of ``dtype`` (default ``like``'s) on ``like``'s device.
+
+    The same number as ``torch.as_tensor(value, dtype=…, device=…)``, without its host→device copy for a Python
+    number (``torch.full`` writes it on the device; a copy of host data into device memory waits for the device).
+    """
+    dtype = like.dtype if dtype is None else dtype
+    if isinstance(value, Tensor):
+        return value.to(dtype=dtype, device=like.device)
+    if isinstance(value, (int, float)):
+        return torch.full((), value, dtype=dtype, device=like.device)
+    return torch.as_tensor(value, dtype=dtype, device=like.device)  # host data (a NumPy array …): copied over
+
+
 def shared_conv_weights(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """``(name, weight)`` of every conv kernel of ``model.backbone`` (the shared, sparsified part)."""
     backbone = model.backbone if hasattr(model, "backbone") else model
@@ -124,28 +150,43 @@ def weighted_group_prox(values: Tensor, weights: Tensor, tau: Tensor, iterations
 
     Returns:
         (G, n) the minimisers, exactly zero for the groups with ‖d ⊙ v‖₂ ≤ τ.
+
+    The iteration stops at the first one after which every kept row has converged (or after ``iterations``).
+    That test is a value on the device: where reading it is free (`host_reads_are_free`, the CPU) the loop exits
+    there; elsewhere it runs all ``iterations`` without reading it, and a stop flag kept on the device freezes the
+    radii from the stopping iteration on. Both give the same radii bit for bit (the extra iterations change
+    nothing), so a CUDA prox never waits for the device and a CPU prox does no extra work.
     """
     v, d = values.double(), weights.double()
-    tau = torch.as_tensor(tau, dtype=torch.float64, device=v.device).expand(v.shape[0])
+    tau = _device_scalar(tau, v, torch.float64).expand(v.shape[0])
     dv = d * v
     dv_norm = dv.norm(dim=1)
     keep = dv_norm > tau
     low = torch.zeros_like(dv_norm)
     high = v.norm(dim=1)
-    radius = torch.where(keep, 0.5 * high, torch.zeros_like(high))
+    zeros = torch.zeros_like(high)
+    radius = torch.where(keep, 0.5 * high, zeros)
     t = tau[:, None]
+    dv2 = dv.square()  # loop invariants, computed as the expressions below computed them every iteration
+    dv2_d = dv2 * d
+    dropped = ~keep
+    early_exit = host_reads_are_free(v.device)
+    stopped = torch.zeros((), dtype=torch.bool, device=v.device)
     for _ in range(iterations):
         denom = d * radius[:, None] + t
-        residual = (dv.square() / denom.square()).sum(dim=1) - 1.0  # g(r), decreasing in r
-        slope = -2.0 * (dv.square() * d / denom.pow(3)).sum(dim=1)  # g'(r) < 0
+        residual = (dv2 / denom.square()).sum(dim=1) - 1.0  # g(r), decreasing in r
+        slope = -2.0 * (dv2_d / denom.pow(3)).sum(dim=1)  # g'(r) < 0
         low = torch.where(residual > 0, radius, low)
         high = torch.where(residual <= 0, radius, high)
         newton = radius - residual / slope.clamp_max(-1e-300)
         inside = (newton > low) & (newton < high)
         step = torch.where(inside, newton, 0.5 * (low + high))
         converged = (step - radius).abs() <= 1e-13 * radius.clamp_min(1e-300)
-        radius = torch.where(keep, step, torch.zeros_like(step))
-        if bool(converged[keep].all()) if keep.any() else True:
+        # every kept row converged (True when no row is kept): the former exit test, as a device value
+        done = (converged | dropped).all()
+        radius = torch.where(stopped, radius, torch.where(keep, step, zeros))
+        stopped = stopped | done
+        if early_exit and bool(stopped):  # a CPU tensor: no device to wait for
             break
     shrunk = dv * radius[:, None] / (d * radius[:, None] + t)
     return torch.where(keep[:, None], shrunk, torch.zeros_like(shrunk)).to(values.dtype)
@@ -157,22 +198,32 @@ def prox_group_lasso_(
     threshold: float | Tensor | Sequence[float | Tensor],
     axis: Axis = "in",
     denominators: Sequence[Tensor] | None = None,
+    skip_nonpositive: bool = False,
 ) -> None:
     """In place: the group-lasso prox with threshold τ_g = threshold·√n_g (threshold = η·λ; one per layer allowed).
 
     Without ``denominators``: plain block soft-thresholding ``W_g ← max(0, 1 − τ_g/‖W_g‖) W_g``. With them
     (one tensor per weight, Adam's ``√v̂ + ε``): the prox in that metric (`weighted_group_prox`).
+
+    A threshold may be a tensor on the weights' device (meta-sparsity's λ): nothing is read back to the host.
+    With ``skip_nonpositive``, a weight whose threshold is ≤ 0 is left exactly as it is (selected on the device
+    for a tensor threshold; `ProximalAdam` skips such a layer).
     """
     thresholds = threshold if isinstance(threshold, (list, tuple)) else [threshold] * len(weights)
     shape = group_shape(axis)
     for index, (weight, tau) in enumerate(zip(weights, thresholds)):
-        tau = torch.as_tensor(tau, dtype=weight.dtype, device=weight.device) * group_size(weight, axis) ** 0.5
+        tau = _device_scalar(tau, weight) * group_size(weight, axis) ** 0.5
         if denominators is None:
             norms = group_norms(weight, axis)
             scale = (1.0 - tau / norms.clamp_min(1e-30)).clamp_min(0.0)
+            if skip_nonpositive:
+                scale = torch.where(tau > 0, scale, 1.0)  # W·1 = W exactly
             weight.mul_(scale.view(shape))
             continue
-        rows = weighted_group_prox(_grouped(weight, axis), _grouped(denominators[index], axis), tau)
+        grouped = _grouped(weight, axis)
+        rows = weighted_group_prox(grouped, _grouped(denominators[index], axis), tau)
+        if skip_nonpositive:
+            rows = torch.where(tau > 0, rows, grouped)
         weight.copy_(_ungrouped(rows, weight, axis))
 
 
@@ -216,7 +267,10 @@ class ProximalAdam(torch.optim.Adam):
     denominator ``D = √v̂ + ε`` (``prox="adam"``) or in the Euclidean one (``prox="plain"``).
 
     ``λ`` is read from the group's ``lam`` entry: a float, or a callable returning one value per
-    parameter of the group (meta-sparsity's λ = exp(ρ) changes every step). We use the *bias-corrected*
+    parameter of the group (meta-sparsity's λ = exp(ρ) changes every step; its values are 0-dim tensors on
+    the parameters' device, which the prox uses there: the threshold ``lr·λ`` is formed in float64 on the
+    device, the same double as ``lr * float(λ)``, and a layer with ``λ ≤ 0`` is left unchanged by a
+    selection on the device instead of a host-side test). We use the *bias-corrected*
     ``v̂ = v/(1 − β₂ᵗ)``: without the correction, ``√v ≈ √(1−β₂)·|g| ≈ 0.03·|g|`` at the first step, the
     metric is ~30× too small and the prox zeroes groups on no evidence (38 % of them at step 1 in our
     measurements); ``bias_correction=False`` gives the authors' uncorrected form.
@@ -228,7 +282,14 @@ class ProximalAdam(torch.optim.Adam):
         bias_correction: use √v̂ (True) or √v (False) in the metric.
         **adam: the remaining `torch.optim.Adam` options (lr, betas, eps, weight_decay,
             decoupled_weight_decay, foreach, fused…).
+
+    Nothing in `step` reads a device value on the host: the bias correction's step count ``t`` is kept as a
+    Python int beside Adam's own ``state["step"]`` (a device tensor under ``fused``/``capturable``), in
+    ``state["host_step"]``, counted as torch counts it (every step in which the parameter has a gradient).
     """
+
+    #: The per-parameter state key of the host copy of Adam's step count.
+    HOST_STEP = "host_step"
 
     def __init__(
         self, params: Iterable[Any], *, prox: ProxKind = "adam", bias_correction: bool = True, **adam: Any
@@ -240,7 +301,9 @@ class ProximalAdam(torch.optim.Adam):
     def denominator(self, param: Tensor, group: dict[str, Any]) -> Tensor:
         """Adam's ``√v̂ + ε`` for ``param`` (after at least one step)."""
         state = self.state[param]
-        step = float(state["step"])
+        count = state.get(self.HOST_STEP)
+        # only a state that never went through this class's `step` lacks the host count: read Adam's then
+        step = float(count if count is not None else state["step"])
         beta2 = group["betas"][1]
         v = state["exp_avg_sq"]
         if self.bias_correction:
@@ -251,10 +314,28 @@ class ProximalAdam(torch.optim.Adam):
     def step(self, closure: Any = None, *, prox: bool = True) -> Any:  # type: ignore[override]
         """Adam's step, then `apply_prox` (``prox=False`` leaves the prox to the caller, who calls
         `apply_prox` itself, e.g. after reading the pre-prox iterate)."""
+        fresh = {id(p) for group in self.param_groups for p in group["params"] if not self.state.get(p)}
         loss = super().step(closure)
+        self._count_steps(fresh)
         if prox:
             self.apply_prox()
         return loss
+
+    def _count_steps(self, fresh: set[int]) -> None:
+        """Advance ``state["host_step"]`` of every parameter Adam just stepped (those with a gradient, as torch
+        counts); ``fresh``: the ids of the parameters that had no state before this step (their count is 1)."""
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                count = state.get(self.HOST_STEP)
+                if count is not None:
+                    state[self.HOST_STEP] = count + 1
+                elif id(param) in fresh:
+                    state[self.HOST_STEP] = 1
+                else:  # a state loaded without the key (a plain Adam's, an older checkpoint's): read it once
+                    state[self.HOST_STEP] = int(state["step"])
 
     @torch.no_grad()
     def apply_prox(self) -> None:
@@ -268,11 +349,26 @@ class ProximalAdam(torch.optim.Adam):
             for param, layer_lam in zip(group["params"], lams):
                 if param not in self.state or "exp_avg_sq" not in self.state[param]:
                     continue  # never stepped (no gradient yet)
-                threshold = group["lr"] * float(layer_lam)
-                if threshold <= 0:
-                    continue
+                if isinstance(layer_lam, Tensor):
+                    threshold: float | Tensor = _device_threshold(group["lr"], layer_lam.detach(), param)
+                else:
+                    threshold = group["lr"] * float(layer_lam)
+                    if threshold <= 0:
+                        continue
                 metric = [self.denominator(param, group)] if self.prox_kind == "adam" else None
-                prox_group_lasso_([param], threshold, axis, metric)
+                on_device = isinstance(threshold, Tensor)  # λ ≤ 0 is then selected away on the device
+                prox_group_lasso_([param], threshold, axis, metric, skip_nonpositive=on_device)
+
+
+def _device_threshold(lr: float, lam: Tensor, param: Tensor) -> Tensor:
+    """``lr·λ`` as a 0-dim tensor on ``param``'s device: float64, the same double as ``lr * float(λ)``.
+
+    (MPS has no float64: there the product is formed in float32.)
+    """
+    lam = lam.to(param.device)
+    if lam.device.type == "mps":
+        return lam.float().reshape(()) * lr
+    return lam.double().reshape(()) * lr
 
 
 def zero_group_masks(weights: Sequence[Tensor], axis: Axis = "in") -> list[Tensor]:
@@ -287,32 +383,36 @@ def lowest_norm_masks(weights: Sequence[Tensor], sparsity: float, axis: Axis = "
     ``scope="global"`` ranks every group by its norm relative to the mean group norm of its layer (a
     BatchNorm after each conv makes absolute norms incomparable across layers) and keeps at least one
     group per layer; ``scope="layer"`` removes the same fraction from every layer. Ties break by position.
+
+    Computed on the weights' device without reading a value back (prune calls it inside a training step):
+    the global greedy walk (take groups in ascending relative norm, skip one whose layer is down to its
+    last group, stop at the target) removes exactly the first ``target`` groups, in that order, whose rank
+    within their own layer is below the layer's size − 1, which cumulative sums find.
     """
     if not 0 <= sparsity < 1:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     shape = group_shape(axis)
     norms = [group_norms(w, axis).detach() for w in weights]
-    keep = [torch.ones_like(n, dtype=torch.bool) for n in norms]
     if scope == "layer":
+        keep = [torch.ones_like(n, dtype=torch.bool) for n in norms]
         for n, k in zip(norms, keep):
             count = min(round(sparsity * n.numel()), n.numel() - 1)
             k[torch.argsort(n, stable=True)[:count]] = False
-    else:
-        relative = torch.cat([n / n.mean().clamp_min(1e-30) for n in norms])
-        layer_of = torch.cat([torch.full_like(n, i, dtype=torch.long) for i, n in enumerate(norms)])
-        position = torch.cat([torch.arange(n.numel()) for n in norms])
-        remaining = [n.numel() for n in norms]
-        target = round(sparsity * relative.numel())
-        removed = 0
-        for index in torch.argsort(relative, stable=True).tolist():
-            if removed == target:
-                break
-            layer = int(layer_of[index])
-            if remaining[layer] > 1:
-                keep[layer][int(position[index])] = False
-                remaining[layer] -= 1
-                removed += 1
-    return [k.view(shape) for k in keep]
+        return [k.view(shape) for k in keep]
+    relative = torch.cat([n / n.mean().clamp_min(1e-30) for n in norms])
+    layer_of = torch.cat([torch.full_like(n, i, dtype=torch.long) for i, n in enumerate(norms)])
+    removable = torch.cat([torch.full_like(n, n.numel() - 1, dtype=torch.long) for n in norms])  # per group
+    target = round(sparsity * relative.numel())
+    order = torch.argsort(relative, stable=True)
+    layers = layer_of[order]
+    # rank of each group (in ascending order) among the groups of its own layer: 0, 1, … per layer
+    # (not F.one_hot: on the CPU it checks the class range with a host read)
+    seen = (layers[:, None] == torch.arange(len(norms), device=layers.device)).long().cumsum(dim=0)
+    rank = seen.gather(1, layers[:, None]).squeeze(1) - 1
+    eligible = rank < removable[order]
+    removed = eligible & (eligible.cumsum(dim=0) <= target)
+    kept = torch.empty_like(removed).scatter_(0, order, ~removed)  # back to the groups' own order
+    return [k.clone().view(shape) for k in kept.split([n.numel() for n in norms])]
 
 
 @dataclass
