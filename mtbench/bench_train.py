@@ -227,7 +227,9 @@ def bench_train(
             drawn.setdefault(self.current, set()).update(int(i) for i in indices)
             return super().batch(indices, tasks)
 
-        def fetch(self, requests: Sequence[Sequence[int]], tasks: Sequence[str], *args: Any) -> list[dict[str, torch.Tensor]]:
+        def fetch(
+            self, requests: Sequence[Sequence[int]], tasks: Sequence[str], *args: Any
+        ) -> list[dict[str, torch.Tensor]]:
             for indices in requests:
                 drawn.setdefault(self.current, set()).update(int(i) for i in indices)
             return super().fetch(requests, tasks, *args)

@@ -812,7 +812,10 @@ def run(
         total = reader.num_samples(name)
         return name, total if limit is None else min(total, limit)
 
-    splits = {"train": samples(train_split, budget.max_train_samples), "test": samples(test_split, budget.max_test_samples)}
+    splits = {
+        "train": samples(train_split, budget.max_train_samples),
+        "test": samples(test_split, budget.max_test_samples),
+    }
     path = choose_data_path(
         request.data_mode,
         sample_bytes(view.read, seen_targets, budget.resolution),
@@ -829,7 +832,8 @@ def run(
         )
     else:
         train_data = TensorSet.load(view.read, count, seen_targets, budget.resolution)
-        if on_cuda and train_data.nbytes < RESIDENT_SHARE * torch.cuda.get_device_properties(the_plan.device).total_memory:
+        gpu_memory = torch.cuda.get_device_properties(the_plan.device).total_memory if on_cuda else 0
+        if train_data.nbytes < RESIDENT_SHARE * gpu_memory:
             train_data = train_data.to(the_plan.device)  # uint8 images on the GPU: batches gathered there
     ctx = TrainContext(
         budget, seen, train_data, request.seed, the_plan.device, channels_last=on_cuda, autocast=on_cuda,

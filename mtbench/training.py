@@ -868,7 +868,9 @@ def finetune(
     optimizer = ctx.make_optimizer(model.parameters(), lr=ctx.budget.finetune_lr)
     single = dataclasses.replace(ctx, seen=[task], train=data, seed=seed, compile=False)
     steps = ctx.budget.finetune_steps
-    each = functools.partial(_single_request, finetune_indices, seed=seed, size=len(data), batch=ctx.budget.finetune_batch)
+    each = functools.partial(
+        _single_request, finetune_indices, seed=seed, size=len(data), batch=ctx.budget.finetune_batch
+    )
     ahead = functools.partial(_bounded, each, steps)  # nothing is read ahead past the last step
     for step in range(steps):
         (batch,) = single.fetch(ahead(step), [task.name], ahead, step, "finetune")
