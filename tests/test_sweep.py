@@ -152,13 +152,13 @@ hypergradient = "online"
 def test_checked_in_specs_parse_and_expand_to_the_published_grids():
     quick = expand(load_spec(SPECS / "nyuv2-quick.toml"))
     # 9 dense methods + stl + 6 fixed-λ (λ = 0.01 is the default fixed-lambda) + 2 meta-sparsity + 3 prune = 21
-    # variants per seed × 3 seeds; the stl cells are the others' references
-    assert len(quick) == 21 * 3 and sum(c.is_reference for c in quick) == 3
-    assert {c.budget for c in quick} == {"quick"} and {c.seed for c in quick} == {0, 1, 2}
+    # variants per seed × 5 seeds; the stl cells are the others' references
+    assert len(quick) == 21 * 5 and sum(c.is_reference for c in quick) == 5
+    assert {c.budget for c in quick} == {"quick"} and {c.seed for c in quick} == {0, 1, 2, 3, 4}
     assert {(c.dataset.name, c.dataset.unseen) for c in quick} == {("nyuv2-synth", ("depth",))}
     names = ("fixed-lambda", "meta-sparsity", "meta-dense", "prune", "stl")
     count = {m: sum(c.method == m for c in quick) for m in names}
-    assert count == {"fixed-lambda": 18, "meta-sparsity": 6, "meta-dense": 3, "prune": 9, "stl": 3}
+    assert count == {"fixed-lambda": 30, "meta-sparsity": 10, "meta-dense": 5, "prune": 15, "stl": 5}
     lams = sorted({json.loads(c.config)["lam"] for c in quick if c.method == "fixed-lambda"})
     assert lams == [0.001, 0.003, 0.01, 0.02, 0.05, 0.1]
     assert sorted({json.loads(c.config)["hypergradient"] for c in quick if c.method == "meta-sparsity"}) == [
