@@ -14,6 +14,30 @@ NYU_SIZE = {"height": 24, "width": 32}
 FACE_SIZE = {"image_size": 32, "mask_size": 16}
 
 
+def random_nyu_context(count: int = 12, device: str = "cpu", **budget_fields: object):
+    """A `TrainContext` over ``count`` random 16×16 NYU-like samples (semseg, depth, normal; generator seed 0)
+    with the smoke budget, ``budget_fields`` replaced."""
+    import dataclasses
+
+    import torch
+
+    from mtbench import catalog, presets
+    from mtbench.training import TensorSet, TrainContext
+
+    generator = torch.Generator().manual_seed(0)
+    data = TensorSet(
+        {
+            "image": torch.rand(count, 3, 16, 16, generator=generator),
+            "semantic13": torch.randint(-1, 13, (count, 16, 16), generator=generator),
+            "depth": torch.rand(count, 1, 16, 16, generator=generator),
+            "normal": torch.nn.functional.normalize(torch.randn(count, 3, 16, 16, generator=generator), dim=1),
+        }
+    )
+    budget = dataclasses.replace(presets.budget("smoke"), **budget_fields)
+    tasks = [catalog.task("nyuv2", n) for n in ("semseg", "depth", "normal")]
+    return TrainContext(budget, tasks, data, seed=0, device=torch.device(device))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never touch the user's ~/.cache/mtbench or Hugging Face caches from tests."""

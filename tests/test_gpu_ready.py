@@ -7,13 +7,13 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import random_nyu_context
 
-from mtbench import catalog, presets
 from mtbench.aggregators import pcgrad
 from mtbench.methods import methods
 from mtbench.runner import RunRequest, environment, execute
 from mtbench.sparsity import ProximalAdam
-from mtbench.training import TensorSet, TrainContext, accepts_fused, train
+from mtbench.training import TrainContext, accepts_fused, train
 
 
 def branching_pcgrad(G: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -56,18 +56,7 @@ def test_branch_free_pcgrad_equals_the_branching_formula(K: int, dtype: torch.dt
 
 
 def _context(log_every: int) -> TrainContext:
-    generator = torch.Generator().manual_seed(0)
-    data = TensorSet(
-        {
-            "image": torch.rand(12, 3, 16, 16, generator=generator),
-            "semantic13": torch.randint(-1, 13, (12, 16, 16), generator=generator),
-            "depth": torch.rand(12, 1, 16, 16, generator=generator),
-            "normal": torch.nn.functional.normalize(torch.randn(12, 3, 16, 16, generator=generator), dim=1),
-        }
-    )
-    budget = dataclasses.replace(presets.budget("smoke"), steps=5, log_every=log_every)
-    tasks = [catalog.task("nyuv2", n) for n in ("semseg", "depth", "normal")]
-    return TrainContext(budget, tasks, data, seed=0, device=torch.device("cpu"))
+    return random_nyu_context(steps=5, log_every=log_every)
 
 
 def _eager(method_class: type) -> type:

@@ -56,13 +56,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import random_nyu_context
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mtbench import catalog, presets, sparsity
+from mtbench import sparsity
 from mtbench.methods import methods
 from mtbench.sparsity import ProximalAdam, group_norms, prox_group_lasso_, weighted_group_prox
-from mtbench.training import TensorSet, TrainContext, train
+from mtbench.training import TrainContext, train
 
 # --- the detector ----------------------------------------------------------------------------------------
 
@@ -321,18 +322,7 @@ EXPECTED_PER_STEP = {
 
 
 def _context(device: str = "cpu") -> TrainContext:
-    generator = torch.Generator().manual_seed(0)
-    data = TensorSet(
-        {
-            "image": torch.rand(12, 3, 16, 16, generator=generator),
-            "semantic13": torch.randint(-1, 13, (12, 16, 16), generator=generator),
-            "depth": torch.rand(12, 1, 16, 16, generator=generator),
-            "normal": torch.nn.functional.normalize(torch.randn(12, 3, 16, 16, generator=generator), dim=1),
-        }
-    )
-    budget = dataclasses.replace(presets.budget("smoke"), steps=STEPS, log_every=1)
-    tasks = [catalog.task("nyuv2", n) for n in ("semseg", "depth", "normal")]
-    return TrainContext(budget, tasks, data, seed=0, device=torch.device(device))
+    return random_nyu_context(device=device, steps=STEPS, log_every=1)
 
 
 def _method(name: str, overrides: dict[str, Any]) -> Any:

@@ -13,9 +13,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import random_nyu_context
 from scipy.optimize import minimize
 
-from mtbench import catalog, presets
 from mtbench.aggregators import (
     cagrad,
     cagrad_objective,
@@ -26,7 +26,7 @@ from mtbench.aggregators import (
     min_norm_weights,
     pcgrad,
 )
-from mtbench.training import TensorSet, TrainContext
+from mtbench.training import TrainContext
 
 METHODS = ["uw", "dwa", "gradnorm", "pcgrad", "mgda", "cagrad", "famo"]
 
@@ -45,22 +45,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def ctx() -> TrainContext:
-    generator = torch.Generator().manual_seed(0)
-    train = TensorSet(
-        {
-            "image": torch.rand(8, 3, 16, 16, generator=generator),
-            "semantic13": torch.randint(-1, 13, (8, 16, 16), generator=generator),
-            "depth": torch.rand(8, 1, 16, 16, generator=generator),
-            "normal": torch.nn.functional.normalize(torch.randn(8, 3, 16, 16, generator=generator), dim=1),
-        }
-    )
-    return TrainContext(
-        budget=presets.budget("smoke"),
-        seen=[catalog.task("nyuv2", n) for n in ("semseg", "depth", "normal")],
-        train=train,
-        seed=0,
-        device=torch.device("cpu"),
-    )
+    return random_nyu_context(count=8)
 
 
 # --- PCGrad --------------------------------------------------------------------------------------------
