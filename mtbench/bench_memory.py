@@ -207,20 +207,18 @@ def private_dirty_kib(pid: int) -> int:
 def _stream(data: Any, count: int, targets: Sequence[str], steps: int, batch: int) -> int:
     """Draw ``steps`` training batches as `TrainContext.train_batch` does; the workers' summed peak private
     dirty memory (KiB), sampled after every batch."""
-    import functools
-
-    import numpy as np
     import torch
+
+    from mtbench.training import train_indices
 
     def indices(step: int) -> list[list[int]] | None:
         if step >= steps:
             return None
-        rng = np.random.default_rng([0, step, 0, 17])
-        return [rng.choice(count, size=min(batch, count), replace=False).tolist()]
+        return [train_indices(step, seed=0, salt=0, size=count, batch=batch)]
 
     peaks: dict[int, int] = {}
     for step in range(steps):
-        data.fetch(indices(step), targets, torch.device("cpu"), ahead=functools.partial(indices), position=step)
+        data.fetch(indices(step), targets, torch.device("cpu"), ahead=indices, position=step)
         for stream in data.streams.values():
             for worker in getattr(stream.iterator, "_workers", []):
                 peaks[worker.pid] = max(peaks.get(worker.pid, 0), private_dirty_kib(worker.pid))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtbench.training import Batch, TensorSet, _quantise, _resize, _unit_codes, _unit_table
+from mtbench.training import Batch, TensorSet, _unit_codes, _unit_table, resized_sample
 
 Read = Callable[[int, Sequence[str]], dict[str, np.ndarray]]
 Requests = tuple[tuple[int, ...], ...]
@@ -43,10 +43,7 @@ def read_sample(read: Read, index: int, keys: Sequence[str], resolution: tuple[i
     """One sample as `TensorSet.load` stores it: resized; an 8-bit image as its uint8 codes (else float32)."""
     out: dict[str, Tensor] = {}
     for key, value in read(index, keys).items():
-        codes = _unit_codes(value) if key == "image" else None
-        if resolution is not None and value.ndim >= 2 and tuple(value.shape[-2:]) != tuple(resolution):
-            value = _resize(key, torch.from_numpy(np.ascontiguousarray(value))[None], resolution)[0].numpy()
-            codes = None if codes is None else _quantise(value)
+        value, codes = resized_sample(key, value, _unit_codes(value) if key == "image" else None, resolution)
         out[key] = torch.from_numpy(np.asarray(codes if codes is not None else value, order="C"))  # keeps 0-d
     return out
 

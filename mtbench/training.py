@@ -95,6 +95,17 @@ def _unit_codes(image: np.ndarray) -> np.ndarray | None:
     return codes if _same_bits(_UNIT_TABLE[codes], image) else None
 
 
+def resized_sample(
+    key: str, value: np.ndarray, codes: np.ndarray | None, resolution: tuple[int, int] | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One sample's array resized to ``resolution`` (images bilinear, targets nearest; unchanged without one or
+    at that size already); an 8-bit image's ``codes`` become the nearest uint8 codes of the resized floats."""
+    if resolution is None or value.ndim < 2 or tuple(value.shape[-2:]) == tuple(resolution):
+        return value, codes
+    value = _resize(key, torch.from_numpy(np.ascontiguousarray(value))[None], resolution)[0].numpy()
+    return value, None if codes is None else _quantise(value)
+
+
 class _Column:
     """One key of a `TensorSet` being filled sample by sample, in the narrowest exact storage.
 
@@ -197,9 +208,7 @@ class TensorSet:
                     continue
                 column = columns.setdefault(key, _Column(key, count))
                 codes = _unit_codes(value) if key == "image" and column.codec in (None, "unit") else None
-                if resolution is not None and value.ndim >= 2 and tuple(value.shape[-2:]) != tuple(resolution):
-                    value = _resize(key, torch.from_numpy(np.ascontiguousarray(value))[None], resolution)[0].numpy()
-                    codes = None if codes is None else _quantise(value)
+                value, codes = resized_sample(key, value, codes, resolution)
                 column.put(index, value, codes)
         tensors: dict[str, Tensor] = {}
         decode: dict[str, str | torch.dtype] = {}
@@ -347,6 +356,12 @@ def _bounded(ahead: Callable[[int], Any], end: int, position: int) -> Any:
     return ahead(position) if position < end else None
 
 
+def train_indices(step: int, *, seed: int, salt: int, size: int, batch: int) -> list[int]:
+    """The training batch of ``step`` of a split of ``size`` samples: depends only on (seed, step, salt)."""
+    rng = np.random.default_rng([seed, step, salt, 17])
+    return rng.choice(size, size=min(batch, size), replace=False).tolist()
+
+
 def finetune_indices(step: int, *, seed: int, size: int, batch: int) -> list[int]:
     """The meta-test fine-tuning batch of ``step``: depends only on (seed, step)."""
     rng = np.random.default_rng([seed, step, 29])
@@ -427,8 +442,7 @@ class TrainContext:
 
     def train_indices(self, step: int, salt: int = 0) -> list[int]:
         """The training batch of ``step``: depends only on (seed, step, salt)."""
-        rng = np.random.default_rng([self.seed, step, salt, 17])
-        return rng.choice(len(self.train), size=min(self.budget.batch_size, len(self.train)), replace=False).tolist()
+        return train_indices(step, seed=self.seed, salt=salt, size=len(self.train), batch=self.budget.batch_size)
 
     def train_batch(self, step: int, tasks: Sequence[str] | None = None, salt: int = 0) -> Batch:
         tasks = tasks or self.task_names
