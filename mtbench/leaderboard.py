@@ -535,7 +535,7 @@ NOTES = (
     "fixed-lambda (lam=0.01). n: the number of seeds, behind every value of the row. "
     "Every value (metrics, Δm, sparsity, GFLOPs) is mean ± the half-width of the 95 % confidence interval "
     "of the mean over seeds: t · s / √n with s the sample std and t the 0.975 quantile of Student's t with "
-    "n − 1 degrees of freedom (4.30 for n = 3). A single seed shows its value alone: no interval. "
+    "n − 1 degrees of freedom (2.78 for n = 5, 4.30 for n = 3). A single seed shows its value alone: no interval. "
     "Δm: all-metric average against stl of the same seed and protocol, positive = better than stl "
     "(the Nash-MTL/CAGrad papers report −Δm). Held-out tasks: "
     "fine-tuned from the trained backbone only, never seen in training; stl's held-out numbers come from a "
