@@ -290,7 +290,9 @@ class EdgeEvaluator(Evaluator):
     names = ("odsF",)
     NUM_THRESHOLDS = 99
     MAX_DIST = 0.0075
-    CHUNK = 33  # thresholds matched at once (bounds memory)
+    #: Thresholds matched at once: bit t of one int64 word per pixel says "predicted at threshold t", so one
+    #: pass of the greedy matching serves them all (the sign bit is left alone).
+    WORD_BITS = 63
 
     def __init__(self, tolerance_px: int | None = None) -> None:
         if tolerance_px is not None and tolerance_px < 0:
@@ -325,24 +327,47 @@ class EdgeEvaluator(Evaluator):
         self.pixels = 0
 
     @staticmethod
-    def _shifted(mask: Tensor, dy: int, dx: int) -> Tensor:
-        """``out[..., y, x] = mask[..., y + dy, x + dx]`` (False outside the image)."""
-        out = torch.zeros_like(mask)
-        height, width = mask.shape[-2:]
+    def _overlap(height: int, width: int, dy: int, dx: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+        """The pixels (y, x) whose neighbour (y + dy, x + dx) lies inside the image, and those neighbours."""
         ys, yd = (slice(dy, height), slice(0, height - dy)) if dy >= 0 else (slice(0, height + dy), slice(-dy, height))
         xs, xd = (slice(dx, width), slice(0, width - dx)) if dx >= 0 else (slice(0, width + dx), slice(-dx, width))
-        out[..., yd, xd] = mask[..., ys, xs]
-        return out
+        return (yd, xd), (ys, xs)
 
-    def _matched(self, pred: Tensor, gt: Tensor, radius: int) -> Tensor:
-        """Greedy one-to-one matches per threshold: pred (T, B, H, W), gt (B, H, W) -> (T,)."""
-        free_pred = pred.clone()
-        free_gt = gt.expand_as(pred).clone()
+    def _counts(self, prob: Tensor, gt: Tensor, thresholds: Tensor, radius: int) -> tuple[Tensor, Tensor]:
+        """Predicted and greedily matched pixels at each of ``thresholds`` (at most `WORD_BITS`).
+
+        Args:
+            prob: (B, H, W) edge probabilities.
+            gt: (B, H, W) ground-truth edges (bool).
+            thresholds: (T,) in ``prob``'s dtype.
+            radius: tolerance in pixels.
+
+        Returns:
+            (T,) predicted counts and (T,) matched counts (int64, on ``prob``'s device).
+
+        For each offset, nearest first, a free predicted pixel at (y, x) takes the free ground-truth pixel at
+        (y + dy, x + dx), and both stop being free. The thresholds are the bits of one word per pixel, so the
+        matching is bitwise on the overlap of the image with its shifted copy, done in place.
+        """
+        count = len(thresholds)
+        predicted = torch.zeros(prob.shape, dtype=torch.int64, device=prob.device)
+        for bit in range(count):
+            predicted |= (prob >= thresholds[bit]).to(torch.int64) << bit
+        free_pred = predicted.clone()
+        free_gt = torch.where(gt, (1 << count) - 1, 0)
+        height, width = prob.shape[-2:]
         for dy, dx in self.offsets(radius):
-            match = free_pred & self._shifted(free_gt, dy, dx)
-            free_pred &= ~match
-            free_gt &= ~self._shifted(match, -dy, -dx)
-        return (pred.sum(dim=(1, 2, 3)) - free_pred.sum(dim=(1, 2, 3))).cpu()
+            (py, px), (gy, gx) = self._overlap(height, width, dy, dx)
+            pred_view, gt_view = free_pred[..., py, px], free_gt[..., gy, gx]
+            match = pred_view & gt_view
+            pred_view ^= match
+            gt_view ^= match
+        taken = predicted ^ free_pred
+
+        def per_bit(words: Tensor) -> Tensor:
+            return torch.stack([((words >> bit) & 1).sum() for bit in range(count)])
+
+        return per_bit(predicted), per_bit(taken)
 
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor) -> None:
@@ -364,11 +389,10 @@ class EdgeEvaluator(Evaluator):
         prob = torch.sigmoid(pred.float())[:, 0]
         gt = (target.to(pred.device) > 0.5)[:, 0]
         thresholds = self.thresholds().to(prob.device, prob.dtype)
-        for first in range(0, self.NUM_THRESHOLDS, self.CHUNK):
-            chunk = thresholds[first : first + self.CHUNK]
-            predicted = prob[None] >= chunk[:, None, None, None]
-            matched = self._matched(predicted, gt, r)
-            self.pred_count[first : first + len(chunk)] += predicted.sum(dim=(1, 2, 3)).cpu()
+        for first in range(0, self.NUM_THRESHOLDS, self.WORD_BITS):
+            chunk = thresholds[first : first + self.WORD_BITS]
+            predicted, matched = (counts.cpu() for counts in self._counts(prob, gt, chunk, r))
+            self.pred_count[first : first + len(chunk)] += predicted
             self.matched_pred[first : first + len(chunk)] += matched
             self.matched_gt[first : first + len(chunk)] += matched
         self.gt_count += int(gt.sum())

@@ -276,7 +276,7 @@ def test_edges_match_the_loop_definition_across_batches():
     torch.manual_seed(4)
     gt = (torch.rand(3, 1, 9, 11) > 0.85).float()
     pred = torch.randn(3, 1, 9, 11) * 2 + gt * 2
-    for r in (0, 1, 2):
+    for r in (0, 1, 2, 3):  # 99 thresholds: two words of bits (63 + 36) in the evaluator
         ev = EdgeEvaluator(tolerance_px=r)
         ev.update(pred[:2], gt[:2])
         ev.update(pred[2:], gt[2:])
