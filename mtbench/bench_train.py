@@ -21,12 +21,11 @@ memory, and time and FLOPs as ratios to the first method (ew by default).
 
 from __future__ import annotations
 
-import dataclasses
 import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -207,7 +206,8 @@ def bench_train(
     first = plans[0]
     the_device = first.device
     on_cuda = the_device.type == "cuda"
-    is_deterministic = apply_determinism(first.request, the_device)
+    compiling = any(p.request.compile for p in plans)  # TorchInductor's own determinism option then matters
+    is_deterministic = apply_determinism(replace(first.request, compile=compiling), the_device)
     opened = open_data(first, notice)
     spec, reader = opened.spec, opened.reader
     seen = list(first.seen)

@@ -125,6 +125,21 @@ class RunRequest:
         return self.deterministic if self.deterministic is not None else device.type != "cuda"
 
 
+def use_deterministic_algorithms(mode: bool, *, compiling: bool) -> None:
+    """``torch.use_deterministic_algorithms(mode, warn_only=True)``, without importing TorchInductor unless needed.
+
+    The public function also sets TorchInductor's own ``deterministic`` option, and importing TorchInductor
+    for that costs about 1.6 s of CPU per run (torch 2.14). Only compiled code reads that option, so a run
+    that compiles nothing sets the kernel flag alone (the call the public function makes); a compiling run,
+    or one where TorchInductor is already imported, goes through the public function.
+    """
+    set_flag = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if compiling or "torch._inductor.config" in sys.modules or set_flag is None:
+        torch.use_deterministic_algorithms(mode, warn_only=True)
+    else:
+        set_flag(mode, warn_only=True)
+
+
 def apply_determinism(request: RunRequest, device: torch.device) -> bool:
     """Set torch's kernel choice for ``request`` on ``device``; returns whether the run is deterministic.
 
@@ -132,7 +147,7 @@ def apply_determinism(request: RunRequest, device: torch.device) -> bool:
     otherwise neither, and ``torch.backends.cudnn.benchmark`` on CUDA (autotuned convolutions).
     """
     deterministic = request.resolved_deterministic(device)
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    use_deterministic_algorithms(deterministic, compiling=request.compile)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
     return deterministic
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -141,3 +143,24 @@ def test_run_accepts_the_determinism_and_compile_options(cli, nyu_mtan, tmp_path
         code, output = cli("run", "ew", "--data-root", nyu_mtan, "--budget", "smoke", "--device", "cpu",
                            "--out", tmp_path / "x", "--dry-run", *flags)
         assert code == 0, output
+
+
+def test_determinism_is_set_without_importing_torchinductor():
+    """A run that compiles nothing sets torch's deterministic-kernel flag without importing TorchInductor
+    (about 1.6 s of CPU); a compiling one goes through the public function, which also sets inductor's option."""
+    script = (
+        "import sys, torch\n"
+        "from mtbench.runner import RunRequest, apply_determinism\n"
+        "device = torch.device('cpu')\n"
+        "assert apply_determinism(RunRequest(method='ew'), device) is True\n"
+        "assert torch.are_deterministic_algorithms_enabled()\n"
+        "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
+        "assert 'torch._inductor.config' not in sys.modules\n"
+        "assert apply_determinism(RunRequest(method='ew', deterministic=False), device) is False\n"
+        "assert not torch.are_deterministic_algorithms_enabled()\n"
+        "assert apply_determinism(RunRequest(method='ew', compile=True), device) is True\n"
+        "import torch._inductor.config as inductor\n"
+        "assert inductor.deterministic is True and torch.are_deterministic_algorithms_enabled()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
