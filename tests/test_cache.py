@@ -96,3 +96,65 @@ def test_cache_with_a_missing_or_empty_split_cannot_be_opened(nyu_mtan, tmp_path
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(SplitError, match="the val split is missing"):
         ArrowCacheReader(prepared.path)
+
+
+def test_mapped_split_reads_what_the_datasets_formatter_reads(tmp_path):
+    """The cache's direct memory-mapped read against ``datasets``' own numpy formatter: every row and column of a
+    split saved as three files (rows located across record batches), fixed-shape arrays and plain values."""
+    import datasets
+
+    from mtbench.data.cache import MappedSplit
+
+    rng = np.random.default_rng(0)
+    rows = 37
+    columns = {
+        "image": rng.integers(0, 256, (rows, 3, 5, 4), dtype=np.uint8),
+        "depth": rng.standard_normal((rows, 1, 5, 4)).astype(np.float32),
+        "semantic13": rng.integers(-1, 13, (rows, 5, 4), dtype=np.int8),
+        "attr:smiling": rng.integers(0, 2, rows, dtype=np.int8),
+    }
+    features = datasets.Features(
+        {
+            "image": datasets.Array3D((3, 5, 4), "uint8"),
+            "depth": datasets.Array3D((1, 5, 4), "float32"),
+            "semantic13": datasets.Array2D((5, 4), "int8"),
+            "attr:smiling": datasets.Value("int8"),
+        }
+    )
+    def generate():
+        for index in range(rows):
+            yield {name: values[index] for name, values in columns.items()}
+
+    saved = datasets.Dataset.from_generator(
+        generate, features=features, writer_batch_size=5, cache_dir=str(tmp_path / "hf")
+    )
+    saved.save_to_disk(str(tmp_path / "train"), num_shards=3)
+    assert len(json.loads((tmp_path / "train" / "state.json").read_text())["_data_files"]) == 3
+    reference = datasets.load_from_disk(str(tmp_path / "train")).with_format("numpy")
+    split = MappedSplit(tmp_path / "train")
+    assert len(split) == rows and len(split.starts) - 1 >= 3  # a record batch per file at least
+    names = tuple(columns)
+    for index in range(rows):
+        mine, theirs = split.row(index, names), reference[index]
+        for name in names:
+            assert mine[name].shape == np.asarray(theirs[name]).shape, name
+            np.testing.assert_array_equal(mine[name], theirs[name], err_msg=f"{name} row {index}")
+            np.testing.assert_array_equal(mine[name], columns[name][index], err_msg=f"{name} row {index}")
+    picked = [36, 0, 12, 12, 25]
+    stacked = split.rows(picked, names)
+    for name in names:
+        np.testing.assert_array_equal(stacked[name], columns[name][picked], err_msg=name)
+    with pytest.raises(IndexError):
+        split.row(rows, names)
+
+
+def test_a_truncated_cache_file_is_named(nyu_mtan, tmp_path):
+    from mtbench.errors import DataFormatError
+
+    cache = ArrowCacheReader(prepare(MtanReader(nyu_mtan), cache_root=tmp_path).path)
+    split = cache.splits()[0]
+    (arrow,) = (cache.root / split).glob("*.arrow")
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    with pytest.raises(DataFormatError, match="cannot open the Arrow cache") as caught:
+        cache.read(split, 0, cache.targets())
+    assert str(cache.root / split) in str(caught.value)

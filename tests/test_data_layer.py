@@ -16,6 +16,7 @@ from mtbench.data.cache import (
     CACHE_FORMAT,
     CACHE_META,
     ArrowCacheReader,
+    MappedSplit,
     CacheValueError,
     _column_dtype,
     prepare,
@@ -53,13 +54,14 @@ def _no_image_decoding(monkeypatch: pytest.MonkeyPatch, reader: Reader) -> None:
 
     monkeypatch.setattr(reader, "_read_image", refuse)
     if isinstance(reader, ArrowCacheReader):
-        view = reader._view
+        for name in ("row", "rows"):
+            read = getattr(MappedSplit, name)
 
-        def no_image_column(split, columns):
-            assert "image" not in columns, columns
-            return view(split, columns)
+            def no_image_column(split, where, columns, read=read):
+                assert "image" not in columns, columns
+                return read(split, where, columns)
 
-        monkeypatch.setattr(reader, "_view", no_image_column)
+            monkeypatch.setattr(MappedSplit, name, no_image_column)
 
 
 # --- 1. target-only reads -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ format 1 (label maps as int16, every target a column) are still read.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import fcntl
 import json
@@ -121,8 +122,7 @@ def _canonical_v1(target: str) -> str:
 
 
 def _decode(name: str, value: np.ndarray, stored: str, canonical: str) -> np.ndarray:
-    """Stored column -> canonical array. ``datasets``' numpy formatter widens ints to int64, so the
-    stored dtype comes from the cache's metadata, not from ``value``."""
+    """Stored column -> canonical array (``value`` has the stored type, recorded in the cache's metadata)."""
     if name == "image" and stored == "uint8":  # an 8-bit image: k/255 exactly, as `to_chw_image` makes it
         return value.astype(np.float32) / 255.0
     return value.astype(canonical)
@@ -146,6 +146,93 @@ def _derivation(record: dict[str, Any], root: Path) -> np.ndarray | str:
             fix="read this cache with the mtbench that made it, or re-run `mtbench data prepare`",
         )
     return str(record["function"])
+
+
+class MappedSplit:
+    """One split of a cache, memory-mapped: each column as numpy views on the Arrow files, no copy, no parsing.
+
+    ``save_to_disk`` writes a split as Arrow IPC stream files (named in its ``state.json``) whose columns are
+    ``datasets``' fixed-shape array types (nested lists of one primitive type) or plain values; the shapes are
+    in the schema's ``huggingface`` metadata. Reading them with pyarrow directly gives the same arrays as
+    ``datasets``' numpy formatter, about 0.3 ms faster per column and row, and without importing ``datasets``.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        import pyarrow as pa
+
+        self.folder = folder
+        try:
+            files = [folder / entry["filename"] for entry in json.loads((folder / "state.json").read_text())["_data_files"]]
+            tables = [pa.ipc.open_stream(pa.memory_map(str(file))).read_all() for file in files]
+        except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+            raise DataFormatError(
+                folder, f"cannot open the Arrow cache: {exc}", fix="re-run `mtbench data prepare`"
+            ) from None
+        #: per column, one (rows, *shape) array per record batch; row ``i`` of the split is in batch ``k`` with
+        #: ``starts[k] <= i < starts[k + 1]``
+        self.columns: dict[str, list[np.ndarray]] = {}
+        self.starts: list[int] = [0]
+        for table in tables:
+            shapes = self._shapes(table, folder)
+            for batch in table.to_batches():
+                for name, column in zip(batch.schema.names, batch.columns):
+                    self.columns.setdefault(name, []).append(self._array(column, shapes[name], name))
+                self.starts.append(self.starts[-1] + batch.num_rows)
+
+    @staticmethod
+    def _shapes(table: Any, folder: Path) -> dict[str, tuple[int, ...]]:
+        """Each column's per-row shape, from the ``huggingface`` features in the schema's metadata."""
+        try:
+            features = json.loads((table.schema.metadata or {})[b"huggingface"])["info"]["features"]
+            return {name: tuple(features[name].get("shape", ())) for name in table.schema.names}
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise DataFormatError(
+                folder, f"the Arrow files carry no column shapes ({exc})", expected="files written by `mtbench data prepare`",
+                fix="re-run `mtbench data prepare`",
+            ) from None
+
+    def _array(self, column: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+        import pyarrow as pa
+
+        rows = len(column)
+        leaf = column.storage if isinstance(column, pa.ExtensionArray) else column
+        while pa.types.is_list(leaf.type) or pa.types.is_large_list(leaf.type) or pa.types.is_fixed_size_list(leaf.type):
+            leaf = leaf.flatten()
+        try:
+            values = leaf.to_numpy(zero_copy_only=True)
+        except pa.ArrowException as exc:
+            raise DataFormatError(self.folder, f"column {name!r} cannot be read as an array: {exc}",
+                                  fix="re-run `mtbench data prepare`") from None
+        if values.size != rows * int(np.prod(shape, dtype=np.int64)):
+            raise DataFormatError(
+                self.folder, f"column {name!r} does not hold {rows} rows of shape {shape}",
+                expected=f"{rows * int(np.prod(shape, dtype=np.int64))} values", found=f"{values.size}",
+                fix="re-run `mtbench data prepare`",
+            )
+        return values.reshape(rows, *shape)
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"row {index} of {len(self)} in {self.folder}")
+        batch = bisect.bisect_right(self.starts, index) - 1
+        return batch, index - self.starts[batch]
+
+    def row(self, index: int, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Row ``index`` of ``columns`` (views on the mapped file)."""
+        batch, local = self._locate(index)
+        return {name: self.columns[name][batch][local] for name in columns}
+
+    def rows(self, indices: list[int], columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Rows ``indices`` of ``columns``, stacked (copies)."""
+        located = [self._locate(int(i)) for i in indices]
+        return {
+            name: np.stack([self.columns[name][b][j] for b, j in located]) if located
+            else np.empty((0, *self.columns[name][0].shape[1:]), self.columns[name][0].dtype)
+            for name in columns
+        }
 
 
 class ArrowCacheReader(Reader):
@@ -180,8 +267,7 @@ class ArrowCacheReader(Reader):
             target: (record["from"], _derivation(record, self.root))
             for target, record in (self.meta.get("derived") or {}).items()
         }
-        self._splits: dict[str, Any] = {}
-        self._views: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._splits: dict[str, MappedSplit] = {}
         self.check_splits()
 
     @classmethod
@@ -202,19 +288,10 @@ class ArrowCacheReader(Reader):
     def split_source(self, split: str) -> Path:
         return self.root / split
 
-    def _split(self, split: str) -> Any:
+    def _split(self, split: str) -> MappedSplit:
         self.check_split(split)
         if split not in self._splits:
-            import datasets
-
-            quiet_datasets()
-
-            try:
-                self._splits[split] = datasets.load_from_disk(str(self.root / split))
-            except Exception as exc:
-                raise DataFormatError(
-                    self.root / split, f"cannot open the Arrow cache: {exc}", fix="re-run `mtbench data prepare`"
-                ) from None
+            self._splits[split] = MappedSplit(self.root / split)
         return self._splits[split]
 
     def sample_ids(self, split: str) -> list[str]:
@@ -224,12 +301,6 @@ class ArrowCacheReader(Reader):
     def num_samples(self, split: str) -> int:
         self.check_split(split)
         return len(self.meta["ids"].get(split, []))
-
-    def _view(self, split: str, columns: tuple[str, ...]) -> Any:
-        key = (split, columns)
-        if key not in self._views:
-            self._views[key] = self._split(split).select_columns(list(columns)).with_format("numpy")
-        return self._views[key]
 
     def _columns(self, targets: Any, image: bool) -> tuple[str, ...]:
         """The stored columns that hold the image (if wanted) and ``targets`` (a derived one: its source)."""
@@ -261,7 +332,7 @@ class ArrowCacheReader(Reader):
         when the cache was prepared: every column has one shape.)"""
         self.require_targets(targets, "the cache")
         targets = tuple(dict.fromkeys(targets))
-        row = self._view(split, self._columns(targets, image))[index]
+        row = self._split(split).row(index, self._columns(targets, image))
         return self._assemble(row, targets, image, batch=False)
 
     def read_batch(
@@ -270,7 +341,7 @@ class ArrowCacheReader(Reader):
         """Several samples at once, stacked (one Arrow lookup instead of one per sample)."""
         self.require_targets(targets, "the cache")
         targets = tuple(dict.fromkeys(targets))
-        rows = self._view(split, self._columns(targets, image))[indices]
+        rows = self._split(split).rows(indices, self._columns(targets, image))
         return self._assemble(rows, targets, image, batch=True)
 
     def _read_image(self, split: str, index: int) -> np.ndarray:
