@@ -371,10 +371,14 @@ def test_another_generated_set_never_reuses_a_cache(own_home):
     array = np.load(depth)
     array[0, 0, 0] += 0.5
     np.save(depth, array)
+    before = first.read("train", 0, ("depth",))["depth"][0, 0, 0]  # maps the old cache's training split
     _, changed = resolve_data("nyuv2-synth", None, _tiny(8))
     assert changed.root != first.root
-    assert changed.read("train", 0, ("depth",))["depth"][0, 0, 0] == array[0, 0, 0]
-    assert first.read("train", 0, ("depth",))["depth"][0, 0, 0] != array[0, 0, 0]
+    assert changed.read("train", 0, ("depth",))["depth"][0, 0, 0] == array[0, 0, 0] != before
+    # the old content's cache is gone (nothing can ask for it again); the other set's cache stays, and a reader
+    # that had the old cache open still reads it
+    assert not first.root.exists() and other.root.exists()
+    assert first.read("train", 0, ("depth",))["depth"][0, 0, 0] == before
 
 
 def test_celebamask_synth_through_the_cache_and_data_root_read_directly(own_home):

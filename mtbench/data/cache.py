@@ -565,8 +565,9 @@ def prepared_synthetic(
     generated anew, or with other options, never reuses another's cache; its identity is the generated
     set's (fingerprint, synthetic flag, generator manifest), with its layout read as ``arrow-cache(...)``.
     Prepared under a lock and moved into place at the end (`prepare`), so concurrent runs prepare it once
-    and an interrupted one leaves nothing behind. Costs one content fingerprint of the set per call (a run
-    computed one anyway); nothing else is read once the cache exists.
+    and an interrupted one leaves nothing behind; the caches of the folder's earlier contents are deleted then.
+    Costs one content fingerprint of the set per call (a run computed one anyway); nothing else is read once the
+    cache exists.
     """
     identity = reader.identity(content=True)
     if not identity.synthetic:
@@ -582,7 +583,24 @@ def prepared_synthetic(
             if notice:
                 notice(f"preparing the Arrow cache of {reader.root.name} once into {path}")
             prepare(reader, into=path, identity=identity, progress=progress)
+            _drop_stale_synthetic(path, reader.root)
     return path
+
+
+def _drop_stale_synthetic(kept: Path, generated: Path) -> None:
+    """Delete the caches beside ``kept`` prepared from the same folder ``generated`` with another content (the folder
+    was regenerated or edited, so nothing can ask for them again). Caches of other folders stay. Called under the
+    folder's lock; a process that has a deleted cache's files open keeps reading them (Linux keeps the inode)."""
+    source = str(Path(generated).resolve())
+    for other in kept.parent.iterdir():
+        if other == kept or not other.is_dir() or other.name.startswith("."):
+            continue
+        try:
+            meta = json.loads((other / CACHE_META).read_text())
+        except (OSError, ValueError):
+            continue  # not a cache (or another process's half-moved one): not ours to judge
+        if meta.get("source") == source:
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def _holds(path: Path, fingerprint: str) -> bool:
