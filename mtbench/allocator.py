@@ -46,3 +46,8 @@ def tune_malloc() -> dict[str, int] | None:
         return None
     _applied = dict(SETTINGS)
     return _applied
+
+
+def applied_settings() -> dict[str, int] | None:
+    """The settings `tune_malloc` applied in this process (None: not applied)."""
+    return None if _applied is None else dict(_applied)

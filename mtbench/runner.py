@@ -58,7 +58,7 @@ from mtbench.results import default_results_dir, find_reference, key_path, read_
 from mtbench.scoring import ScoringError, run_delta_m
 from mtbench.sparsity import sparsity_stats
 from mtbench.specs import DatasetSpec, TaskSpec
-from mtbench.allocator import tune_malloc
+from mtbench.allocator import applied_settings, tune_malloc
 from mtbench.streaming import (
     StreamingMetaTestData,
     StreamingSet,
@@ -562,6 +562,7 @@ def environment(device: torch.device, deterministic: bool | None = None) -> dict
         "math_libraries": math_libraries(),
         "deterministic": torch.are_deterministic_algorithms_enabled() if deterministic is None else deterministic,
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "malloc": applied_settings(),  # glibc's allocator settings (mtbench.allocator), None if left at the defaults
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -819,7 +820,7 @@ def run(
     test_split = _split_name(reader, spec.test_split)
     on_cuda = the_plan.device.type == "cuda"
     torch.manual_seed(request.seed)  # after the reference: its training must not shift this run's RNG state
-    malloc = tune_malloc()  # before the data are loaded: see mtbench.allocator
+    tune_malloc()  # before the data are loaded: see mtbench.allocator (the result's environment records it)
     deterministic = apply_determinism(request, the_plan.device)
     view = TaskView(reader, train_split, seen, held_out)
     count = len(view) if budget.max_train_samples is None else min(len(view), budget.max_train_samples)
@@ -946,7 +947,6 @@ def run(
         image_size,
         data_path={
             **path.to_json(),
-            "malloc": malloc,
             **({"resident": resident} if resident is not None else {}),
             **({"prefetch": {n: prefetch[n] + data.stats[n] for n in prefetch}} if prefetch is not None else {}),
         },
