@@ -395,3 +395,25 @@ def test_celebamask_synth_through_the_cache_and_data_root_read_directly(own_home
     _, direct = resolve_data("celebamask-synth", generated, _tiny(8))  # --data-root: the folder as it is
     assert isinstance(direct, CelebaOfficialReader) and direct.root == generated
     assert open_reader("celebamask", reader.root).layout == "arrow-cache"
+
+
+def test_a_reader_overriding_read_without_the_image_keyword_is_refused_when_defined():
+    from mtbench.errors import PluginError
+
+    with pytest.raises(PluginError, match="without its image keyword") as caught:
+
+        class OldStyle(MtanReader):  # a third-party reader written before image=False existed
+            def read(self, split, index, targets=()):
+                return super().read(split, index, targets)
+
+    assert "read(self, split, index, targets=())" in str(caught.value)
+
+    class NewStyle(MtanReader):
+        def read(self, split, index, targets=(), *, image=True):
+            return super().read(split, index, targets, image=image)
+
+    class Forwarding(MtanReader):
+        def read(self, *args, **kwargs):
+            return super().read(*args, **kwargs)
+
+    assert NewStyle.read and Forwarding.read

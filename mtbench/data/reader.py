@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -13,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mtbench.data.io import fingerprint_files, stored_size
-from mtbench.errors import DataFormatError, DatasetNotFoundError, SplitError
+from mtbench.errors import DataFormatError, DatasetNotFoundError, PluginError, SplitError
 
 #: Written at the top of every synthetic data set; readers use it to tag samples as synthetic.
 SYNTH_MANIFEST = "mtbench-synthetic.json"
@@ -68,6 +69,22 @@ class Reader(ABC):
     #: sample: a lookup table (``table[source]``, numpy indexing) or the name of a function in `DERIVATIONS`.
     #: `read` derives it from the source's array when both are asked for; a cache stores only the source.
     derived_targets: ClassVar[dict[str, tuple[str, np.ndarray | str]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass that overrides `read` must take its ``image`` keyword: target-only passes (the meta-test,
+        streamed target reads) call ``read(..., image=False)``; refused when the class is defined, not mid-run."""
+        super().__init_subclass__(**kwargs)
+        read = cls.__dict__.get("read")
+        if read is None:
+            return
+        parameters = inspect.signature(read).parameters
+        if "image" not in parameters and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            raise PluginError(
+                f"reader {cls.__qualname__} overrides read() without its image keyword",
+                expected="read(self, split, index, targets=(), *, image=True), returning no 'image' for image=False",
+                found=f"read{inspect.signature(read)}",
+                fix="add the image keyword, or implement _read_image/_read_target and keep Reader.read",
+            )
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
