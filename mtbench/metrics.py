@@ -265,6 +265,20 @@ class NormalsEvaluator(Evaluator):
         return result
 
 
+def _bit_counts(words: Tensor, bits: int) -> Tensor:
+    """How many of ``words`` (int64, non-negative) have each of the low ``bits`` bits set: (bits,) int64.
+
+    Eight passes, one per byte: a histogram of the byte's 256 values, times the bits of each value (exact integers).
+    """
+    values = torch.arange(256, device=words.device)
+    bits_of_value = (values[:, None] >> torch.arange(8, device=words.device)) & 1  # (256, 8)
+    counts = []
+    for byte in range((bits + 7) // 8):
+        histogram = torch.bincount(((words >> (8 * byte)) & 255).flatten(), minlength=256)
+        counts.append((histogram[:, None] * bits_of_value).sum(dim=0))
+    return torch.cat(counts)[:bits]
+
+
 class EdgeEvaluator(Evaluator):
     """Edges: an ODS-style F-measure with a small pixel tolerance and one-to-one matching.
 
@@ -364,10 +378,7 @@ class EdgeEvaluator(Evaluator):
             gt_view ^= match
         taken = predicted ^ free_pred
 
-        def per_bit(words: Tensor) -> Tensor:
-            return torch.stack([((words >> bit) & 1).sum() for bit in range(count)])
-
-        return per_bit(predicted), per_bit(taken)
+        return _bit_counts(predicted, count), _bit_counts(taken, count)
 
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor) -> None:
