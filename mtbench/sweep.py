@@ -10,6 +10,9 @@ A *sweep spec* is a TOML file (read with `tomllib`)::
     name = "celebamask-synth"
     unseen = ["smiling"]          # held-out tasks (may be empty)
     # data_root = "data/faces"    # optional: read this folder (as `mtbench run --data-root`); relative to the spec
+    # data = "stream"             # optional: how a cell holds the data, as `mtbench run --data` (auto|memory|stream),
+    # memory_budget = 16          #   with --memory-budget (GiB) and --workers; they change no number a cell computes
+    # workers = 4
 
     [methods.ew]                  # default options
     [methods.fixed-lambda]
@@ -68,6 +71,7 @@ from mtbench.presets import budget as get_budget
 from mtbench.result import REFERENCE_METHOD, Protocol, RunResult
 from mtbench.results import load_results, store
 from mtbench.runner import build_config, parse_set, resolve_data, task_of
+from mtbench.streaming import DATA_MODES, check_data_options
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,7 +80,7 @@ else:  # Python 3.10: the same parser, published as tomli (installed with pytest
 
 SWEEP_SCHEMA_VERSIONS: frozenset[int] = frozenset({1})
 TOP_KEYS = ("schema_version", "budgets", "seeds", "datasets", "methods")
-DATASET_KEYS = ("name", "unseen", "data_root")
+DATASET_KEYS = ("name", "unseen", "data_root", "data", "memory_budget", "workers")
 #: Budgets whose cells ask Ray for a GPU each (unless ``--gpus-per-cell`` says otherwise).
 GPU_BUDGETS = frozenset({"paper"})
 #: Characters of a cell's log the Ray task sends back.
@@ -92,6 +96,10 @@ class DatasetEntry:
     name: str
     unseen: tuple[str, ...] = ()
     data_root: Path | None = None
+    #: how its cells hold the data (`mtbench run --data`, ``--memory-budget`` GiB, ``--workers``); None: the run's default
+    data: str | None = None
+    memory_budget: float | None = None
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -279,7 +287,23 @@ def _dataset_entry(check: _Checker, index: int, table: Any, first_budget: str) -
                 raise check.fail(f"{where}.data_root", f"{root} holds {resolved.name}, not {name}",
                                  expected=f"a folder of {name}", found=resolved.name,
                                  fix=f'name what the folder holds: name = "{resolved.name}"')
-    return DatasetEntry(name=spec.name, unseen=tuple(held_out), data_root=root)
+    data, memory_budget, workers = table.get("data"), table.get("memory_budget"), table.get("workers")
+    if data is not None and not isinstance(data, str):
+        raise check.fail(f"{where}.data", "not a string", expected=" or ".join(DATA_MODES), found=_kind(data))
+    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float))):
+        raise check.fail(f"{where}.memory_budget", "not a number", expected="GiB > 0", found=_kind(memory_budget))
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
+        raise check.fail(f"{where}.workers", "not an integer", expected="0 or more", found=_kind(workers))
+    for key, options in (("data", (data or "auto", None, None)), ("memory_budget", ("auto", memory_budget, None)),
+                         ("workers", ("auto", None, workers))):
+        try:
+            check_data_options(*options)  # as `mtbench run` checks --data, --memory-budget and --workers
+        except ConfigError as error:
+            raise check.fail(f"{where}.{key}", error.problem, **error.details()) from None
+    return DatasetEntry(
+        name=spec.name, unseen=tuple(held_out), data_root=root, data=data,
+        memory_budget=float(memory_budget) if memory_budget is not None else None, workers=workers,
+    )
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -400,6 +424,12 @@ class Cell:
             args += ["--data-root", str(self.dataset.data_root)]
         for task in self.dataset.unseen:
             args += ["--unseen", task]
+        if self.dataset.data is not None:
+            args += ["--data", self.dataset.data]
+        if self.dataset.memory_budget is not None:
+            args += ["--memory-budget", repr(self.dataset.memory_budget)]
+        if self.dataset.workers is not None:
+            args += ["--workers", str(self.dataset.workers)]
         for key, value in self.overrides:
             args += ["--set", f"{key}={value}"]
         return args

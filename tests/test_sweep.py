@@ -64,11 +64,16 @@ NYU = '[[datasets]]\nname = "nyuv2-synth"\nunseen = ["depth"]\n'
          "not a seed"),
         (HEADER + NYU, "methods", "missing"),
         (HEADER + NYU + "[methods.ew\n", "(syntax)", "not valid TOML"),
+        (HEADER + NYU + 'data = "disk"\n[methods.ew]\n', "datasets[0].data", "unknown data mode 'disk'"),
+        (HEADER + NYU + "memory_budget = 0\n[methods.ew]\n", "datasets[0].memory_budget", "must be positive"),
+        (HEADER + NYU + "workers = -1\n[methods.ew]\n", "datasets[0].workers", "cannot be negative"),
+        (HEADER + NYU + 'workers = "4"\n[methods.ew]\n', "datasets[0].workers", "not an integer"),
     ],
     ids=[
         "unknown-method", "unknown-option", "bad-value-type", "bad-boolean", "bad-literal", "empty-grid",
         "unknown-dataset", "unknown-task", "unknown-dataset-key", "missing-schema-version", "unknown-schema-version",
-        "unknown-budget", "bad-seed", "missing-methods", "toml-syntax",
+        "unknown-budget", "bad-seed", "missing-methods", "toml-syntax", "bad-data-mode", "zero-memory-budget",
+        "negative-workers", "workers-not-integer",
     ],
 )
 def test_spec_errors_name_the_file_and_the_key(tmp_path, body, key, says):
@@ -147,6 +152,20 @@ hypergradient = "online"
         "--unseen", one.dataset.unseen[0], "--set", "lam=0.001",
     ]
     assert json.loads(one.config) == {**dataclasses.asdict(methods().get("fixed-lambda").config()), "lam": 0.001}
+
+
+def test_data_options_reach_the_cells_and_leave_their_identity_alone(tmp_path):
+    plain = expand(load_spec(_write(tmp_path, HEADER + NYU + "[methods.ew]\n", "plain.toml")))
+    streamed = expand(load_spec(_write(
+        tmp_path, HEADER + NYU + 'data = "stream"\nmemory_budget = 12\nworkers = 3\n[methods.ew]\n', "stream.toml"
+    )))
+    ew = next(c for c in streamed if c.method == "ew")
+    assert ew.argv()[-6:] == ["--data", "stream", "--memory-budget", "12.0", "--workers", "3"]
+    assert all("--data" not in c.argv() for c in plain)
+    # the same results: a stored cell counts as done whichever way the data were held
+    assert [(c.method, c.config, c.seed, c.protocol) for c in plain] == [
+        (c.method, c.config, c.seed, c.protocol) for c in streamed
+    ]
 
 
 def test_checked_in_specs_parse_and_expand_to_the_published_grids():
