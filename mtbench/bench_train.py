@@ -25,7 +25,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -142,10 +142,10 @@ class TrainBenchReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            **{k: v for k, v in dataclasses.asdict(self).items() if k != "measures"},
+            **{k: v for k, v in asdict(self).items() if k != "measures"},
             "measures": [
                 {
-                    **dataclasses.asdict(m),
+                    **asdict(m),
                     "median_seconds_per_step": m.median,
                     "spread": m.spread,
                     "images_per_second": m.images_per_second,
