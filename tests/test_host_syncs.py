@@ -401,6 +401,67 @@ def test_newton_loop_without_early_exit_is_bit_identical(monkeypatch: pytest.Mon
     assert capped > 10  # many problems needed more than 3 iterations: the frozen radii were exercised
 
 
+def _random_layers(generator: torch.Generator, count: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``count`` conv kernels of varied shapes (a few zero groups) and Adam-like metrics for them."""
+    weights, metrics = [], []
+    for index in range(count):
+        out_channels, in_channels, k = 2 + index % 5, 1 + (index * 3) % 7, 1 + 2 * (index % 2)
+        weight = torch.randn(out_channels, in_channels, k, k, generator=generator) * 10.0 ** (index % 3 - 1)
+        weight[:, index % in_channels] = 0.0  # a group zeroed already
+        weights.append(weight)
+        metrics.append(torch.rand(weight.shape, generator=generator) * 10.0 ** (index % 4 - 3) + 1e-8)
+    return weights, metrics
+
+
+@pytest.mark.parametrize("axis", ["in", "out"])
+def test_every_layer_in_one_newton_solve_gives_the_per_layer_prox(axis: str, monkeypatch: pytest.MonkeyPatch):
+    """An accelerator's prox solves all layers at once (ragged rows end to end): the per-layer results, to the
+    float32 the weights keep (the float64 sums run in another order); a layer with λ ≤ 0 stays as it was."""
+    generator = torch.Generator().manual_seed(9)
+    weights, metrics = _random_layers(generator, 9)
+    thresholds = [torch.tensor(0.05 * (index % 4), dtype=torch.float64) for index in range(9)]  # 0: skipped
+    per_layer = [w.clone() for w in weights]
+    monkeypatch.setattr(sparsity, "host_reads_are_free", lambda device: False)
+    for weight, metric, threshold in zip(per_layer, metrics, thresholds):
+        prox_group_lasso_([weight], threshold, axis, [metric], skip_nonpositive=True)
+    together = [w.clone() for w in weights]
+    calls = []
+    solve = sparsity._weighted_prox_all_layers_
+    monkeypatch.setattr(sparsity, "_weighted_prox_all_layers_", lambda *a, **k: calls.append(1) or solve(*a, **k))
+    prox_group_lasso_(together, thresholds, axis, metrics, skip_nonpositive=True)
+    assert calls == [1]
+    for index, (a, b) in enumerate(zip(together, per_layer)):
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-30, msg=f"layer {index}")
+        if index % 4 == 0:
+            assert torch.equal(a, weights[index])  # λ = 0: untouched, bit for bit
+    assert sum(int((group_norms(w, axis) == 0).sum()) for w in together) > 9  # the prox zeroed more groups
+
+
+def test_one_newton_solve_for_every_layer_launches_far_fewer_kernels(monkeypatch: pytest.MonkeyPatch):
+    """Each aten op is a kernel launch on a GPU: the device form of the prox per layer costs ~17 per iteration per
+    layer (all 60 iterations), the one-solve form ~17 per iteration in all."""
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    weights, metrics = _random_layers(torch.Generator().manual_seed(3), 12)
+    monkeypatch.setattr(sparsity, "host_reads_are_free", lambda device: False)
+    per_layer, together = Count(), Count()
+    with per_layer:
+        for weight, metric in zip([w.clone() for w in weights], metrics):
+            prox_group_lasso_([weight], 0.05, "in", [metric])
+    with together:
+        prox_group_lasso_([w.clone() for w in weights], 0.05, "in", metrics)
+    assert per_layer.ops > 12 * 60 * 10  # every layer runs all iterations
+    assert together.ops * 8 < per_layer.ops, (together.ops, per_layer.ops)
+
+
 def test_dwa_device_weights_match_numpy():
     """DWA's device form computes `dwa_weights`'s formula; only torch's exp may round differently from NumPy's."""
     from mtbench_baselines.dwa import dwa_weights, dwa_weights_on_device
