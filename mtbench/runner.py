@@ -30,6 +30,7 @@ import torch
 
 import mtbench
 from mtbench import catalog
+from mtbench.allocator import applied_settings, tune_malloc
 from mtbench.data.cache import ArrowCacheReader, _locked, find_prepared, mtbench_home, prepared_synthetic
 from mtbench.data.io import atomic_write_json
 from mtbench.data.layouts import open_reader
@@ -58,7 +59,6 @@ from mtbench.results import default_results_dir, find_reference, key_path, read_
 from mtbench.scoring import ScoringError, run_delta_m
 from mtbench.sparsity import sparsity_stats
 from mtbench.specs import DatasetSpec, TaskSpec
-from mtbench.allocator import applied_settings, tune_malloc
 from mtbench.streaming import (
     StreamingMetaTestData,
     StreamingSet,

@@ -221,7 +221,11 @@ def weighted_group_prox(
 
 
 def _weighted_prox_all_layers_(
-    weights: Sequence[Tensor], taus: Sequence[Tensor], axis: Axis, denominators: Sequence[Tensor], skip_nonpositive: bool
+    weights: Sequence[Tensor],
+    taus: Sequence[Tensor],
+    axis: Axis,
+    denominators: Sequence[Tensor],
+    skip_nonpositive: bool,
 ) -> None:
     """In place: `weighted_group_prox` of every layer's groups in one call (ragged rows laid end to end).
 

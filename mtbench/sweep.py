@@ -96,7 +96,7 @@ class DatasetEntry:
     name: str
     unseen: tuple[str, ...] = ()
     data_root: Path | None = None
-    #: how its cells hold the data (`mtbench run --data`, ``--memory-budget`` GiB, ``--workers``); None: the run's default
+    #: how its cells hold the data (`mtbench run --data`, ``--memory-budget`` GiB, ``--workers``); None: the default
     data: str | None = None
     memory_budget: float | None = None
     workers: int | None = None

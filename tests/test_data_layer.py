@@ -16,8 +16,8 @@ from mtbench.data.cache import (
     CACHE_FORMAT,
     CACHE_META,
     ArrowCacheReader,
-    MappedSplit,
     CacheValueError,
+    MappedSplit,
     _column_dtype,
     prepare,
 )

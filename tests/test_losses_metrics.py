@@ -463,7 +463,8 @@ def test_bit_counts_against_counting_each_bit():
     from mtbench.metrics import _bit_counts
 
     generator = torch.Generator().manual_seed(5)
-    words = torch.randint(0, 2**62, (3, 7, 5), generator=generator) * 2 + torch.randint(0, 2, (3, 7, 5), generator=generator)
+    high = torch.randint(0, 2**62, (3, 7, 5), generator=generator)
+    words = high * 2 + torch.randint(0, 2, (3, 7, 5), generator=generator)  # bits 0..62
     for bits in (1, 8, 9, 36, 63):
         expected = [sum((int(w) >> b) & 1 for w in words.flatten()) for b in range(bits)]
         assert _bit_counts(words, bits).tolist() == expected

@@ -162,7 +162,8 @@ class MappedSplit:
 
         self.folder = folder
         try:
-            files = [folder / entry["filename"] for entry in json.loads((folder / "state.json").read_text())["_data_files"]]
+            state = json.loads((folder / "state.json").read_text())
+            files = [folder / entry["filename"] for entry in state["_data_files"]]
             tables = [pa.ipc.open_stream(pa.memory_map(str(file))).read_all() for file in files]
         except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
             raise DataFormatError(
@@ -187,7 +188,9 @@ class MappedSplit:
             return {name: tuple(features[name].get("shape", ())) for name in table.schema.names}
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise DataFormatError(
-                folder, f"the Arrow files carry no column shapes ({exc})", expected="files written by `mtbench data prepare`",
+                folder,
+                f"the Arrow files carry no column shapes ({exc})",
+                expected="files written by `mtbench data prepare`",
                 fix="re-run `mtbench data prepare`",
             ) from None
 
@@ -196,7 +199,8 @@ class MappedSplit:
 
         rows = len(column)
         leaf = column.storage if isinstance(column, pa.ExtensionArray) else column
-        while pa.types.is_list(leaf.type) or pa.types.is_large_list(leaf.type) or pa.types.is_fixed_size_list(leaf.type):
+        nested = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
+        while any(is_nested(leaf.type) for is_nested in nested):
             leaf = leaf.flatten()
         try:
             values = leaf.to_numpy(zero_copy_only=True)
