@@ -108,11 +108,33 @@ class Peak:
 
 @dataclass(frozen=True)
 class MemoryResult:
+    """One case and loader: the median child of the repeats at n (``small``) and 4n (``large``), and every child."""
+
     case: MemoryCase
     loader: str  # "compact" (TensorSet.load), "stream" (StreamingSet) or "legacy"
     resolution: tuple[int, int] | None
     small: Peak
     large: Peak
+    small_all: tuple[Peak, ...] = ()
+    large_all: tuple[Peak, ...] = ()
+
+    @staticmethod
+    def of(case: MemoryCase, loader: str, resolution: tuple[int, int] | None, small: Sequence[Peak],
+           large: Sequence[Peak]) -> MemoryResult:
+        """The result of repeated children: the median peak of each size (the upper median for an even count)."""
+
+        def median(peaks: Sequence[Peak]) -> Peak:
+            return sorted(peaks, key=lambda peak: peak.peak_kib)[len(peaks) // 2]
+
+        return MemoryResult(case, loader, resolution, median(small), median(large), tuple(small), tuple(large))
+
+    @staticmethod
+    def spread_text(peaks: Sequence[Peak]) -> str:
+        """`` (lowest–highest MiB)`` over the repeats, or nothing for a single child."""
+        if len(peaks) < 2:
+            return ""
+        values = [peak.peak_mib for peak in peaks]
+        return f" ({min(values):,.0f}–{max(values):,.0f})"
 
     @property
     def ratio(self) -> float:
@@ -309,12 +331,21 @@ def bench_memory(
     stream: bool = True,
     steps: int = 64,
     workers: int = 2,
+    repeats: int = 3,
     progress: Callable[[str], None] | None = None,
 ) -> list[MemoryResult]:
     """Generate each case with at least ``4n`` training samples under ``scratch``, then measure the load
     of ``n`` and ``4n`` of them (TensorSet.load, and `legacy_load` with ``compare``), one process each; with
     ``stream``, also ``steps`` batches of 8 drawn from the first ``n`` / ``4n`` training samples, streamed
-    from an Arrow cache of the case by ``workers`` DataLoader workers."""
+    from an Arrow cache of the case by ``workers`` DataLoader workers. Each size is measured ``repeats`` times,
+    n and 4n alternating; the result keeps the median and every child."""
+    from mtbench.errors import ConfigError
+
+    if n < 1 or repeats < 1 or steps < 1 or workers < 0:
+        raise ConfigError(
+            "bench memory needs n >= 1, repeats >= 1, steps >= 1 and workers >= 0",
+            found=f"n {n}, repeats {repeats}, steps {steps}, workers {workers}",
+        )
     from mtbench import catalog
     from mtbench.data.cache import prepare
     from mtbench.data.layouts import open_reader
@@ -335,14 +366,14 @@ def bench_memory(
             raise RuntimeError(f"{case.name}: only {available} training samples generated, {4 * n} needed")
         loaders = (("legacy",) if compare else ()) + ("compact",) + (("stream",) if stream else ())
         for loader in loaders:
-            peaks = []
+            peaks: dict[int, list[Peak]] = {n: [], 4 * n: []}
             cache = None
             if loader == "stream":
                 if progress:
                     progress(f"{case.name}: preparing its Arrow cache")
                 reader = open_reader(spec.family, root, case.layout)
                 cache = prepare(reader, cache_root=scratch / f"case{number}-cache").path
-            for count in (n, 4 * n):
+            for count in [size for _ in range(repeats) for size in (n, 4 * n)]:
                 if progress:
                     progress(f"{case.name}: loading {count} training samples ({loader} loader)")
                 job = {
@@ -358,8 +389,8 @@ def bench_memory(
                     "batch": 8,
                     "workers": workers,
                 }
-                peaks.append(_measure(job))
-            results.append(MemoryResult(case, loader, resolution, peaks[0], peaks[1]))
+                peaks[count].append(_measure(job))
+            results.append(MemoryResult.of(case, loader, resolution, peaks[n], peaks[4 * n]))
     return results
 
 
@@ -372,7 +403,8 @@ def memory_table(results: Sequence[MemoryResult]) -> Any:
     table = Table(
         title=f"Peak RSS of the training split as a run holds it at {where}: loaded (compact: TensorSet.load; "
         "legacy: the loader before issue 10) or streamed (stream: batches read by DataLoader workers from the Arrow "
-        "cache; + the workers' private memory), one fresh process per cell",
+        "cache; + the workers' private memory), one fresh process per cell; the median of the repeats "
+        "(lowest–highest)",
         title_justify="left",
     )
     columns = ("case", "size", "loader", "n", "peak RSS (n)", "4n", "peak RSS (4n)", "4n/n", "slope", "kept")
@@ -386,11 +418,11 @@ def memory_table(results: Sequence[MemoryResult]) -> Any:
             result.case.size_text,
             result.loader,
             f"{small.samples} samples",
-            f"{small.peak_mib:,.0f} MiB",
+            f"{small.peak_mib:,.0f} MiB{MemoryResult.spread_text(result.small_all)}",
             f"{large.samples} samples",
-            f"{large.peak_mib:,.0f} MiB",
+            f"{large.peak_mib:,.0f} MiB{MemoryResult.spread_text(result.large_all)}",
             f"{result.ratio:.2f}×",
-            f"{result.slope_mib:.3f} MiB/sample",
+            "—" if result.loader == "stream" else f"{result.slope_mib:.3f} MiB/sample",  # a stream holds batches
             f"{large.stored_bytes / large.samples / MIB:.3f} MiB/sample",  # what the loaded set holds
             f"{large.seconds:.1f} s",
         )
@@ -398,17 +430,19 @@ def memory_table(results: Sequence[MemoryResult]) -> Any:
 
 
 def extrapolation_table(results: Sequence[MemoryResult]) -> Any:
-    """Peak RSS extrapolated to the real training splits: peak(n) + slope × (N − n)."""
+    """Peak RSS of the loaded paths extrapolated to the real training splits: peak(n) + slope × (N − n). The
+    streamed path is left out: its memory follows the batches in flight, not the samples (its 4n/n ratio says so)."""
     from rich.table import Table
 
     table = Table(
-        title="Extrapolated peak RSS for the real training splits: peak(n) + slope × (N − n)",
+        title="Extrapolated peak RSS for the real training splits: peak(n) + slope × (N − n) (loaded paths; a "
+        "streamed run holds batches, not samples: see its 4n/n ratio)",
         title_justify="left",
     )
     for column in ("case", "loader", "N (real train)", "arithmetic", "peak RSS"):
         table.add_column(column, justify="left" if column in ("case", "loader", "arithmetic") else "right")
     legacy = {r.case.name: r for r in results if r.loader == "legacy"}
-    for result in results:
+    for result in (r for r in results if r.loader != "stream"):
         samples = REAL_TRAIN_SAMPLES[result.case.family]
         peak = f"{result.extrapolated_mib(samples) / 1024:,.2f} GiB"
         old = legacy.get(result.case.name)

@@ -206,8 +206,23 @@ def test_a_run_reads_the_training_split_at_most_twice(nyu_mtan, tmp_path, monkey
 def test_bench_memory_command_runs_at_tiny_n(cli):
     code, output = cli(
         *("bench", "memory", "--n", "2", "--case", "nyuv2-nyudmt", "--nyu-size", "12x16", "--resolution", "8"),
-        "--no-compare",
+        *("--no-compare", "--no-stream", "--repeats", "1"),
     )
     assert code == 0, output
     for text in ("peak RSS (4n)", "MiB/sample", "compact", "795", "GiB"):
         assert text in output
+
+
+def test_memory_results_keep_the_median_child_and_the_spread():
+    from mtbench.bench_memory import MemoryResult, Peak, default_cases
+
+    def peak(samples: int, mib: int) -> Peak:
+        return Peak(samples, 0, mib * 1024, 0, 1.0)
+
+    result = MemoryResult.of(
+        default_cases()[0], "compact", (8, 8), [peak(2, 500), peak(2, 430), peak(2, 470)], [peak(8, 560), peak(8, 520)]
+    )
+    assert (result.small.peak_mib, result.large.peak_mib) == (470, 560)  # the median; of two, the upper one
+    assert result.ratio == 560 / 470 and result.slope_mib == (560 - 470) / 6
+    assert MemoryResult.spread_text(result.small_all) == " (430–500)"
+    assert MemoryResult.spread_text(result.small_all[:1]) == ""

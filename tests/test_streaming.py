@@ -136,10 +136,12 @@ def test_bad_data_options_are_refused_by_the_plan(nyu_mtan, tmp_path, option, va
 def test_bench_memory_measures_the_streaming_path(cli):
     code, output = cli(
         *("bench", "memory", "--n", "2", "--case", "nyuv2-nyudmt", "--nyu-size", "12x16", "--resolution", "8"),
-        *("--no-compare", "--steps", "4", "--workers", "1"),
+        *("--no-compare", "--steps", "4", "--workers", "1", "--repeats", "2"),
     )
     assert code == 0, output
-    assert "stream" in output and "private memory" in output
+    assert "stream" in output and "private memory" in output and "MiB (" in output  # median (lowest–highest)
+    rows = output[output.index("┏", output.index("Extrapolated")):]  # the extrapolation table below its title
+    assert "compact" in rows and "stream" not in rows  # a stream holds batches, not samples: not extrapolated
 
 
 def test_a_set_moved_to_a_device_gives_the_same_batches(nyu_mtan):

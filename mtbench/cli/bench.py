@@ -107,6 +107,9 @@ def bench_memory(
     ] = True,
     steps: Annotated[int, typer.Option(help="Batches of 8 the streaming path draws.")] = 64,
     workers: Annotated[int, typer.Option(help="DataLoader workers of the streaming path.")] = 2,
+    repeats: Annotated[
+        int, typer.Option(help="Fresh processes per size (n and 4n alternating); the median is reported.")
+    ] = 3,
 ) -> None:
     """Peak RSS of loading a training split as a run does, for n and 4n samples, each in a fresh process;
     the ratio, the MiB per sample, and the extrapolation to CelebAMask-HQ (24,183) and NYU-v2 (795).
@@ -134,6 +137,7 @@ def bench_memory(
             stream=stream,
             steps=steps,
             workers=workers,
+            repeats=repeats,
             progress=lambda text: console.print(f"[dim]{text}[/dim]"),
         )
     finally:
