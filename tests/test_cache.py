@@ -146,6 +146,14 @@ def test_mapped_split_reads_what_the_datasets_formatter_reads(tmp_path):
         np.testing.assert_array_equal(stacked[name], columns[name][picked], err_msg=name)
     with pytest.raises(IndexError):
         split.row(rows, names)
+    # pickled as its folder (a spawned worker maps the files again), never as the arrays
+    import pickle
+
+    blob = pickle.dumps(split)
+    assert len(blob) < 1000
+    again = pickle.loads(blob)
+    for name in names:
+        np.testing.assert_array_equal(again.row(36, names)[name], columns[name][36])
 
 
 def test_a_truncated_cache_file_is_named(nyu_mtan, tmp_path):

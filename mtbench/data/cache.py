@@ -215,6 +215,10 @@ class MappedSplit:
             )
         return values.reshape(rows, *shape)
 
+    def __reduce__(self) -> tuple[type[MappedSplit], tuple[Path]]:
+        """Pickled as its folder (a spawned DataLoader worker maps the files again; nothing is copied)."""
+        return MappedSplit, (self.folder,)
+
     def __len__(self) -> int:
         return self.starts[-1]
 
