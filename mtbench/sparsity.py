@@ -271,6 +271,7 @@ def prox_group_lasso_(
         denominators is not None
         and len(weights) > 1
         and not host_reads_are_free(weights[0].device)
+        and weights[0].device.type in ("cuda", "cpu")  # where segment_reduce exists (the CPU: in tests)
         and len({(w.dtype, w.device) for w in weights}) == 1
     ):
         _weighted_prox_all_layers_(weights, taus, axis, denominators, skip_nonpositive)
