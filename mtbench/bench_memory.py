@@ -180,15 +180,20 @@ def legacy_load(
 # --- process memory (Linux /proc; None or False elsewhere) ----------------------------------------------
 
 
-def proc_status_kib(field: str) -> int | None:
-    """A ``/proc/self/status`` field in KiB (``VmRSS``: resident now, ``VmHWM``: the peak), or None without /proc."""
+def _proc_kib(path: str, field: str) -> int | None:
+    """A ``field: N kB`` line of the /proc file ``path``, in KiB; None if the file or the field is missing."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(path).read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     except OSError:
         pass
     return None
+
+
+def proc_status_kib(field: str) -> int | None:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``: resident now, ``VmHWM``: the peak), or None without /proc."""
+    return _proc_kib("/proc/self/status", field)
 
 
 def reset_peak_rss() -> bool:
@@ -217,13 +222,7 @@ def _tasks_for(reader: Any, wanted: Sequence[Any], family: Sequence[Any]) -> lis
 
 def private_dirty_kib(pid: int) -> int:
     """``Private_Dirty`` of process ``pid`` in KiB (0 if it is gone or /proc is missing)."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Private_Dirty:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _proc_kib(f"/proc/{pid}/smaps_rollup", "Private_Dirty") or 0
 
 
 def _stream(data: Any, count: int, targets: Sequence[str], steps: int, batch: int) -> int:

@@ -17,6 +17,7 @@ through the same table), so the streaming and the in-memory path give the same n
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
@@ -192,11 +193,14 @@ class StreamingSet:
         if unknown:
             raise KeyError(f"this streaming set provides {', '.join(self.keys)}, not {', '.join(unknown)}")
 
+    def _read_now(self, indices: Sequence[int], keys: Sequence[str], device: torch.device) -> Batch:
+        return self._to_device(read_batch(self.read, list(indices), keys, self.resolution), keys, device)
+
     def batch(self, indices: Sequence[int], keys: Sequence[str], device: torch.device) -> Batch:
         """Samples ``indices`` (read now), on ``device``, decoded as `TensorSet.batch` decodes them."""
         self._check_keys(keys)
         self.stats["direct"] += 1
-        return self._to_device(read_batch(self.read, list(indices), keys, self.resolution), keys, device)
+        return self._read_now(indices, keys, device)
 
     def fetch(
         self,
@@ -214,7 +218,7 @@ class StreamingSet:
         wanted = tuple(tuple(int(i) for i in r) for r in requests)
         if ahead is None or self.workers == 0:
             self.stats["direct"] += len(wanted)
-            return [self._to_device(read_batch(self.read, r, keys, self.resolution), keys, device) for r in wanted]
+            return [self._read_now(r, keys, device) for r in wanted]
         if stream not in self.streams:
             self.streams[stream] = _Stream(self.dataset, ahead, self.workers, self.pin_memory, self.prefetch)
         taken = self.streams[stream].take(position)
@@ -222,7 +226,7 @@ class StreamingSet:
             self.stats["hits"] += len(wanted)
             return [self._to_device(b, keys, device) for b in taken[1]]
         self.stats["misses"] += len(wanted)
-        return [self._to_device(read_batch(self.read, r, keys, self.resolution), keys, device) for r in wanted]
+        return [self._read_now(r, keys, device) for r in wanted]
 
     def close(self) -> None:
         """Stop the streams' worker processes."""
@@ -296,14 +300,7 @@ class DataPath:
     reason: str
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "requested": self.requested,
-            "estimate_bytes": self.estimate_bytes,
-            "budget_bytes": self.budget_bytes,
-            "workers": self.workers,
-            "reason": self.reason,
-        }
+        return dataclasses.asdict(self)
 
 
 def physical_memory_bytes() -> int:

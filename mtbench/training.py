@@ -907,7 +907,7 @@ def evaluate(model: MultiTaskNet, task: TaskSpec, data: TensorSet, ctx: TrainCon
     while (requests := ahead(position)) is not None:
         (batch,) = data.fetch(requests, [task.target], ctx.device, ahead=ahead, position=position, stream="eval")
         position += 1
-        images = batch["image"].contiguous(memory_format=torch.channels_last) if ctx.channels_last else batch["image"]
+        images = ctx._layout(batch)["image"]
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.autocast):
             output = model(images, [task.name])[task.name]
         evaluator.update(output.float(), batch[task.target])

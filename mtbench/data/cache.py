@@ -603,18 +603,20 @@ def _drop_stale_synthetic(kept: Path, generated: Path) -> None:
     for other in kept.parent.iterdir():
         if other == kept or not other.is_dir() or other.name.startswith("."):
             continue
-        try:
-            meta = json.loads((other / CACHE_META).read_text())
-        except (OSError, ValueError):
-            continue  # not a cache (or another process's half-moved one): not ours to judge
-        if meta.get("source") == source:
+        meta = _complete_meta(other)  # None: not a cache (or another process's half-moved one): not ours to judge
+        if meta is not None and meta.get("source") == source:
             shutil.rmtree(other, ignore_errors=True)
+
+
+def _complete_meta(path: Path) -> dict[str, Any] | None:
+    """The metadata of the complete cache at ``path`` (written last, by `prepare`), or None."""
+    try:
+        return json.loads((path / CACHE_META).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _holds(path: Path, fingerprint: str) -> bool:
     """Whether ``path`` is a complete cache of the set with ``fingerprint``."""
-    try:
-        meta = json.loads((path / CACHE_META).read_text())
-    except (OSError, ValueError):
-        return False
-    return meta.get("identity", {}).get("fingerprint") == fingerprint
+    meta = _complete_meta(path)
+    return meta is not None and meta.get("identity", {}).get("fingerprint") == fingerprint
