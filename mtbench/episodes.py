@@ -184,9 +184,7 @@ class TaskView:
                     expected=", ".join(sorted(self.allowed)),
                     found=target,
                 )
-        if not image:
-            return self.reader.read(self.split, index, targets, image=False)
-        return self.reader.read(self.split, index, targets)
+        return self.reader.read(self.split, index, targets, image=image)
 
     def batch(self, indices: Sequence[int], tasks: Sequence[str]) -> dict[str, np.ndarray]:
         """Stacked samples: ``image`` and the targets of ``tasks`` only."""

@@ -377,7 +377,6 @@ class EdgeEvaluator(Evaluator):
             pred_view ^= match
             gt_view ^= match
         taken = predicted ^ free_pred
-
         return _bit_counts(predicted, count), _bit_counts(taken, count)
 
     @torch.no_grad()

@@ -823,7 +823,6 @@ def run(
     tune_malloc()  # before the data are loaded: see mtbench.allocator (the result's environment records it)
     deterministic = apply_determinism(request, the_plan.device)
     view = TaskView(reader, train_split, seen, held_out)
-    count = len(view) if budget.max_train_samples is None else min(len(view), budget.max_train_samples)
     seen_targets = [t.target for t in seen]
 
     def samples(name: str, limit: int | None) -> tuple[str, int]:
@@ -834,6 +833,7 @@ def run(
         "train": samples(train_split, budget.max_train_samples),
         "test": samples(test_split, budget.max_test_samples),
     }
+    count = splits["train"][1]  # training samples used
     path = choose_data_path(
         request.data_mode,
         sample_bytes(view.read, seen_targets, budget.resolution),
