@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +30,18 @@ def sparsity_chart(sparsity: dict[str, Any], out: Path, title: str = "") -> Path
     layers = sparsity["layers"]
     names = [layer["name"] for layer in layers]
     fractions = [100.0 * layer["zero_groups"] / layer["groups"] if layer["groups"] else 0.0 for layer in layers]
-    fig, axis = plt.subplots(figsize=(max(6.0, 0.32 * len(names) + 2), 3.6))
+    width = max(6.0, 0.32 * len(names) + 2)
+    fig, axis = plt.subplots(figsize=(width, 3.6))
     axis.bar(range(len(names)), fractions, color="#1f77b4")
     axis.set_xticks(range(len(names)))
     axis.set_xticklabels(names, rotation=70, ha="right", fontsize=7)
     axis.set_ylim(0, 100)
     axis.set_ylabel("zeroed channel groups (%)")
-    axis.set_title(
-        title
-        or (
-            f"group sparsity {100 * sparsity['group_sparsity']:.1f} %, "
-            f"parameter sparsity {100 * sparsity['param_sparsity']:.1f} % of the shared convs"
-        ),
-        fontsize=9,
+    text = title or (
+        f"group sparsity {100 * sparsity['group_sparsity']:.1f} %, "
+        f"parameter sparsity {100 * sparsity['param_sparsity']:.1f} % of the shared convs"
     )
+    axis.set_title(textwrap.fill(text, width=int(13 * width)), fontsize=9)  # ~13 characters per inch at 9 pt
     return save_figure(fig, out)
 
 
