@@ -55,7 +55,7 @@ from mtbench.results import (
     verify_manifest,
     write_manifest,
 )
-from mtbench.scoring import ALL_METRICS, ScoringError, run_delta_m
+from mtbench.scoring import ALL_METRICS, ScoringError, role_delta
 from mtbench.stats import Interval, Rank, confidence_interval, sample_std, tie_aware_ranks
 
 try:
@@ -145,6 +145,13 @@ class Group:
         return [(task, metric, *columns[(task, metric)]) for task, metric in keys]
 
     @property
+    def scored_jointly(self) -> bool:
+        """Whether the results hold joint scores (schema 3, `mtbench.protocol`): the table then ranks on Δm joint
+        and shows training compute and dead layers."""
+        results = (r for seeds in self.runs.values() for r in seeds.values())
+        return any(task.joint is not None for r in results for task in r.tasks.values())
+
+    @property
     def outside_delta_m(self) -> set[tuple[str, str]]:
         """(task, metric) pairs that the results mark as left out of Δm."""
         return {
@@ -223,7 +230,17 @@ class Row:
     base: str = ""  # the plain method name, e.g. "fixed-lambda"
     lam_start: Cell = field(default_factory=lambda: Cell([]))
     lam_end: Cell = field(default_factory=lambda: Cell([]))
-    rank: Rank | None = None  # tie-aware rank on Δm seen (`_rank`)
+    rank: Rank | None = None  # tie-aware rank on the primary Δm (`_rank`)
+    delta_joint: Cell = field(default_factory=lambda: Cell([]))  # the trained network's Δm, seen tasks (schema 3)
+    delta_joint_val: Cell = field(default_factory=lambda: Cell([]))  # the same on the validation split
+    delta_seen_val: Cell = field(default_factory=lambda: Cell([]))  # Δm seen (adapted) on the validation split
+    train_flops: Cell = field(default_factory=lambda: Cell([]))  # training FLOPs per run
+    dead: list[int] = field(default_factory=list)  # per seed: dead shared convs at the end of training
+
+    @property
+    def primary(self) -> Cell:
+        """The Δm a row is ranked on: joint where the results have it (schema 3), else adapted (Δm seen)."""
+        return self.delta_joint if self.delta_joint.values else self.delta_seen
 
     @property
     def rank_text(self) -> str:
@@ -267,7 +284,8 @@ def _lambda_cells(results: list[RunResult]) -> tuple[Cell, Cell]:
     return cells[0], cells[1]
 
 
-def _delta_cells(group: Group, method: str) -> tuple[Cell, Cell]:
+def _delta_cells(group: Group, method: str, score: str = "adapted", split: str = "test") -> tuple[Cell, Cell]:
+    """Δm seen and held out of a variant's seeds against stl of the same seed, under ``score`` on ``split``."""
     seen, unseen = Cell([]), Cell([])
     references = group.runs.get(REFERENCE, {})
     for seed, result in sorted(group.runs[method].items()):
@@ -275,14 +293,18 @@ def _delta_cells(group: Group, method: str) -> tuple[Cell, Cell]:
         if reference is None:
             seen.complete = unseen.complete = False
             continue
-        try:
-            delta = run_delta_m(result, reference)
-        except (ScoringError, KeyError):  # KeyError: the reference lacks one of this run's metrics
-            seen.complete = unseen.complete = False
-            continue
-        for cell, role in ((seen, "seen"), (unseen, "unseen")):
-            if role in delta:
-                cell.values.append(delta[role][ALL_METRICS])
+        for cell, role in ((seen, True), (unseen, False)):
+            try:
+                values = role_delta(result, reference, role, score, split)
+            except (ScoringError, KeyError):  # KeyError: the reference lacks one of this run's metrics
+                cell.complete = False
+                continue
+            if values:
+                cell.values.append(values[ALL_METRICS])
+            elif score == "joint" and not role:
+                continue  # held-out tasks have no joint score
+            elif group.protocol["seen" if role else "unseen"]:
+                cell.complete = False
     for cell, role in ((seen, "seen"), (unseen, "unseen")):
         if not group.protocol[role]:
             cell.complete = False
@@ -310,6 +332,16 @@ def rows(group: Group) -> list[Row]:
         delta_seen, delta_unseen = _delta_cells(group, method)
         lam_start, lam_end = _lambda_cells(list(seeds.values()))
         accounted = [r.inference for r in seeds.values() if r.inference]
+        costs = [r.training_cost.flops for r in seeds.values() if r.training_cost and r.training_cost.counted_steps]
+        extra: dict[str, Any] = {}
+        if group.scored_jointly:
+            extra = {
+                "delta_joint": _delta_cells(group, method, "joint")[0],
+                "delta_joint_val": _delta_cells(group, method, "joint", "val")[0],
+                "delta_seen_val": _delta_cells(group, method, "adapted", "val")[0],
+                "train_flops": Cell(costs, complete=len(costs) == len(seeds)),
+                "dead": [len(r.sparsity.dead_layers) if r.sparsity else 0 for _, r in sorted(seeds.items())],
+            }
         table.append(
             Row(
                 method,
@@ -324,6 +356,7 @@ def rows(group: Group) -> list[Row]:
                 base=group.bases.get(method, method),
                 lam_start=lam_start,
                 lam_end=lam_end,
+                **extra,
             )
         )
     _rank(table)
@@ -332,8 +365,8 @@ def rows(group: Group) -> list[Row]:
         key=lambda r: (
             r.rank is None,
             r.rank.position if r.rank is not None else 0,
-            r.delta_seen.mean is None,
-            -r.delta_seen.mean if r.delta_seen.mean is not None else 0.0,
+            r.primary.mean is None,
+            -r.primary.mean if r.primary.mean is not None else 0.0,
             r.method,
         ),
     )
@@ -357,7 +390,7 @@ def _rank(table: list[Row]) -> None:
     rank = 1 + the number of variants whose interval lies entirely above this one's; a variant without an
     interval (Δm seen blank, or a single seed) gets no rank and does not count in the others'.
     """
-    for row, rank in zip(table, tie_aware_ranks([row.delta_seen.ci95 for row in table], higher_is_better=True)):
+    for row, rank in zip(table, tie_aware_ranks([row.primary.ci95 for row in table], higher_is_better=True)):
         row.rank = rank
 
 
@@ -506,6 +539,19 @@ def _header(group: Group) -> list[str]:
         f"{task} {metric} {'↑' if higher else '↓'}{'†' if (task, metric) in outside else ''}"
         for task, metric, higher, _ in group.metric_columns
     ]
+    if group.scored_jointly:
+        return head + [
+            "Δm joint % ↑",
+            "Δm adapted seen % ↑",
+            "Δm held-out % ↑",
+            "Δm joint, validation % ↑",
+            "group sparsity %",
+            "dead layers (per seed)",
+            "λ start → end",
+            "params (compact)",
+            "GFLOPs (compact)",
+            "training FLOPs × ew",
+        ]
     return head + [
         "Δm seen % ↑",
         "Δm held-out % ↑",
@@ -516,10 +562,46 @@ def _header(group: Group) -> list[str]:
     ]
 
 
-def _cells(group: Group, row: Row) -> list[str]:
+def _dead_text(row: Row) -> str:
+    """``0`` when no seed ends with a dead layer, else the per-seed counts (``0 1 0 1 1``): a bimodal outcome."""
+    if not row.dead:
+        return ""
+    return "0" if not any(row.dead) else " ".join(str(d) for d in row.dead)
+
+
+def _sparsity_text(row: Row) -> str:
+    """Mean ± CI, with the per-seed range where seeds disagree on dead layers (a bimodal outcome)."""
+    text = row.sparsity.text(1)
+    if text and row.dead and any(row.dead) and not all(row.dead):
+        text += f" (seeds {min(row.sparsity.values):.1f}–{max(row.sparsity.values):.1f})"
+    return text
+
+
+def _flops_ratio(row: Row, table: list[Row]) -> str:
+    """The row's mean training FLOPs over ew's (blank without both)."""
+    ew = next((r for r in table if r.method == "ew"), None)
+    if ew is None or ew.train_flops.mean is None or row.train_flops.mean is None:
+        return ""
+    return f"{row.train_flops.mean / ew.train_flops.mean:.2f}"
+
+
+def _cells(group: Group, row: Row, table: list[Row] | None = None) -> list[str]:
     out = [row.rank_text, row.method, str(len(row.seeds))]
     out += [row.metrics[(task, metric)].text() for task, metric, _, _ in group.metric_columns]
     params = "" if row.params.mean is None else f"{row.params.mean:,.0f}"
+    if group.scored_jointly:
+        return out + [
+            row.delta_joint.text(2),
+            row.delta_seen.text(2),
+            row.delta_unseen.text(2),
+            row.delta_joint_val.text(2),
+            _sparsity_text(row),
+            _dead_text(row),
+            row.lam_text,
+            params,
+            row.gflops.text(3),
+            _flops_ratio(row, table or [row]),
+        ]
     return out + [
         row.delta_seen.text(2),
         row.delta_unseen.text(2),
@@ -554,7 +636,142 @@ NOTE_OUTSIDE = (
 
 
 def _notes(group: Group) -> str:
-    return NOTES + (NOTE_OUTSIDE if group.outside_delta_m else "")
+    text = NOTES + (NOTE_OUTSIDE if group.outside_delta_m else "")
+    if group.scored_jointly:
+        sample = next(r for seeds in group.runs.values() for r in seeds.values() if r.evaluation is not None)
+        splits = sample.evaluation.splits
+        text += " " + JOINT_NOTE.format(
+            batches=sample.evaluation.bn_recalibration_batches, test=f"{splits['test']:,}", val=f"{splits['val']:,}"
+        )
+    return text
+
+
+JOINT_NOTE = (
+    "Scored under the protocol of mtbench/protocol.py (result schema 3): before every evaluation BatchNorm "
+    "statistics are recomputed on {batches} training batches; joint: the one trained multi-task network on the "
+    "seen tasks as it is (its compact parameters and GFLOPs are the columns); adapted: the meta-test, each task "
+    "fine-tuned from the trained backbone with its mask (one backbone copy per task), also the only score of "
+    "held-out tasks; the metric columns are the adapted scores. Every value is on the test split ({test} images) "
+    "except Δm joint, validation ({val} samples held out of the training split, never trained on): choices are "
+    "made there. The rank is on Δm joint. Training FLOPs × ew: counted training FLOPs (inner loops included) over "
+    "ew's. Dead layers: per seed, the shared convs with every channel group zero (a residual branch switched off)."
+)
+TRIVIAL_TITLE = "Does each task measure something? Trivial predictor against stl and ew"
+TRIVIAL_HEADER = [
+    "task", "metric", "trivial predictor", "stl", "ew", "stl beats trivial by more than its 95 % interval"
+]
+TRIVIAL_NOTE = (
+    "Trivial predictor: made without the image from the training targets — per-pixel training mean (depth, "
+    "normals), per-pixel majority class (segmentation), per-pixel edge frequency (edges), majority class "
+    "(attributes) — scored on the test split. stl and ew: mean ± 95 % interval over seeds, the joint score for "
+    "seen tasks and the adapted score for held-out tasks. A task whose stl does not beat its trivial predictor "
+    "by more than the interval measures nothing under this protocol; its Δm is noise."
+)
+
+
+@dataclass
+class TrivialCheck:
+    """One task's primary metric: the trivial predictor's value against stl's and ew's."""
+
+    task: str
+    seen: bool
+    metric: str
+    higher_is_better: bool
+    trivial: float | None
+    stl: Cell
+    ew: Cell
+
+    @property
+    def passes(self) -> bool | None:
+        interval = self.stl.interval
+        if self.trivial is None or interval is None or interval.half_width is None:
+            return None
+        margin = (interval.mean - self.trivial) * (1 if self.higher_is_better else -1)
+        return margin > interval.half_width
+
+
+def trivial_checks(group: Group) -> list[TrivialCheck]:
+    """Per task of the protocol, its first metric in Δm: trivial predictor, stl and ew (see `TRIVIAL_NOTE`)."""
+    checks = []
+    for task in [*group.protocol["seen"], *group.protocol["unseen"]]:
+        results = [r for seeds in group.runs.values() for r in seeds.values() if task in r.tasks]
+        if not results:
+            continue
+        entry = results[0].tasks[task]
+        metric = next((n for n, m in entry.metrics.items() if m.in_delta_m), next(iter(entry.metrics)))
+        trivial = [r.tasks[task].trivial["test"][metric] for r in results if r.tasks[task].trivial]
+
+        checks.append(
+            TrivialCheck(
+                task,
+                entry.seen,
+                metric,
+                entry.metrics[metric].higher_is_better,
+                sum(trivial) / len(trivial) if trivial else None,
+                _primary_scores(group, REFERENCE, task, metric),
+                _primary_scores(group, "ew", task, metric),
+            )
+        )
+    return checks
+
+
+def _primary_scores(group: Group, method: str, task: str, metric: str) -> Cell:
+    """``metric`` of ``task`` over ``method``'s seeds: the joint score of a seen task, the adapted of a held-out one."""
+    values = []
+    for result in group.runs.get(method, {}).values():
+        outcome = result.tasks[task]
+        values.append((outcome.joint if outcome.joint is not None else outcome.metrics)[metric].value)
+    return Cell(values)
+
+
+def _trivial_cells(check: TrivialCheck) -> list[str]:
+    verdict = {True: "yes", False: "NO", None: ""}[check.passes]
+    return [
+        f"{check.task} ({'seen' if check.seen else 'held out'})",
+        f"{check.metric} {'↑' if check.higher_is_better else '↓'}",
+        "" if check.trivial is None else f"{check.trivial:.4f}",
+        check.stl.text(),
+        check.ew.text(),
+        verdict,
+    ]
+
+
+def validation_choice(table: list[Row]) -> str:
+    """Which fixed-λ variant the validation split chooses (best Δm joint there), and its test Δm joint."""
+    front = [r for r in table if r.base == FRONT_METHOD and r.delta_joint_val.mean is not None]
+    if len(front) < 2:
+        return ""
+    best = max(front, key=lambda r: r.delta_joint_val.mean)
+    return (
+        f"The validation split chooses {best.method} among the {len(front)} fixed-λ variants (best Δm joint on "
+        f"validation, {best.delta_joint_val.mean:+.2f} %); its test Δm joint is {best.delta_joint.text(2)} %."
+    )
+
+
+def _joint_sections_markdown(group: Group, table: list[Row]) -> list[str]:
+    checks = trivial_checks(group)
+    lines = ["", f"### {TRIVIAL_TITLE}", "", _markdown_row(TRIVIAL_HEADER)]
+    lines.append("|" + "|".join("---" for _ in TRIVIAL_HEADER) + "|")
+    lines += [_markdown_row(_trivial_cells(c)) for c in checks]
+    lines += ["", TRIVIAL_NOTE]
+    choice = validation_choice(table)
+    if choice:
+        lines += ["", choice]
+    return lines
+
+
+def _joint_sections_html(group: Group, table: list[Row]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in TRIVIAL_HEADER)
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(t)}</td>" for t in _trivial_cells(c)) + "</tr>"
+        for c in trivial_checks(group)
+    )
+    choice = validation_choice(table)
+    return (
+        f"<h2>{html.escape(TRIVIAL_TITLE)}</h2>\n"
+        f'<table class="front" id="trivial"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>\n'
+        f"<p>{html.escape(TRIVIAL_NOTE)}</p>" + (f"\n<p>{html.escape(choice)}</p>" if choice else "")
+    )
 
 
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_<>\[\]|&~])")
@@ -582,7 +799,7 @@ def render_markdown(group: Group) -> str:
     lines.append(_markdown_row(header))
     lines.append("|" + "|".join("---" for _ in header) + "|")
     for row in table:
-        lines.append(_markdown_row(_cells(group, row)))
+        lines.append(_markdown_row(_cells(group, row, table)))
     comparisons = front_comparisons(table)
     if comparisons:
         lines += ["", f"### {FRONT_TITLE}", ""]
@@ -591,6 +808,8 @@ def render_markdown(group: Group) -> str:
         for comparison in comparisons:
             lines.append(_markdown_row(_front_cells(comparison)))
         lines += ["", FRONT_NOTE]
+    if group.scored_jointly:
+        lines += _joint_sections_markdown(group, table)
     return "\n".join(lines) + "\n"
 
 
@@ -633,9 +852,11 @@ def render_csv(group: Group) -> str:
             "group_sparsity_pct_ci95_high",
             "gflops_compact_ci95_low",
             "gflops_compact_ci95_high",
+            *(JOINT_CSV_COLUMNS if group.scored_jointly else []),
         ]
     )
-    for row in rows(group):
+    table = rows(group)
+    for row in table:
 
         def num(value: float | None) -> str:
             return "" if value is None else repr(round(value, 6))
@@ -680,9 +901,37 @@ def render_csv(group: Group) -> str:
                 *[bound for c in cells for bound in bounds(c)],
                 *bounds(row.sparsity),
                 *bounds(row.gflops),
+                *(
+                    [
+                        num(row.delta_joint.mean),
+                        *bounds(row.delta_joint),
+                        count(row.delta_joint),
+                        num(row.delta_joint_val.mean),
+                        num(row.delta_seen_val.mean),
+                        significant(row.train_flops.mean),
+                        _flops_ratio(row, table),
+                        " ".join(map(str, row.dead)),
+                    ]
+                    if group.scored_jointly
+                    else []
+                ),
             ]
         )
     return buffer.getvalue()
+
+
+#: the CSV's columns for results with joint scores (schema 3), after the others
+JOINT_CSV_COLUMNS = [
+    "delta_m_joint",
+    "delta_m_joint_ci95_low",
+    "delta_m_joint_ci95_high",
+    "delta_m_joint_n",
+    "delta_m_joint_val",
+    "delta_m_seen_val",
+    "training_flops",
+    "training_flops_x_ew",
+    "dead_layers_per_seed",
+]
 
 
 PLOT_COLOURS = {"front": "#d95f02", "sparse": "#1f77b4", "dense": "#9a9a9a"}
@@ -936,14 +1185,22 @@ def render_html(group: Group) -> str:
             ]
             + [
                 "" if c.mean is None else f"{c.mean:.8g}"
-                for c in (row.delta_seen, row.delta_unseen, row.sparsity, row.lam_end, row.params, row.gflops)
+                for c in (
+                    (row.delta_joint, row.delta_seen, row.delta_unseen, row.delta_joint_val, row.sparsity)
+                    if group.scored_jointly
+                    else (row.delta_seen, row.delta_unseen, row.sparsity)
+                )
             ]
+            + ([str(sum(row.dead))] if group.scored_jointly else [])
+            + ["" if c.mean is None else f"{c.mean:.8g}" for c in (row.lam_end, row.params, row.gflops)]
+            + ([_flops_ratio(row, table)] if group.scored_jointly else [])
         )
         cells = "".join(
             f'<td data-value="{html.escape(v)}">{html.escape(text)}</td>'
-            for v, text in zip(sort_values, _cells(group, row))
+            for v, text in zip(sort_values, _cells(group, row, table))
         )
         body.append(f"<tr>{cells}</tr>")
+    joint = "\n" + _joint_sections_html(group, table) if group.scored_jointly else ""
     banner = (
         (
             '<p class="synthetic">SYNTHETIC DATA: these numbers come from a procedurally generated stand-in and '
@@ -962,7 +1219,7 @@ def render_html(group: Group) -> str:
 <table class="sortable" id="leaderboard"><thead><tr>{head}</tr></thead><tbody>
 {chr(10).join(body)}
 </tbody></table>
-{_front_html(table)}
+{_front_html(table)}{joint}
 <h2>Δm against sparsity</h2>
 {_scatter_svg(table)}
 <h2>Zeroed channel groups per shared conv layer (input-channel groups, stem to last stage)</h2>

@@ -53,7 +53,21 @@ class Evaluator(ABC):
     names: tuple[str, ...] = ()
 
     def __init__(self) -> None:
+        configured = set(vars(self))
         self.reset()
+        #: the sufficient statistics (what `reset` sets): summed or concatenated by `merge`
+        self._state = tuple(sorted(set(vars(self)) - configured))
+
+    def merge(self, other: Evaluator) -> Evaluator:
+        """Add ``other``'s statistics (same kind and configuration) to this evaluator's: afterwards it holds what
+        one evaluator updated with both evaluators' batches would (up to float summation order). Returns self."""
+        for name in self._state:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if isinstance(mine, list):
+                mine.extend(theirs)
+            else:
+                setattr(self, name, mine + theirs)
+        return self
 
     @classmethod
     def for_task(cls, task: TaskSpec) -> Evaluator:

@@ -12,6 +12,13 @@ a `ResultFileError` naming it and the field) and reads every version ever writte
 * **2** — the protocol holds every field of the `~mtbench.presets.Budget` that changes what is trained or
   measured (see `PROTOCOL_EXCLUDED`), derived from the budget object itself: a new budget field is part of
   the protocol without touching this module.
+* **3** — the evaluation protocol of `mtbench.protocol`: BatchNorm statistics recomputed before every
+  evaluation, a validation split carved from the training split, per task the joint score (seen tasks), the
+  adapted score (``metrics``, as before) and the trivial predictor's, each on validation and test
+  (`TaskOutcome`); `DeltaM` typed, with the joint score; `Evaluation` (splits, recalibration); training cost in
+  `TrainingCost`; dead layers in `Sparsity`. Results of version 3 never share a table with older ones: their
+  protocol holds ``validation_samples`` and ``bn_recalibration_batches``, which no older protocol has, so their
+  `protocol_signature` differs.
 
 A new result field is one dataclass field here (with a default, so older files still read) and the place in
 `mtbench.runner` that fills it.
@@ -31,14 +38,17 @@ from typing import Any, NoReturn
 from mtbench.errors import ResultFileError, UnsafeNameError
 from mtbench.registry import safe_name
 
-SCHEMA_VERSION = 2  #: the version `RunResult.to_json` writes
-READABLE_VERSIONS: tuple[int, ...] = (1, 2)  #: every version ever written; `RunResult.from_json` reads them all
+SCHEMA_VERSION = 3  #: the version `RunResult.to_json` writes
+READABLE_VERSIONS: tuple[int, ...] = (1, 2, 3)  #: every version ever written; `RunResult.from_json` reads them all
 REFERENCE_METHOD = "stl"  #: the method every Δm is measured against (single-task learning)
 
 #: Budget fields that are not part of the protocol, and why: the budget's name is ``protocol.budget``; the
 #: synthetic set's size is part of the data set's fingerprint; the evaluation batch and the logging interval
 #: change neither what is trained nor what is measured.
 PROTOCOL_EXCLUDED: frozenset[str] = frozenset({"name", "synth_samples", "synth_options", "eval_batch", "log_every"})
+#: Budget fields that schema 3 added to the protocol (`mtbench.protocol`): no older result has them, so no older
+#: result shares a protocol signature, a table or a reference with a result of schema 3.
+EVALUATION_FIELDS: tuple[str, ...] = ("validation_samples", "bn_recalibration_batches")
 #: ``finetune_batch`` of the budgets of every mtbench that wrote schema 1 (see the module docstring).
 _V1_FINETUNE_BATCH: Mapping[str, int] = {"smoke": 4, "quick": 8, "plateau": 8, "scarce": 8, "paper": 8}
 
@@ -70,7 +80,14 @@ class Metric:
 
 @dataclass(frozen=True)
 class TaskOutcome:
-    """What meta-test measured on one task (seen: trained on; else held out)."""
+    """What the protocol measured on one task (seen: trained on; else held out).
+
+    ``metrics`` is the adapted score on the test split (the meta-test: fine-tuned from the trained backbone);
+    ``joint`` the trained multi-task network as it is on the test split (seen tasks; schema 3); ``validation``
+    the same scores on the validation split (``{"adapted": {metric: value}, "joint": …}``), where every choice
+    is made; ``trivial`` the trivial predictor's metrics per split (``{"val": …, "test": …}``); ``test_interval``
+    each test score's bootstrap interval over test images (`mtbench.protocol.bootstrap_interval`).
+    """
 
     seen: bool
     metrics: Mapping[str, Metric]
@@ -78,6 +95,11 @@ class TaskOutcome:
     title: str | None = None
     finetune_seconds: float | None = None
     eval_seconds: float | None = None
+    joint: Mapping[str, Metric] | None = None
+    validation: Mapping[str, Mapping[str, float]] | None = None
+    trivial: Mapping[str, Mapping[str, float]] | None = None
+    #: per score (``adapted``/``joint``), metric -> [low, high]: 95 % bootstrap interval over the test images
+    test_interval: Mapping[str, Mapping[str, Sequence[float]]] | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +187,51 @@ class Sparsity:
     param_sparsity: float | None = None
     axis: str | None = None  #: ``in`` or ``out``: which channels form a group
     layers: tuple[Mapping[str, Any], ...] = ()
+    #: shared convs whose every group is zero, and residual branches switched off by one (schema 3)
+    dead_layers: tuple[str, ...] = ()
+    dead_branches: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeltaM:
+    """Δm of a run against its reference, positive = better; each score a {convention: value} (`mtbench.scoring`).
+
+    ``seen``/``unseen``: the adapted score (meta-test) of the seen and held-out tasks; ``joint``: the trained
+    multi-task network's score of the seen tasks (schema 3). ``unavailable``: why none was computed.
+    """
+
+    reference_run: str | None = None
+    reference_method: str | None = None
+    seen: Mapping[str, float] | None = None
+    unseen: Mapping[str, float] | None = None
+    joint: Mapping[str, float] | None = None
+    positive_is_better: bool = True
+    unavailable: str | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How the run was scored (`mtbench.protocol`): split sizes, the validation samples' origin, BatchNorm
+    recalibration and what it changed (per trained network, the layer whose running variance was furthest from
+    the recomputed one, as recomputed / stale)."""
+
+    bn_recalibration_batches: int
+    splits: Mapping[str, int]  #: role (train / val / test) -> samples
+    validation: str  #: where the validation samples come from
+    stale_variance: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class TrainingCost:
+    """Training compute of the run: FLOPs counted with PyTorch's FlopCounterMode on the logged steps (every
+    ``log_every``-th, inner loops included), the total extrapolated as their mean × ``steps``."""
+
+    steps: int
+    counted_steps: int
+    flops_per_step: float
+    flops: float
+    seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -205,8 +272,10 @@ class RunResult:
     history: tuple[Mapping[str, Any], ...] = ()  #: logged training steps
     timings: Timings | None = None
     input_size: tuple[int, int] | None = None
-    delta_m: Mapping[str, Any] | None = None  #: see `mtbench.scoring.run_delta_m`; ``{"unavailable": why}``
+    delta_m: DeltaM | None = None  #: see `mtbench.scoring.run_delta_m`
     inference: Mapping[str, Any] | None = None  #: parameters and FLOPs, dense against compact
+    evaluation: Evaluation | None = None  #: how it was scored (schema 3)
+    training_cost: TrainingCost | None = None  #: training compute (schema 3)
     schema_version: int = SCHEMA_VERSION  #: the version it was read from (written: always `SCHEMA_VERSION`)
 
     # --- derived ----------------------------------------------------------------------------------------
@@ -283,12 +352,23 @@ _READERS: dict[str, Any] = {
         name: TaskOutcome(
             **{
                 **_known(TaskOutcome, task),
-                "metrics": {m: Metric(**_known(Metric, v)) for m, v in task["metrics"].items()},
+                "metrics": _metrics(task["metrics"]),
+                "joint": _metrics(task["joint"]) if task.get("joint") is not None else None,
             }
         )
         for name, task in value.items()
     },
-    "sparsity": lambda value: Sparsity(**{**_known(Sparsity, value), "layers": tuple(value.get("layers") or ())}),
+    "sparsity": lambda value: Sparsity(
+        **{
+            **_known(Sparsity, value),
+            "layers": tuple(value.get("layers") or ()),
+            "dead_layers": tuple(value.get("dead_layers") or ()),
+            "dead_branches": tuple(value.get("dead_branches") or ()),
+        }
+    ),
+    "delta_m": _record(DeltaM),
+    "evaluation": _record(Evaluation),
+    "training_cost": _record(TrainingCost),
     "lam": lambda value: LambdaTrace(
         start=value.get("start"),
         end=value.get("end"),
@@ -300,6 +380,10 @@ _READERS: dict[str, Any] = {
     "overrides": dict,
     "environment": dict,
 }
+
+
+def _metrics(values: Mapping[str, Any]) -> dict[str, Metric]:
+    return {m: Metric(**_known(Metric, v)) for m, v in values.items()}
 
 
 def _known(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:

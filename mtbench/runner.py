@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import mtbench
-from mtbench import catalog
+from mtbench import catalog, protocol
 from mtbench.allocator import applied_settings, tune_malloc
 from mtbench.data.cache import ArrowCacheReader, _locked, find_prepared, mtbench_home, prepared_synthetic
 from mtbench.data.io import atomic_write_json
@@ -41,9 +41,12 @@ from mtbench.methods import MethodInfo, methods
 from mtbench.plots import lambda_chart, sparsity_chart
 from mtbench.presets import Budget
 from mtbench.presets import budget as get_budget
+from mtbench.protocol import IndexedRead, RoleRead, carve_validation
 from mtbench.result import (
     REFERENCE_METHOD,
     DatasetRecord,
+    DeltaM,
+    Evaluation,
     LambdaTrace,
     MethodRecord,
     Metric,
@@ -52,6 +55,7 @@ from mtbench.result import (
     Sparsity,
     TaskOutcome,
     Timings,
+    TrainingCost,
     configuration_key,
     protocol_signature,
 )
@@ -66,7 +70,15 @@ from mtbench.streaming import (
     choose_data_path,
     sample_bytes,
 )
-from mtbench.training import CHECKPOINT_EVERY, MetaTestData, TensorSet, TrainContext, meta_test, train, train_identity
+from mtbench.training import (
+    CHECKPOINT_EVERY,
+    MetaTestData,
+    TensorSet,
+    TrainContext,
+    train,
+    train_identity,
+    training_flops,
+)
 
 #: Free space an output folder must have before a run starts (a smoke run writes about 1 MiB; a paper run more).
 MIN_FREE_BYTES = 50 * 2**20
@@ -111,6 +123,8 @@ class RunRequest:
     deterministic: bool | None = None
     #: Compile the training forwards with `torch.compile` (see `TrainContext.compile`).
     compile: bool = False
+    #: BatchNorm recalibration batches before every evaluation (None: the budget's; 0: none, the ablation).
+    bn_batches: int | None = None
     #: How the splits are held: ``memory`` (compact tensors), ``stream`` (read batch by batch through DataLoader
     #: workers) or ``auto`` (stream when the in-memory estimate exceeds ``memory_budget_gib``); see
     #: `mtbench.streaming.choose_data_path`. Either path gives the same numbers.
@@ -637,6 +651,11 @@ def plan(request: RunRequest, notice: Notice | None = None) -> RunPlan:
     holding what ``--dataset`` names.
     """
     budget = get_budget(request.budget)
+    if request.bn_batches is not None:
+        if request.bn_batches < 0:
+            raise ConfigError("--bn-batches must not be negative", expected="0 (no recalibration) or more",
+                              found=str(request.bn_batches))
+        budget = dataclasses.replace(budget, bn_recalibration_batches=request.bn_batches)
     family = catalog.dataset(request.dataset or "nyuv2").family
     check_task_options(family, request.tasks, request.unseen)
     device = pick_device(request.device)
@@ -825,19 +844,25 @@ def run(
     view = TaskView(reader, train_split, seen, held_out)
     seen_targets = [t.target for t in seen]
 
-    def samples(name: str, limit: int | None) -> tuple[str, int]:
-        total = reader.num_samples(name)
-        return name, total if limit is None else min(total, limit)
-
-    splits = {
-        "train": samples(train_split, budget.max_train_samples),
-        "test": samples(test_split, budget.max_test_samples),
-    }
-    count = splits["train"][1]  # training samples used
+    trained_on, validation = carve_validation(
+        reader.num_samples(train_split), budget.validation_samples, budget.max_train_samples
+    )
+    tests = reader.num_samples(test_split)
+    tested_on = range(tests if budget.max_test_samples is None else min(tests, budget.max_test_samples))
+    roles = RoleRead(
+        reader.read,
+        {
+            "train": (train_split, tuple(trained_on)),
+            "val": (train_split, tuple(validation)),
+            "test": (test_split, tuple(tested_on)),
+        },
+    )
+    count = len(trained_on)  # training samples used
+    read_train = IndexedRead(view.read, tuple(trained_on))
     path = choose_data_path(
         request.data_mode,
         sample_bytes(view.read, seen_targets, budget.resolution),
-        count + splits["test"][1],
+        count + len(validation) + len(tested_on),
         the_plan.device,
         budget_gib=request.memory_budget_gib,
         workers=request.loader_workers,
@@ -846,10 +871,10 @@ def run(
         if notice and request.data_mode == "auto":
             notice(f"streaming the data: {path.reason}")
         train_data: TensorSet | StreamingSet = StreamingSet(
-            view.read, count, seen_targets, budget.resolution, workers=path.workers, pin_memory=on_cuda
+            read_train, count, seen_targets, budget.resolution, workers=path.workers, pin_memory=on_cuda
         )
     else:
-        train_data = TensorSet.load(view.read, count, seen_targets, budget.resolution)
+        train_data = TensorSet.load(read_train, count, seen_targets, budget.resolution)
         gpu_memory = torch.cuda.get_device_properties(the_plan.device).total_memory if on_cuda else 0
         if train_data.nbytes < RESIDENT_SHARE * gpu_memory:
             train_data = train_data.to(the_plan.device)  # uint8 images on the GPU: batches gathered there
@@ -890,14 +915,14 @@ def run(
     resident = str(train_data.tensors["image"].device) if isinstance(train_data, TensorSet) else None
     prefetch = dict(train_data.stats) if isinstance(train_data, StreamingSet) else None
     train_data.close()  # a streaming set's workers stop here; a set in memory stays for the meta-test
-    # one image tensor per split: the training set's for the training split, one read of the test split;
-    # targets per task, the held-out tasks' training targets in one more pass, each released when done
+    # one image tensor per split: the training set's for the training split, one read of the validation and
+    # test splits; targets per task, the held-out tasks' training targets in one more pass, each released when done
     data: MetaTestData | StreamingMetaTestData = (
-        StreamingMetaTestData(reader.read, splits, budget.resolution, workers=path.workers, pin_memory=on_cuda)
+        StreamingMetaTestData(roles, roles.splits(), budget.resolution, workers=path.workers, pin_memory=on_cuda)
         if isinstance(train_data, StreamingSet)
         else MetaTestData(
-            reader.read,
-            splits,
+            roles,
+            roles.splits(),
             budget.resolution,
             given={"train": train_data},
             together={"train": [t.target for t in held_out]},
@@ -912,34 +937,37 @@ def run(
         return data.get(split, task.target)
 
     order = [(t, True) for t in seen] + [(t, False) for t in held_out]
-    with bar("meta-test: fine-tune and evaluate every task") as update:
+    with bar("scoring: recalibrate, score joint, fine-tune and score every task") as update:
         done = [0]
 
         def step(_message: str) -> None:
             update(done[0], len(order), {})
             done[0] += 1
 
-        tested = meta_test(method, ctx, order, load, progress=step)
+        scored = protocol.score(method, ctx, order, load, progress=step)
         data.close()
         update(len(order), len(order), {})
 
     stats = sparsity_stats(method.model_for(seen[0], ctx), method.sparsity_axis).to_dict()
     reference_seconds = reference.seconds if reference else 0.0
+    counted, per_step, flops = training_flops(outcome.history, budget.steps)
     result = build_result(
         the_plan,
         source,
         dataset,
         outcome,
-        tested,
+        scored.tasks,
         Sparsity(
             group_sparsity=stats["group_sparsity"],
             param_sparsity=stats.get("param_sparsity"),
             axis=method.sparsity_axis,
             layers=tuple(stats.get("layers") or ()),
+            dead_layers=tuple(stats["dead_layers"]),
+            dead_branches=tuple(stats["dead_branches"]),
         ),
         Timings(
             train_seconds=outcome.seconds,
-            meta_test_seconds=sum(r.finetune_seconds + r.eval_seconds for r in tested),
+            meta_test_seconds=scored.seconds,
             total_seconds=time.perf_counter() - started,
             reference_seconds=reference_seconds,
             reference_trained=bool(reference and reference.trained),
@@ -950,12 +978,26 @@ def run(
             **({"resident": resident} if resident is not None else {}),
             **({"prefetch": {n: prefetch[n] + data.stats[n] for n in prefetch}} if prefetch is not None else {}),
         },
+        evaluation=Evaluation(
+            bn_recalibration_batches=budget.bn_recalibration_batches,
+            splits={"train": count, "val": len(validation), "test": len(tested_on)},
+            validation=f"{len(validation)} fixed samples of the training split {train_split!r}, never trained on",
+            stale_variance={
+                network: {"layer": worst[0], "ratio": worst[1]}
+                for network, recalibration in scored.recalibration.items()
+                if (worst := recalibration.worst) is not None
+            },
+            seconds=scored.seconds,
+        ),
+        training_cost=TrainingCost(
+            steps=budget.steps, counted_steps=counted, flops_per_step=per_step, flops=flops, seconds=outcome.seconds
+        ),
     )
     if reference is not None or info.name == REFERENCE_METHOD:
         try:
-            delta: dict[str, Any] = run_delta_m(result, reference.result if reference is not None else result)
+            delta = run_delta_m(result, reference.result if reference is not None else result)
         except ScoringError as error:  # e.g. a reference metric of exactly 0 after a tiny budget
-            delta = {"unavailable": str(error)}
+            delta = DeltaM(unavailable=str(error))
             if notice:
                 notice(f"Δm not computed: {error.problem}")
         result = dataclasses.replace(result, delta_m=delta)
@@ -1096,11 +1138,13 @@ def build_result(
     source: str,
     dataset: DatasetRecord,
     outcome: Any,
-    tested: Sequence[Any],
+    tested: Sequence[protocol.TaskScores],
     sparsity: Sparsity,
     timings: Timings,
     input_size: tuple[int, ...],
     data_path: Mapping[str, Any] | None = None,
+    evaluation: Evaluation | None = None,
+    training_cost: TrainingCost | None = None,
 ) -> RunResult:
     """The `RunResult` of a finished run (Δm and the accounting are added by `run`)."""
     info, request = the_plan.method, the_plan.request
@@ -1110,6 +1154,10 @@ def build_result(
         f"{created:%Y%m%d-%H%M%S}-{dataset.name}-{info.name}-{the_plan.budget.name}-unseen-{unseen_tag}-"
         f"seed{request.seed}-{uuid.uuid4().hex[:6]}"
     )
+
+    def typed(task: TaskSpec, values: Mapping[str, float]) -> dict[str, Metric]:
+        return {m.name: Metric(float(values[m.name]), m.higher_is_better, m.in_delta_m) for m in task.metrics}
+
     return RunResult(
         run_id=run_id,
         created=created.isoformat(timespec="seconds"),
@@ -1133,14 +1181,25 @@ def build_result(
                 seen=r.seen,
                 version=r.task.version,
                 title=r.task.title,
-                metrics={
-                    m.name: Metric(float(r.metrics[m.name]), m.higher_is_better, m.in_delta_m) for m in r.task.metrics
+                metrics=typed(r.task, r.adapted.metrics["test"]),
+                finetune_seconds=r.adapted.finetune_seconds,
+                eval_seconds=r.adapted.eval_seconds,
+                joint=typed(r.task, r.joint.metrics["test"]) if r.joint is not None else None,
+                validation={
+                    "adapted": dict(r.adapted.metrics["val"]),
+                    **({"joint": dict(r.joint.metrics["val"])} if r.joint is not None else {}),
                 },
-                finetune_seconds=r.finetune_seconds,
-                eval_seconds=r.eval_seconds,
+                trivial=r.trivial.metrics if r.trivial is not None else None,
+                test_interval={
+                    score: {metric: list(bounds) for metric, bounds in scores.test_interval.items()}
+                    for score, scores in (("adapted", r.adapted), ("joint", r.joint))
+                    if scores is not None
+                },
             )
             for r in tested
         },
+        evaluation=evaluation,
+        training_cost=training_cost,
         sparsity=sparsity,
         lam=LambdaTrace(
             start=outcome.lam_start,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mtbench.errors import MtbenchError
-from mtbench.result import RunResult
+from mtbench.result import DeltaM, RunResult, TaskOutcome
 
 ALL_METRICS = "all-metric average"
 PER_TASK = "per-task average"
@@ -70,34 +70,56 @@ def delta_m(
     return sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
 
 
-def run_delta_m(result: RunResult, reference: RunResult) -> dict:
-    """Δm of a run against a reference run, seen and held-out tasks apart, in both conventions.
+def _task_scores(entry: TaskOutcome, score: str, split: str) -> dict[str, tuple[float, bool, bool]] | None:
+    """``{metric: (value, higher_is_better, in_delta_m)}`` of one task under ``score`` (``adapted``/``joint``) on
+    ``split`` (``test``/``val``); None where the result has none (a held-out task's joint score, an older schema)."""
+    if split == "test":
+        metrics = entry.metrics if score == "adapted" else entry.joint
+        return None if metrics is None else {n: (m.value, m.higher_is_better, m.in_delta_m) for n, m in metrics.items()}
+    values = (entry.validation or {}).get(score)
+    if values is None:
+        return None
+    return {n: (values[n], m.higher_is_better, m.in_delta_m) for n, m in entry.metrics.items() if n in values}
 
-    Returns ``{"seen": {ALL_METRICS: x, PER_TASK: y}, "unseen": {...}, "reference_run": id}``; a role with
-    no tasks is omitted. Metrics marked ``in_delta_m=False`` (see `MetricSpec`) are left out.
-    """
-    out: dict = {
-        "reference_run": reference.run_id,
-        "reference_method": reference.method.name,
-        "positive_is_better": True,
-    }
-    for role, seen in (("seen", True), ("unseen", False)):
-        values, ref, higher, groups = {}, {}, {}, {}
-        for task, entry in result.tasks.items():
-            if entry.seen is not seen:
+
+def role_delta(
+    result: RunResult, reference: RunResult, seen: bool, score: str = "adapted", split: str = "test"
+) -> dict[str, float] | None:
+    """Δm in both conventions of the tasks of one role (seen or held out), under ``score`` (``adapted`` or
+    ``joint``) on ``split`` (``test`` or ``val``); None when the role has no task or a side lacks the score."""
+    values, ref, higher, groups = {}, {}, {}, {}
+    for task, entry in result.tasks.items():
+        if entry.seen is not seen:
+            continue
+        if task not in reference.tasks:
+            raise ScoringError(
+                f"reference run lacks task {task!r}", expected="the same tasks", found=", ".join(reference.tasks)
+            )
+        mine, theirs = _task_scores(entry, score, split), _task_scores(reference.tasks[task], score, split)
+        if mine is None or theirs is None:
+            return None
+        for name, (value, up, counted) in mine.items():
+            if not counted:
                 continue
-            if task not in reference.tasks:
-                raise ScoringError(
-                    f"reference run lacks task {task!r}", expected="the same tasks", found=", ".join(reference.tasks)
-                )
-            for name, metric in entry.metrics.items():
-                if not metric.in_delta_m:
-                    continue
-                key = f"{task}/{name}"
-                values[key] = metric.value
-                ref[key] = reference.tasks[task].metrics[name].value
-                higher[key] = metric.higher_is_better
-                groups[key] = task
-        if values:
-            out[role] = {ALL_METRICS: delta_m(values, ref, higher), PER_TASK: delta_m(values, ref, higher, groups)}
-    return out
+            key = f"{task}/{name}"
+            values[key] = value
+            ref[key] = theirs[name][0]
+            higher[key] = up
+            groups[key] = task
+    if not values:
+        return None
+    return {ALL_METRICS: delta_m(values, ref, higher), PER_TASK: delta_m(values, ref, higher, groups)}
+
+
+def run_delta_m(result: RunResult, reference: RunResult) -> DeltaM:
+    """Δm of a run against a reference run on the test split: the adapted score of the seen and of the held-out
+    tasks, and the joint score of the seen tasks, each in both conventions (a role or score without tasks is
+    None). Metrics marked ``in_delta_m=False`` (see `MetricSpec`) are left out.
+    """
+    return DeltaM(
+        reference_run=reference.run_id,
+        reference_method=reference.method.name,
+        seen=role_delta(result, reference, seen=True),
+        unseen=role_delta(result, reference, seen=False),
+        joint=role_delta(result, reference, seen=True, score="joint"),
+    )

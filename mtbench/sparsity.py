@@ -511,11 +511,29 @@ class SparsityStats:
         params = sum(layer.params for layer in self.layers)
         return sum(layer.zero_params for layer in self.layers) / params if params else 0.0
 
+    @property
+    def dead_layers(self) -> list[str]:
+        """Shared convs whose every group is zero (the layer passes nothing on)."""
+        return [layer.name for layer in self.layers if layer.groups and layer.zero_groups == layer.groups]
+
+    @property
+    def dead_branches(self) -> list[str]:
+        """Residual blocks whose branch is switched off by a dead conv (``conv1``/``conv2`` of the block): the
+        block passes its shortcut plus a constant, whatever its input."""
+        branches = []
+        for name in self.dead_layers:
+            block, _, conv = name.rpartition(".")
+            if conv in ("conv1", "conv2") and block not in branches:
+                branches.append(block)
+        return branches
+
     def to_dict(self) -> dict:
         return {
             "group_sparsity": self.group_sparsity,
             "param_sparsity": self.param_sparsity,
             "layers": [vars(layer) for layer in self.layers],
+            "dead_layers": self.dead_layers,
+            "dead_branches": self.dead_branches,
         }
 
 

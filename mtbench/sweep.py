@@ -602,9 +602,8 @@ class SweepReport:
 def _delta_seen(result: RunResult) -> float | None:
     from mtbench.scoring import ALL_METRICS
 
-    delta = result.delta_m or {}
-    seen = delta.get("seen") if isinstance(delta, dict) else None
-    value = seen.get(ALL_METRICS) if isinstance(seen, dict) else None
+    seen = result.delta_m.seen if result.delta_m is not None else None
+    value = seen.get(ALL_METRICS) if seen else None
     return value if isinstance(value, (int, float)) else None
 
 

@@ -13,7 +13,6 @@ for a held-out task, fine-tune backbone and head on the task's training split fo
 from __future__ import annotations
 
 import contextlib
-import copy
 import copyreg
 import dataclasses
 import functools
@@ -34,15 +33,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from mtbench.data.io import atomic_write_bytes
 from mtbench.episodes import Episode, EpisodeSampler, TaskView, meta_validation_split
 from mtbench.errors import ConfigError, MtbenchError
 from mtbench.losses import task_loss
-from mtbench.metrics import evaluator_for
 from mtbench.models import MultiTaskNet, init_seeded
 from mtbench.presets import Budget
-from mtbench.sparsity import Axis, shared_conv_weights, sparsity_stats, zero_group_masks
+from mtbench.sparsity import Axis, sparsity_stats
 from mtbench.specs import TaskSpec
 
 Batch = dict[str, Tensor]
@@ -571,6 +570,11 @@ class Method:
     def lam(self) -> float | list[float] | None:
         return None
 
+    def held_out_steps(self, ctx: TrainContext) -> int:
+        """Fine-tuning steps of a held-out task in the meta-test (the budget's ``finetune_steps``; `stl`, the
+        reference, trains its held-out networks for the training budget's ``steps``)."""
+        return ctx.budget.finetune_steps
+
     @property
     def sparsity_axis(self) -> Axis:
         """The channel-group axis of this method's sparsity (``in`` unless its config says otherwise).
@@ -603,6 +607,9 @@ def quiet() -> Iterator[None]:
 #: quick budget a checkpoint (the whole method pickled, written and fsynced) costs about 0.1 % of the
 #: training time it protects (measured: ~0.01–0.03 s per write against ~9–30 s per 100 steps on one CPU core).
 CHECKPOINT_EVERY = 100
+#: Training FLOPs are counted (`torch.utils.flop_counter.FlopCounterMode`) on every this-many-th logged step;
+#: their mean times the step count is the run's training compute (`training_cost`).
+FLOP_COUNT_EVERY = 5
 #: Version of the checkpoint's layout; a file of another version is refused, never misread.
 CHECKPOINT_FORMAT = 1
 
@@ -628,6 +635,13 @@ class TrainOutcome:
     lam_start: Any
     lam_end: Any
     resumed_from: int = 0
+
+
+def training_flops(history: Sequence[Mapping[str, Any]], steps: int) -> tuple[int, float, float]:
+    """(steps counted, mean FLOPs per counted step, extrapolated FLOPs of all ``steps``) from a run's history."""
+    counted = [entry["flops"] for entry in history if "flops" in entry]
+    mean = float(np.mean(counted)) if counted else 0.0
+    return len(counted), mean, mean * steps
 
 
 def _mean_group_sparsity(method: Method, ctx: TrainContext) -> float:
@@ -824,12 +838,15 @@ def train(
         lam_start = method.lam()
     start = time.perf_counter()
     for step in range(first, steps):
-        logged = method.step(ctx, step)  # device tensors: nothing waits for the device between two records
-        if step % ctx.budget.log_every == 0 or step == steps - 1:
+        counted = step % (FLOP_COUNT_EVERY * ctx.budget.log_every) == 0
+        with FlopCounterMode(display=False) if counted else contextlib.nullcontext() as counter:
+            logged = method.step(ctx, step)  # device tensors: nothing waits for the device between two records
+        if counted or step % ctx.budget.log_every == 0 or step == steps - 1:
             entry = {
                 "step": step,
                 **{k: float(v) for k, v in logged.items()},  # the host sync, at recorded steps only
                 "group_sparsity": _mean_group_sparsity(method, ctx),
+                **({"flops": float(counter.get_total_flops())} if counted else {}),
             }
             lam = method.lam()
             if lam is not None:
@@ -872,101 +889,17 @@ def apply_masks(weights: list[Tensor], masks: list[Tensor]) -> None:
         weight.mul_(mask)
 
 
-def finetune(
-    model: MultiTaskNet, task: TaskSpec, data: TensorSet, ctx: TrainContext, seed: int, axis: Axis = "in"
-) -> MultiTaskNet:
-    """Fine-tune backbone + ``task``'s head on ``data``; groups (along ``axis``) that are zero stay exactly zero."""
-    model.train()
-    weights = [w for _, w in shared_conv_weights(model)]
-    masks = zero_group_masks(weights, axis)
-    optimizer = ctx.make_optimizer(model.parameters(), lr=ctx.budget.finetune_lr)
-    single = dataclasses.replace(ctx, seen=[task], train=data, seed=seed, compile=False)
-    steps = ctx.budget.finetune_steps
-    each = functools.partial(
-        _single_request, finetune_indices, seed=seed, size=len(data), batch=ctx.budget.finetune_batch
-    )
-    ahead = functools.partial(_bounded, each, steps)  # nothing is read ahead past the last step
-    for step in range(steps):
-        (batch,) = single.fetch(ahead(step), [task.name], ahead, step, "finetune")
-        loss = single.losses(model, batch, [task.name])[task.name]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        _mask_gradients(weights, masks)
-        optimizer.step()
-        apply_masks(weights, masks)
-    return model
-
-
-@torch.no_grad()
-def evaluate(model: MultiTaskNet, task: TaskSpec, data: TensorSet, ctx: TrainContext) -> dict[str, float]:
-    """Metrics of ``task`` on ``data`` (accumulated over the whole split)."""
-    model.eval()
-    evaluator = evaluator_for(task)
-    ahead = functools.partial(eval_chunk, len(data), ctx.budget.eval_batch)
-    position = 0
-    while (requests := ahead(position)) is not None:
-        (batch,) = data.fetch(requests, [task.target], ctx.device, ahead=ahead, position=position, stream="eval")
-        position += 1
-        images = ctx._layout(batch)["image"]
-        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.autocast):
-            output = model(images, [task.name])[task.name]
-        evaluator.update(output.float(), batch[task.target])
-    return evaluator.compute()
-
-
-@dataclass
-class TaskResult:
-    task: TaskSpec
-    seen: bool
-    metrics: dict[str, float]
-    finetune_seconds: float
-    eval_seconds: float
-
-
-def meta_test(
-    method: Method,
-    ctx: TrainContext,
-    tasks: Sequence[tuple[TaskSpec, bool]],
-    load: Callable[[TaskSpec, str], TensorSet],
-    progress: Callable[[str], None] | None = None,
-) -> list[TaskResult]:
-    """The common protocol: for each ``(task, seen)``, fine-tune from the trained backbone and evaluate.
-
-    ``load(task, split)`` returns the task's data; it is called only here, after training, so a
-    held-out task's targets are first read at meta-test time.
-    """
-    results = []
-    for offset, (task, seen) in enumerate(tasks):
-        if progress:
-            progress(f"meta-test: fine-tuning {task.name} ({'seen' if seen else 'held out'})")
-        model = copy.deepcopy(method.model_for(task, ctx))
-        if not seen or task.name not in model.heads:
-            head = model.make_head(task)
-            init_seeded(head, ctx.seed * 1000 + 500 + offset)
-            head = head.to(ctx.device)
-            model.heads[task.name] = head.to(memory_format=torch.channels_last) if ctx.channels_last else head
-        start = time.perf_counter()
-        finetune(model, task, load(task, "train"), ctx, seed=ctx.seed * 1000 + 700 + offset, axis=method.sparsity_axis)
-        tuned = time.perf_counter()
-        metrics = evaluate(model, task, load(task, "test"), ctx)
-        results.append(TaskResult(task, seen, metrics, tuned - start, time.perf_counter() - tuned))
-    return results
-
-
 __all__ = [
     "CHECKPOINT_EVERY",
     "Batch",
     "CheckpointError",
+    "apply_masks",
     "MetaTestData",
     "Method",
-    "TaskResult",
     "TaskView",
     "TensorSet",
     "TrainContext",
     "TrainOutcome",
-    "evaluate",
-    "finetune",
-    "meta_test",
     "read_checkpoint",
     "train",
     "train_identity",

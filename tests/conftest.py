@@ -62,18 +62,18 @@ def _once(root: Path, name: str, make) -> Path:
 
 @pytest.fixture(scope="session")
 def nyu_mtan(synth_root: Path) -> Path:
-    return _once(synth_root, "nyu-mtan", lambda p: generate_nyuv2(p, n=12, seed=3, layout="nyuv2-mtan", **NYU_SIZE))
+    return _once(synth_root, "nyu-mtan", lambda p: generate_nyuv2(p, n=16, seed=3, layout="nyuv2-mtan", **NYU_SIZE))
 
 
 @pytest.fixture(scope="session")
 def nyu_nyudmt(synth_root: Path) -> Path:
-    return _once(synth_root, "nyu-nyudmt", lambda p: generate_nyuv2(p, n=12, seed=3, layout="nyuv2-nyudmt", **NYU_SIZE))
+    return _once(synth_root, "nyu-nyudmt", lambda p: generate_nyuv2(p, n=16, seed=3, layout="nyuv2-nyudmt", **NYU_SIZE))
 
 
 @pytest.fixture(scope="session")
 def nyu_parquet(synth_root: Path) -> Path:
     return _once(
-        synth_root, "nyu-parquet", lambda p: generate_nyuv2(p, n=12, seed=3, layout="nyuv2-parquet", **NYU_SIZE)
+        synth_root, "nyu-parquet", lambda p: generate_nyuv2(p, n=16, seed=3, layout="nyuv2-parquet", **NYU_SIZE)
     )
 
 
@@ -82,7 +82,7 @@ def face_official(synth_root: Path) -> Path:
     return _once(
         synth_root,
         "face-official",
-        lambda p: generate_celebamask(p, n=20, seed=5, layout="celebamask-official", **FACE_SIZE),
+        lambda p: generate_celebamask(p, n=24, seed=5, layout="celebamask-official", **FACE_SIZE),
     )
 
 
@@ -91,7 +91,7 @@ def face_parquet(synth_root: Path) -> Path:
     return _once(
         synth_root,
         "face-parquet",
-        lambda p: generate_celebamask(p, n=20, seed=5, layout="celebamask-parquet", **FACE_SIZE),
+        lambda p: generate_celebamask(p, n=24, seed=5, layout="celebamask-parquet", **FACE_SIZE),
     )
 
 

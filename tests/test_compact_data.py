@@ -191,14 +191,16 @@ def test_a_run_reads_the_training_split_at_most_twice(nyu_mtan, tmp_path, monkey
 
     monkeypatch.setattr(Reader, "read", spy)
     reader, smoke = _reader(nyu_mtan, "nyuv2"), budget("smoke")
-    train = min(reader.num_samples("train"), smoke.max_train_samples or reader.num_samples("train"))
+    validation = smoke.validation_samples  # held out of the training split, read by the protocol only
+    train = min(reader.num_samples("train") - validation, smoke.max_train_samples or reader.num_samples("train"))
     test = min(reader.num_samples("val"), smoke.max_test_samples or reader.num_samples("val"))
     calls.clear()
     request = RunRequest(method="ew", data_root=nyu_mtan, budget="smoke", out=tmp_path / "run", unseen=("depth",))
     execute(dataclasses.replace(request, reference=False))
-    # training set + one pass for the held-out task's targets, + sample 0 once for the memory estimate
-    assert calls["train"] == 2 * train + 1
-    assert calls["train images"] == train + 1  # the held-out targets' pass decodes no image
+    # training set + one pass for the held-out task's targets, + sample 0 once for the memory estimate, + the
+    # validation samples: one pass per task (4), images decoded in the first only
+    assert calls["train"] == 2 * train + 1 + 4 * validation
+    assert calls["train images"] == train + 1 + validation  # the held-out targets' pass decodes no image
     assert calls["val"] == 4 * test  # one pass per task (targets per task) ...
     assert calls["val images"] == test  # ... and the images decoded once, stored once
 

@@ -338,7 +338,7 @@ def test_equal_weighting_logs_no_task_weights(ctx: TrainContext):
 
 def test_every_optimizer_comes_from_the_engine_factory(ctx: TrainContext, monkeypatch):
     """Methods build their Adam (or `ProximalAdam`) through `TrainContext.make_optimizer`; so does the meta-test."""
-    from mtbench import training
+    from mtbench import protocol
     from mtbench.sparsity import ProximalAdam
 
     built = []
@@ -372,7 +372,7 @@ def test_every_optimizer_comes_from_the_engine_factory(ctx: TrainContext, monkey
     assert sorted(map(id, stl.optimizers.values())) == sorted(map(id, built))
     built.clear()
     task = ctx.seen[1]
-    training.finetune(stl.models[task.name], task, ctx.train, ctx, seed=0)
+    protocol.finetune(stl.models[task.name], task, ctx.train, ctx, seed=0)
     assert len(built) == 1 and built[0].param_groups[0]["lr"] == ctx.budget.finetune_lr
 
 

@@ -50,9 +50,9 @@ def _expected_scene(seed: int, index: int):
 def test_mtan_reader_returns_canonical_arrays_equal_to_the_generator(nyu_mtan):
     reader = MtanReader(nyu_mtan)
     assert reader.splits() == ("train", "val")
-    assert reader.num_samples("train") == 9 and reader.num_samples("val") == 3
+    assert reader.num_samples("train") == 12 and reader.num_samples("val") == 4
     sample = reader.read("val", 1, ("semantic13", "depth", "normal", "edge"))
-    scene = _expected_scene(3, 9 + 1)  # val samples follow the 9 train samples
+    scene = _expected_scene(3, 12 + 1)  # val samples follow the 12 train samples
     assert sample["image"].shape == (3, 24, 32) and sample["image"].dtype == np.float32
     np.testing.assert_array_equal(sample["image"], np.moveaxis(scene.image, -1, 0))
     np.testing.assert_array_equal(sample["semantic13"], scene.semantic13)
@@ -66,7 +66,7 @@ def test_mtan_reader_returns_canonical_arrays_equal_to_the_generator(nyu_mtan):
 
 def test_mtan_reader_sorts_ids_numerically(nyu_mtan):
     ids = MtanReader(nyu_mtan).sample_ids("train")
-    assert ids == [str(i) for i in range(9)]
+    assert ids == [str(i) for i in range(12)]
 
 
 def test_label_edges_hand_worked():
@@ -80,7 +80,7 @@ def test_label_edges_hand_worked():
 
 def test_nyudmt_reader_maps_unlabeled_to_ignore_and_reads_edge_files(nyu_nyudmt):
     reader = NyudMtReader(nyu_nyudmt)
-    assert reader.num_samples("train") == 9
+    assert reader.num_samples("train") == 12
     sample = reader.read("train", 2, ("semantic40", "depth", "normal", "edge"))
     scene = _expected_scene(3, 2)
     np.testing.assert_array_equal(sample["semantic40"], scene.semantic40 - 1)
@@ -168,7 +168,7 @@ def test_celeba_official_reader_on_synthetic_release(face_official):
     reader = CelebaOfficialReader(face_official)
     manifest = json.loads((face_official / SYNTH_MANIFEST).read_text())
     assert reader.size == manifest["mask_size"] == 16
-    assert sum(reader.num_samples(s) for s in reader.splits()) == 20
+    assert sum(reader.num_samples(s) for s in reader.splits()) == 24
     assert set(reader.splits()) == {"train", "val", "test"}
     sample = reader.read("train", 0, ("faceseg19", "attr:Eyeglasses"))
     assert sample["image"].shape == (3, 16, 16) and sample["faceseg19"].shape == (16, 16)

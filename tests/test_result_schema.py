@@ -10,7 +10,15 @@ import pytest
 
 from mtbench.errors import ResultFileError
 from mtbench.presets import budget
-from mtbench.result import PROTOCOL_EXCLUDED, READABLE_VERSIONS, SCHEMA_VERSION, Protocol, RunResult
+from mtbench.result import (
+    EVALUATION_FIELDS,
+    PROTOCOL_EXCLUDED,
+    READABLE_VERSIONS,
+    SCHEMA_VERSION,
+    DeltaM,
+    Protocol,
+    RunResult,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"  # files as `mtbench run` wrote them, one per version
 
@@ -33,20 +41,27 @@ def test_every_written_version_reads_and_converts_losslessly(path):
     for task, entry in raw["tasks"].items():
         for metric, value in entry["metrics"].items():
             assert result.tasks[task].metrics[metric].value == value["value"]
-    assert result.delta_m == raw["delta_m"] and result.dataset.fingerprint == raw["dataset"]["identity"]["fingerprint"]
+    assert result.delta_m == DeltaM(**raw["delta_m"])
+    assert result.dataset.fingerprint == raw["dataset"]["identity"]["fingerprint"]
     written = result.to_json()
     assert written["schema_version"] == SCHEMA_VERSION
     assert dataclasses.replace(RunResult.from_json(written), schema_version=result.schema_version) == result
-    for key in ("history", "inference", "delta_m", "environment", "method", "overrides", "run_id", "created"):
+    for key in ("history", "inference", "environment", "method", "overrides", "run_id", "created"):
         assert written[key] == raw[key]
+    # fields an older file lacks are written as null
+    assert {k: v for k, v in written["delta_m"].items() if v is not None or k in raw["delta_m"]} == raw["delta_m"]
 
 
 def test_a_version_1_file_gets_the_finetune_batch_its_budget_had():
     result = RunResult.read(FIXTURES / "v1-stl-nyuv2-synth-smoke.json")
     assert "finetune_batch" not in json.loads((FIXTURES / "v1-stl-nyuv2-synth-smoke.json").read_text())["protocol"]
     assert result.protocol.settings["finetune_batch"] == budget("smoke").finetune_batch == 4
-    assert result.protocol == Protocol.of(
-        budget("smoke"), [_Task(n) for n in result.protocol.seen], [_Task(n) for n in result.protocol.unseen]
+    seen, unseen = ([_Task(n) for n in names] for names in (result.protocol.seen, result.protocol.unseen))
+    now = Protocol.of(budget("smoke"), seen, unseen)
+    # exactly today's smoke protocol, less the fields schema 3 added (which keep old and new results apart)
+    assert set(now.settings) - set(result.protocol.settings) == set(EVALUATION_FIELDS)
+    assert result.protocol == dataclasses.replace(
+        now, settings={k: v for k, v in now.settings.items() if k not in EVALUATION_FIELDS}
     )
 
 

@@ -25,8 +25,8 @@ def test_first_run_produces_the_stl_reference_then_reuses_it(nyu_mtan, tmp_path)
     stored = {r.method.name for _, r in load_results(results)}
     assert stored == {"stl", "ew"}
     delta = first.delta_m
-    assert delta["reference_method"] == "stl" and delta["positive_is_better"] is True
-    assert set(delta) >= {"seen", "unseen"} or "unavailable" in delta
+    assert delta.reference_method == "stl" and delta.positive_is_better is True
+    assert (delta.seen and delta.unseen and delta.joint) or delta.unavailable
     notices.clear()
     execute(
         RunRequest(
@@ -53,12 +53,12 @@ def test_delta_m_against_the_reference_is_recomputable(nyu_mtan, tmp_path):
         )
     ).result
     reference = find_reference(results, result.signature(), result.seed)
-    assert reference is not None and reference.run_id == result.delta_m["reference_run"]
-    if "unavailable" not in result.delta_m:
+    assert reference is not None and reference.run_id == result.delta_m.reference_run
+    if not result.delta_m.unavailable:
         again = run_delta_m(result, reference)
-        for role in ("seen", "unseen"):
-            assert again[role][ALL_METRICS] == result.delta_m[role][ALL_METRICS]
-            assert again[role][PER_TASK] == result.delta_m[role][PER_TASK]
+        for role in ("seen", "unseen", "joint"):
+            assert getattr(again, role)[ALL_METRICS] == getattr(result.delta_m, role)[ALL_METRICS]
+            assert getattr(again, role)[PER_TASK] == getattr(result.delta_m, role)[PER_TASK]
 
 
 def _fake(method: str, seed: int, value: float) -> RunResult:

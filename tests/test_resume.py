@@ -21,6 +21,7 @@ from mtbench import presets
 from mtbench.episodes import TaskView
 from mtbench.methods import methods
 from mtbench.presets import Budget, budget
+from mtbench.protocol import score
 from mtbench.runner import RESUME_FILE, RunRequest, execute, plan_tasks, resolve_data
 from mtbench.training import (
     CHECKPOINT_EVERY,
@@ -29,7 +30,6 @@ from mtbench.training import (
     TensorSet,
     TrainContext,
     TrainOutcome,
-    meta_test,
     train,
 )
 
@@ -74,11 +74,12 @@ def _final_metrics(method: Method, ctx: TrainContext, nyu_data: tuple[Any, Any, 
     spec, reader, seen, held_out = nyu_data
 
     def load(task: Any, split: str) -> TensorSet:
-        name = spec.train_split if split == "train" else spec.test_split
+        name = spec.train_split if split in ("train", "val") else spec.test_split
         return TensorSet.load(lambda i, targets: reader.read(name, i, targets), reader.num_samples(name), [task.target])
 
     order = [(t, True) for t in seen] + [(t, False) for t in held_out]
-    return {r.task.name: r.metrics for r in meta_test(method, ctx, order, load)}
+    scored = score(method, ctx, order, load).tasks
+    return {r.task.name: (r.adapted.metrics, r.joint.metrics if r.joint else None) for r in scored}
 
 
 def _train(name: str, ctx: TrainContext, **kwargs: Any) -> tuple[Method, TrainOutcome]:

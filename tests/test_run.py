@@ -90,11 +90,11 @@ def _metrics(result: RunResult) -> dict:
 
 def test_held_out_targets_are_never_read_during_meta_training(nyu_mtan, copy_of, tmp_path, monkeypatch):
     """Spy on the reader: no depth read may happen before the meta-test starts."""
-    from mtbench import training
+    from mtbench import protocol
     from mtbench.data.nyuv2 import MtanReader
 
     events: list[str] = []
-    original_read, original_meta_test = MtanReader._read_target, training.meta_test
+    original_read, original_score = MtanReader._read_target, protocol.score
 
     def spy_read(self, split, index, target):
         events.append(f"read:{target}")
@@ -102,10 +102,10 @@ def test_held_out_targets_are_never_read_during_meta_training(nyu_mtan, copy_of,
 
     def spy_meta_test(*args, **kwargs):
         events.append("meta-test")
-        return original_meta_test(*args, **kwargs)
+        return original_score(*args, **kwargs)
 
     monkeypatch.setattr(MtanReader, "_read_target", spy_read)
-    monkeypatch.setattr("mtbench.runner.meta_test", spy_meta_test)
+    monkeypatch.setattr("mtbench.protocol.score", spy_meta_test)
     result = _run(nyu_mtan, "meta-sparsity", tmp_path, unseen=("depth",))
     boundary = events.index("meta-test")
     assert "read:depth" not in events[:boundary]
@@ -199,4 +199,4 @@ def test_default_data_is_the_synthetic_stand_in_said_once(tmp_path):
     assert sum("SYNTHETIC stand-in nyuv2-synth" in n for n in notices) == 1, notices
     assert sum("generating nyuv2-synth" in n for n in notices) <= 1
     assert any("training it first" in n for n in notices)  # the stl reference ran on the same data
-    assert result.delta_m["reference_method"] == "stl"
+    assert result.delta_m.reference_method == "stl"

@@ -186,7 +186,7 @@ def test_corrupt_reference_is_named_in_the_notice(nyu_mtan, tmp_path):
     assert said and not any("no stl reference" in n for n in notices), notices
     assert json.loads(stl_file.read_text())["method"]["name"] == "stl"  # replaced by a fresh reference
     assert again.timings.reference_trained is True
-    assert again.delta_m["seen"] == first.delta_m["seen"]
+    assert again.delta_m.seen == first.delta_m.seen
 
 
 def test_concurrent_runs_train_the_reference_once(nyu_mtan, tmp_path, monkeypatch):

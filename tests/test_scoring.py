@@ -100,9 +100,10 @@ def test_run_delta_m_leaves_out_metrics_marked_outside_delta_m():
     )
     method = _run("ew", {"seg": seg, "smiling": attribute(0.54, 0.3, False)})
     delta = run_delta_m(_result(method), _result(reference))
-    assert delta["seen"][ALL_METRICS] == pytest.approx(20.0)  # (0.6 − 0.5) / 0.5
-    assert delta["unseen"][ALL_METRICS] == pytest.approx(20.0)  # (0.54 − 0.45) / 0.45; F1 left out
-    assert delta["unseen"][PER_TASK] == pytest.approx(20.0)
+    assert delta.seen[ALL_METRICS] == pytest.approx(20.0)  # (0.6 − 0.5) / 0.5
+    assert delta.unseen[ALL_METRICS] == pytest.approx(20.0)  # (0.54 − 0.45) / 0.45; F1 left out
+    assert delta.unseen[PER_TASK] == pytest.approx(20.0)
+    assert delta.joint is None  # these results have no joint score (as a schema-2 file)
     method["tasks"]["smiling"]["metrics"]["f1"]["in_delta_m"] = True
     reference["tasks"]["smiling"]["metrics"]["f1"]["in_delta_m"] = True
     with pytest.raises(ScoringError, match="zero"):

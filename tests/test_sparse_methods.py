@@ -8,10 +8,11 @@ import torch
 from mtbench import catalog
 from mtbench.inference import export_run, load_run
 from mtbench.presets import budget
+from mtbench.protocol import finetune
 from mtbench.result import RunResult
 from mtbench.runner import RunRequest, execute
 from mtbench.sparsity import group_norms, shared_conv_weights, sparsity_stats
-from mtbench.training import TensorSet, TrainContext, finetune
+from mtbench.training import TensorSet, TrainContext
 
 
 def _run(root, method: str, out, overrides: dict[str, str], **kwargs) -> RunResult:

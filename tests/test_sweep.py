@@ -224,7 +224,7 @@ def _check_references(stored: dict[tuple[str, int], dict], seeds: list[int], nam
         assert result.method.config == dataclasses.asdict(methods().get(method).config())
         if method != "stl":
             assert result.timings.reference_trained is False
-            assert result.delta_m["reference_run"] == stored[("stl", seed)].run_id
+            assert result.delta_m.reference_run == stored[("stl", seed)].run_id
     assert sorted(stored) == sorted((m, s) for m in ["stl", *names] for s in seeds)
 
 

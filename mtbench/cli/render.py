@@ -208,26 +208,47 @@ def print_run(done: Executed, front: dict[str, Any] | None = None) -> None:
         f"[bold]{result.method.name}[/] on {data.name} ({kind}), budget {protocol.budget}, "
         f"seed {result.seed}; seen: {', '.join(protocol.seen)}; held out: {', '.join(protocol.unseen) or 'none'}"
     )
+    evaluation = result.evaluation
+    if evaluation is not None:
+        recal = (
+            f"BatchNorm statistics recomputed on {evaluation.bn_recalibration_batches} training batches before "
+            "every evaluation" if evaluation.bn_recalibration_batches else "BatchNorm statistics NOT recomputed"
+        )
+        splits = evaluation.splits
+        console.print(
+            f"protocol: {recal}; trained on {splits['train']:,} samples, choices on {splits['val']:,} validation "
+            f"samples, scored on {splits['test']:,} test samples (the data set's {data.test_split!r} split)"
+        )
     for role, seen in (("seen tasks", True), ("held-out tasks", False)):
         rows = [(name, task) for name, task in result.tasks.items() if task.seen is seen]
         if not rows:
             continue
         console.print(
-            f"[bold]{role}[/] — meta-test: each task fine-tuned {protocol.settings['finetune_steps']} steps from "
-            f"the trained backbone (mask kept), evaluated on the {data.test_split} split"
+            f"[bold]{role}[/] on the test split — "
+            + ("joint: the trained multi-task network as it is; " if seen else "")
+            + f"adapted: fine-tuned {protocol.settings['finetune_steps']} steps per task from the trained backbone "
+            "(mask kept); trivial: the prediction made without the image (training mean / majority)"
         )
         table = Table()
         table.add_column("task")
         table.add_column("metric")
         table.add_column("", justify="center")
-        table.add_column("value", justify="right")
+        if seen:
+            table.add_column("joint", justify="right")
+        table.add_column("adapted", justify="right")
+        table.add_column("trivial", justify="right")
         for name, task in rows:
+            trivial = (task.trivial or {}).get("test", {})
             for index, (name_of_metric, metric) in enumerate(task.metrics.items()):
+                joint = task.joint[name_of_metric].value if task.joint else None
+                cells = [f"{joint:.4f}" if joint is not None else "—"] if seen else []
                 table.add_row(
                     name if index == 0 else "",
                     name_of_metric if metric.in_delta_m else f"{name_of_metric} (not in Δm)",
                     "↑" if metric.higher_is_better else "↓",
+                    *cells,
                     f"{metric.value:.4f}",
+                    f"{trivial[name_of_metric]:.4f}" if name_of_metric in trivial else "—",
                     end_section=index == len(task.metrics) - 1,
                 )
         console.print(table)
@@ -247,6 +268,18 @@ def print_run(done: Executed, front: dict[str, Any] | None = None) -> None:
         console.print(
             f"final sparsity of the shared backbone: {100 * sparsity.group_sparsity:.1f} % of channel "
             f"groups, {100 * (sparsity.param_sparsity or 0.0):.1f} % of conv parameters   {sparkline(history)}"
+        )
+    if sparsity is not None and sparsity.dead_layers:
+        branches = ", ".join(sparsity.dead_branches)
+        branches = f"; residual branch(es) switched off: {branches}" if branches else ""
+        console.print(
+            f"[yellow]dead layers[/] (every channel group zero): {', '.join(sparsity.dead_layers)}{branches}"
+        )
+    cost = result.training_cost
+    if cost is not None and cost.counted_steps:
+        console.print(
+            f"training compute: {cost.flops / 1e9:,.1f} GFLOP ({cost.flops_per_step / 1e9:.3g} GFLOP per step, "
+            f"counted on {cost.counted_steps} of {cost.steps} steps), {cost.seconds or 0:.1f} s"
         )
     hyper = [h["lambda_grad"] for h in result.history if "lambda_grad" in h]
     if hyper:
@@ -270,20 +303,24 @@ def print_run(done: Executed, front: dict[str, Any] | None = None) -> None:
             f"Δm seen {front['seen']:+.2f} %{unseen} — compare with this run's Δm below"
         )
     delta = result.delta_m
-    if delta and "unavailable" in delta:
-        console.print(f"Δm: not available ({delta['unavailable'].splitlines()[0]})")
-    elif delta and delta["reference_run"] == result.run_id:
-        console.print(f"Δm: this run is the {delta['reference_method']} reference (Δm = 0 by definition)")
+    if delta and delta.unavailable:
+        console.print(f"Δm: not available ({delta.unavailable.splitlines()[0]})")
+    elif delta and delta.reference_run == result.run_id:
+        console.print(f"Δm: this run is the {delta.reference_method} reference (Δm = 0 by definition)")
     elif delta:
         from mtbench.scoring import ALL_METRICS, PER_TASK
 
         console.print(
-            f"Δm vs {delta['reference_method']} (same data, protocol and seed; positive = better than the "
+            f"Δm vs {delta.reference_method} (same data, protocol and seed; positive = better than the "
             f"reference; conventions: {ALL_METRICS} | {PER_TASK}):"
         )
-        for role, label in (("seen", "seen tasks"), ("unseen", "held-out tasks")):
-            if role in delta:
-                console.print(f"  {label}: {delta[role][ALL_METRICS]:+.2f} % | {delta[role][PER_TASK]:+.2f} %")
+        for values, label in (
+            (delta.joint, "seen tasks, joint (the trained multi-task network)"),
+            (delta.seen, "seen tasks, adapted (fine-tuned per task)"),
+            (delta.unseen, "held-out tasks, adapted"),
+        ):
+            if values:
+                console.print(f"  {label}: {values[ALL_METRICS]:+.2f} % | {values[PER_TASK]:+.2f} %")
     timings = result.timings
     console.print(
         f"wall time: training {timings.train_seconds:.1f} s, meta-test {timings.meta_test_seconds:.1f} s, "

@@ -68,6 +68,15 @@ def run(
             "--compile` measures whether it pays.",
         ),
     ] = False,
+    bn_batches: Annotated[
+        int | None,
+        typer.Option(
+            "--bn-batches",
+            help="Training batches over which BatchNorm statistics are recomputed before every evaluation "
+            "(default: the budget's; 0 scores with the statistics training left, the ablation). Part of the "
+            "protocol: runs with another count never share a table.",
+        ),
+    ] = None,
     data_mode: Annotated[
         str,
         typer.Option(
@@ -133,6 +142,7 @@ def run(
         resume=resume,
         deterministic=deterministic,
         compile=compile_,
+        bn_batches=bn_batches,
         data_mode=data_mode,
         memory_budget_gib=memory_budget,
         loader_workers=workers,

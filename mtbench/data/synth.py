@@ -81,10 +81,11 @@ def generate_nyuv2(
     layout: str = "nyuv2-mtan",
     height: int = 96,
     width: int = 128,
+    val_samples: int | None = None,
     overwrite: bool = False,
     progress: Progress = None,
 ) -> Path:
-    """Write ``n`` ray-cast NYU-like scenes (75 % train, 25 % val) in ``layout``."""
+    """Write ``n`` ray-cast NYU-like scenes (75 % train, 25 % val; ``val_samples`` sets the val count) in ``layout``."""
     from mtbench.data import synth_nyuv2
     from mtbench.data.nyuv2 import write_mtan, write_nyudmt, write_parquet
 
@@ -96,9 +97,13 @@ def generate_nyuv2(
         )
     if n < 2:
         raise ConfigError("too few samples", expected="--n of at least 2 (one per split)", found=str(n))
+    if val_samples is not None and not 1 <= val_samples < n:
+        raise ConfigError(
+            "val_samples leaves no sample for a split", expected=f"1 <= val_samples < n = {n}", found=str(val_samples)
+        )
     out = Path(out)
     staging = _staging(out, overwrite)
-    n_val = max(1, int(round(n * NYU_VAL_FRACTION)))
+    n_val = val_samples if val_samples is not None else max(1, int(round(n * NYU_VAL_FRACTION)))
     splits = {"train": n - n_val, "val": n_val}
     try:
         done = 0
@@ -141,6 +146,7 @@ def generate_nyuv2(
                 splits,
                 height=height,
                 width=width,
+                **({"val_samples": val_samples} if val_samples is not None else {}),
             ),
         )
     except BaseException:
@@ -157,10 +163,12 @@ def generate_celebamask(
     layout: str = "celebamask-official",
     image_size: int = 128,
     mask_size: int = 64,
+    test_samples: int | None = None,
     overwrite: bool = False,
     progress: Progress = None,
 ) -> Path:
-    """Write ``n`` parametric faces; splits follow CelebA-HQ's proportions through the mapping file."""
+    """Write ``n`` parametric faces; splits follow CelebA-HQ's proportions through the mapping file
+    (``test_samples``: that many test faces, the others split between train and val in CelebA-HQ's proportion)."""
     from mtbench.data import synth_celebamask
     from mtbench.data.celebamask import CelebaOfficialWriter, write_celeba_parquet
 
@@ -172,11 +180,21 @@ def generate_celebamask(
         )
     if n < 3:
         raise ConfigError("too few samples", expected="--n of at least 3 (one per split)", found=str(n))
+    if test_samples is not None and not 1 <= test_samples <= n - 2:
+        raise ConfigError(
+            "test_samples leaves no sample for train or val", expected=f"1 <= test_samples <= n - 2 = {n - 2}",
+            found=str(test_samples),
+        )
     out = Path(out)
     staging = _staging(out, overwrite)
     # Split assignment: every split gets at least one sample, the rest follow CelebA-HQ's proportions.
     split_rng = np.random.default_rng([seed, 2**31 - 1])
-    assignment = np.concatenate([[0, 1, 2], split_rng.choice(3, size=n - 3, p=CELEBA_SPLIT_P)])
+    if test_samples is None:
+        assignment = np.concatenate([[0, 1, 2], split_rng.choice(3, size=n - 3, p=CELEBA_SPLIT_P)])
+    else:
+        train_val = np.asarray(CELEBA_SPLIT_P[:2]) / sum(CELEBA_SPLIT_P[:2])
+        rest = split_rng.choice(2, size=n - test_samples - 2, p=train_val)
+        assignment = np.concatenate([[0, 1], rest, np.full(test_samples, 2)])
     split_rng.shuffle(assignment)
     ranges = ((0, CELEBA_TRAIN_END), (CELEBA_TRAIN_END, CELEBA_VAL_END), (CELEBA_VAL_END, 202599))
     orig = np.empty(n, dtype=np.int64)
@@ -219,6 +237,7 @@ def generate_celebamask(
                 splits,
                 image_size=image_size,
                 mask_size=mask_size,
+                **({"test_samples": test_samples} if test_samples is not None else {}),
             ),
         )
     except BaseException:
