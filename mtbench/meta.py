@@ -61,7 +61,7 @@ from mtbench.sparsity import (
     shared_conv_weights,
     sparse_param_groups,
 )
-from mtbench.training import Batch, Method, TrainContext, quiet
+from mtbench.training import Batch, Method, TrainContext, matched_steps, quiet
 
 
 def import_learn2learn() -> Any:
@@ -89,6 +89,9 @@ class MetaConfig(ProxOptions):
         lam_path: how λ enters the inner loop: ``penalty`` (gradient of λΩ) or ``prox`` (inner prox step).
         hypergradient: ``maml`` (through θ′, one episode) or ``online`` (sensitivity along training).
         horizon: the online hypergradient's truncation, in outer steps (γ = 1 − 1/horizon).
+        match_ew_flops: run as many meta-iterations as cost the training FLOPs of the budget's ``steps`` equal-
+            weighting steps (`mtbench.training.matched_steps`, counted before training) instead of ``steps``
+            meta-iterations: the compute-matched comparison.
         axis / prox / bias_correction: see `mtbench.sparsity.ProxOptions`.
     """
 
@@ -105,6 +108,7 @@ class MetaConfig(ProxOptions):
     lam_path: Literal["penalty", "prox"] = "penalty"
     hypergradient: Literal["maml", "online"] = "maml"
     horizon: int = 100
+    match_ew_flops: bool = False
 
 
 class EpisodicMetaLearner(Method):
@@ -117,6 +121,15 @@ class EpisodicMetaLearner(Method):
         self.rho: Tensor | None = None
         self.hyper_steps = 0
         self.hyper_positive = 0
+        self.matched: tuple[int, float, float] | None = None  #: (steps, FLOPs per step, ew's) when compute-matched
+
+    def train_steps(self, ctx: TrainContext) -> int:
+        """The budget's ``steps``, or with ``match_ew_flops`` the meta-iterations that cost ew's training FLOPs."""
+        if not self.config.match_ew_flops:
+            return ctx.budget.steps
+        if self.matched is None:
+            self.matched = matched_steps(self, ctx)
+        return self.matched[0]
 
     # --- set-up --------------------------------------------------------------------------------------
     def setup(self, ctx: TrainContext) -> None:

@@ -950,7 +950,7 @@ def run(
 
     stats = sparsity_stats(method.model_for(seen[0], ctx), method.sparsity_axis).to_dict()
     reference_seconds = reference.seconds if reference else 0.0
-    counted, per_step, flops = training_flops(outcome.history, budget.steps)
+    counted, per_step, flops = training_flops(outcome.history, outcome.steps)
     result = build_result(
         the_plan,
         source,
@@ -990,7 +990,7 @@ def run(
             seconds=scored.seconds,
         ),
         training_cost=TrainingCost(
-            steps=budget.steps, counted_steps=counted, flops_per_step=per_step, flops=flops, seconds=outcome.seconds
+            steps=outcome.steps, counted_steps=counted, flops_per_step=per_step, flops=flops, seconds=outcome.seconds
         ),
     )
     if reference is not None or info.name == REFERENCE_METHOD:

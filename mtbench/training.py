@@ -570,6 +570,12 @@ class Method:
     def lam(self) -> float | list[float] | None:
         return None
 
+    def train_steps(self, ctx: TrainContext) -> int:
+        """Outer updates to run: the budget's ``steps`` (a method may match another's training FLOPs instead,
+        e.g. `mtbench.meta.MetaConfig.match_ew_flops`); called after ``setup``, and its value must be kept in the
+        method's state, since a resumed run calls it again."""
+        return ctx.budget.steps
+
     def held_out_steps(self, ctx: TrainContext) -> int:
         """Fine-tuning steps of a held-out task in the meta-test (the budget's ``finetune_steps``; `stl`, the
         reference, trains its held-out networks for the training budget's ``steps``)."""
@@ -628,6 +634,7 @@ class TrainOutcome:
             checkpoint is not counted).
         lam_start / lam_end: λ before the first and after the last step.
         resumed_from: the step this session started at (0: not resumed).
+        steps: the outer updates of the whole run (`Method.train_steps`).
     """
 
     history: list[dict[str, Any]]
@@ -635,6 +642,42 @@ class TrainOutcome:
     lam_start: Any
     lam_end: Any
     resumed_from: int = 0
+    steps: int = 0
+
+
+def _counted_flops(run: Callable[[], Any]) -> float:
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return float(counter.get_total_flops())
+
+
+def ew_step_flops(ctx: TrainContext) -> float:
+    """FLOPs of one equal-weighting step (forward on every seen task, backward of the summed loss) of a fresh
+    network on the first training batch: the unit every compute-matched budget is measured in."""
+    model = ctx.new_model()
+    model.train()
+
+    def step() -> None:
+        losses = ctx.losses(model, ctx.train_batch(0), ctx.task_names)
+        sum(losses.values()).backward()
+
+    return _counted_flops(step)
+
+
+def matched_steps(method: Method, ctx: TrainContext, probes: int = 8) -> tuple[int, float, float]:
+    """(steps, FLOPs per step of ``method``, of ew) such that ``steps`` of ``method`` cost the training FLOPs of
+    the budget's ``steps`` ew steps. ``method``'s step is counted on ``probes`` steps of a copy of it (set up,
+    untrained), so the method itself and the global random state are left as they were."""
+    states = _rng_states(ctx.device)
+    buffer = io.BytesIO()  # copied as a checkpoint is (`copy.deepcopy` drops an optimiser subclass's attributes)
+    torch.save(method, buffer, pickle_module=_CHECKPOINT_PICKLE)
+    buffer.seek(0)
+    with quiet():
+        probe = torch.load(buffer, weights_only=False)  # the bytes just written in this process
+    per_step = float(np.mean([_counted_flops(functools.partial(probe.step, ctx, i)) for i in range(probes)]))
+    ew = ew_step_flops(ctx)
+    _set_rng_states(states)
+    return max(1, round(ctx.budget.steps * ew / per_step)), per_step, ew
 
 
 def training_flops(history: Sequence[Mapping[str, Any]], steps: int) -> tuple[int, float, float]:
@@ -812,7 +855,6 @@ def train(
     """
     if every < 1:
         raise ConfigError("checkpoint interval must be at least 1 step", expected="every >= 1", found=str(every))
-    steps = ctx.budget.steps
     key = train_identity(method, ctx, identity) if checkpoint is not None else {}
     first, history, before = 0, [], 0.0
     if checkpoint is not None:
@@ -828,6 +870,7 @@ def train(
         method.__dict__ = state["method"].__dict__
         first, history, before, lam_start = state["next_step"], state["history"], state["seconds"], state["lam_start"]
         _set_rng_states(state["rng"])
+        steps = method.train_steps(ctx)  # restored with the method (a matched count is not measured again)
         if notice:
             done = "; training was complete, the meta-test follows" if first >= steps else ""
             notice(f"resuming from step {first} of {steps} (checkpoint {checkpoint}{done})")
@@ -836,6 +879,7 @@ def train(
     else:
         method.setup(ctx)
         lam_start = method.lam()
+        steps = method.train_steps(ctx)
     start = time.perf_counter()
     for step in range(first, steps):
         counted = step % (FLOP_COUNT_EVERY * ctx.budget.log_every) == 0
@@ -870,7 +914,7 @@ def train(
             )
         if progress:
             progress(done, steps, history[-1] if history else {})
-    return TrainOutcome(history, before + time.perf_counter() - start, lam_start, method.lam(), first)
+    return TrainOutcome(history, before + time.perf_counter() - start, lam_start, method.lam(), first, steps)
 
 
 # --- meta-test ----------------------------------------------------------------------------------------

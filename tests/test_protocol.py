@@ -204,3 +204,32 @@ def test_binary_merge_and_bootstrap_interval_over_test_images():
     # the binomial standard error sqrt(p(1-p)/n) = 0.02 at n = 400: a 95 % interval about 4 of them wide
     assert 0.05 < high - low < 0.11
     assert bootstrap_interval(task, blocks, seed=0)["acc"] == (low, high)  # reproducible
+
+
+def test_compute_matched_meta_sparsity_runs_ew_s_training_flops():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mtbench.methods import methods
+    from mtbench.training import ew_step_flops, train
+
+    ctx = random_nyu_context(count=16, steps=12, log_every=1)
+    info = methods().get("meta-sparsity")
+    method = info.method(info.config(match_ew_flops=True))
+    method.setup(ctx)
+    before = {k: v.clone() for k, v in method.model.state_dict().items()}
+    rng = torch.get_rng_state()
+    steps = method.train_steps(ctx)
+    assert torch.equal(torch.get_rng_state(), rng)  # the probe leaves the random state alone
+    for key, value in method.model.state_dict().items():
+        assert torch.equal(value, before[key])  # ... and the method's own network
+    per_step, ew = method.matched[1], method.matched[2]
+    assert steps == round(12 * ew / per_step) and steps < 12  # a meta-iteration costs more than an ew step
+    with FlopCounterMode(display=False) as counter:  # the unit, counted independently: ew's own step
+        info_ew = methods().get("ew")
+        ew_method = info_ew.method(info_ew.config())
+        ew_method.setup(ctx)
+        ew_method.step(ctx, 0)
+    assert counter.get_total_flops() == pytest.approx(ew_step_flops(ctx), rel=0.02)
+    fresh = info.method(info.config(match_ew_flops=True))
+    outcome = train(fresh, ctx)
+    assert outcome.steps == steps and outcome.history[-1]["step"] == steps - 1
