@@ -610,3 +610,57 @@ def test_runs_of_one_config_are_one_row_whatever_default_options_they_spelled(tm
     (group,) = collect(_store(tmp_path / "r", [plain, spelled, other]))
     assert sorted(group.runs) == ["meta-sparsity", "meta-sparsity (hypergradient=online)"]
     assert sorted(group.runs["meta-sparsity"]) == [0, 1]
+
+
+def _joint_payload(method: str, seed: int, joint: float, adapted: float, abs_err: float, **options) -> dict:
+    """A schema-3 result: joint, validation, trivial and test-interval parts beside the adapted metrics."""
+    payload = _payload(method, seed, adapted, abs_err, **options)
+    payload["schema_version"] = 3
+    payload["protocol"] = {**payload["protocol"], "validation_samples": 250, "bn_recalibration_batches": 40}
+    seg = payload["tasks"]["semseg"]
+    seg["joint"] = {"mIoU": {"value": joint, "higher_is_better": True}}
+    seg["validation"] = {"adapted": {"mIoU": adapted}, "joint": {"mIoU": joint + 0.01 * (method == "fixed-lambda")}}
+    seg["trivial"] = {"val": {"mIoU": 0.07}, "test": {"mIoU": 0.07}}
+    seg["test_interval"] = {"joint": {"mIoU": [joint - 0.01, joint + 0.02]}, "adapted": {"mIoU": [adapted, adapted]}}
+    depth = payload["tasks"]["depth"]
+    depth["trivial"] = {"val": {"absErr": 0.66}, "test": {"absErr": 0.66}}
+    depth["validation"] = {"adapted": {"absErr": abs_err}}
+    payload["evaluation"] = {"bn_recalibration_batches": 40, "splits": {"train": 750, "val": 250, "test": 1000},
+                             "validation": "250 fixed samples"}
+    flops = 2e12 if method != "meta-sparsity" else 3.2e12
+    payload["training_cost"] = {"steps": 600, "counted_steps": 12, "flops_per_step": flops / 600, "flops": flops}
+    dead = ["stage3.0.conv2"] if method == "meta-sparsity" and seed == 1 else []
+    payload["sparsity"] = {**payload["sparsity"], "dead_layers": dead, "dead_branches": [d[:-6] for d in dead]}
+    return payload
+
+
+def test_schema_3_tables_rank_on_joint_and_show_the_protocol_checks(tmp_path):
+    payloads = []
+    for seed, (ref, ew_joint) in enumerate([(0.40, 0.44), (0.50, 0.45), (0.45, 0.45)]):
+        payloads += [
+            _joint_payload("stl", seed, ref, ref, 0.60 + 0.01 * seed),
+            _joint_payload("ew", seed, ew_joint, ew_joint + 0.02, 0.62),
+            _joint_payload("meta-sparsity", seed, 0.30, 0.35, 0.70, sparsity=0.25 * (seed == 1)),
+        ]
+    for lam, joint in ((0.01, 0.40), (0.02, 0.38)):
+        options = {"overrides": {"lam": str(lam)}}
+        payloads += [_joint_payload("fixed-lambda", s, joint, joint, 0.7, **options) for s in range(3)]
+    (group,) = collect(_store(tmp_path / "r", payloads))
+    assert group.scored_jointly
+    table = {row.method: row for row in rows(group)}
+    # Δm joint of ew per seed: +10, −10, 0 -> mean 0; adapted (+0.02 each) differs
+    assert table["ew"].delta_joint.mean == pytest.approx(0.0)
+    assert table["ew"].delta_seen.mean != pytest.approx(0.0)
+    assert table["meta-sparsity"].dead == [0, 1, 0]
+    assert table["meta-sparsity"].primary is table["meta-sparsity"].delta_joint
+    markdown = render_markdown(group)
+    assert "Δm joint % ↑" in markdown and "Rank (on Δm joint)" in markdown and "0 1 0" in markdown
+    assert "training FLOPs × ew" in markdown and "| 1.60 |" in markdown  # 3.2e12 / 2e12
+    # the trivial check: stl's held-out absErr 0.61 ± 0.025 beats the trivial 0.66 by more than its interval
+    assert "| depth (held out) | absErr ↓ | 0.6600 |" in markdown and markdown.count("| yes |") == 2
+    # the choice on validation: fixed-λ 0.01 (Δm joint on validation higher), its test Δm joint reported
+    assert "The validation split chooses fixed-lambda (lam=0.01)" in markdown
+    assert "| semseg | mIoU | 0 | 0.4400 | 0.4300 – 0.4600 (± 0.0150) |" in markdown
+    assert "delta_m_joint" in render_csv(group).splitlines()[0]
+    page = render_html(group)
+    assert 'id="trivial"' in page and 'id="sampling"' in page
