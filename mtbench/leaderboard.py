@@ -243,6 +243,11 @@ class Row:
         return self.delta_joint if self.delta_joint.values else self.delta_seen
 
     @property
+    def primary_name(self) -> str:
+        """``joint`` or ``seen``: what `primary` is, for labels."""
+        return "joint" if self.delta_joint.values else "seen"
+
+    @property
     def rank_text(self) -> str:
         """``"3"``, ``"3="`` when tied, blank without a rank."""
         return "" if self.rank is None else self.rank.text
@@ -420,7 +425,7 @@ def front_rows(table: Iterable[Row]) -> list[Row]:
     front = [
         row
         for row in table
-        if row.base == FRONT_METHOD and row.sparsity.mean is not None and row.delta_seen.mean is not None
+        if row.base == FRONT_METHOD and row.sparsity.mean is not None and row.primary.mean is not None
     ]
     return sorted(front, key=lambda row: (row.sparsity.mean, row.method))
 
@@ -428,7 +433,7 @@ def front_rows(table: Iterable[Row]) -> list[Row]:
 def _delta_cell(row: Row, role: str) -> Cell:
     if role not in ("seen", "unseen"):
         raise ValueError(f"role must be 'seen' or 'unseen', not {role!r}")
-    return row.delta_seen if role == "seen" else row.delta_unseen
+    return row.primary if role == "seen" else row.delta_unseen
 
 
 def front_delta_at(front: list[Row], sparsity_pct: float, role: str) -> float | None:
@@ -455,7 +460,7 @@ class FrontComparison:
 
     @property
     def difference_seen(self) -> float | None:
-        return self._difference(self.row.delta_seen.mean, self.front_seen)
+        return self._difference(self.row.primary.mean, self.front_seen)
 
     @property
     def difference_unseen(self) -> float | None:
@@ -499,6 +504,13 @@ FRONT_NOTE = (
 )
 
 
+def front_header(table: list[Row]) -> list[str]:
+    """`FRONT_HEADER`, naming the joint score where the table is ranked on it (schema 3)."""
+    if not table or table[0].primary_name == "seen":
+        return FRONT_HEADER
+    return [h.replace("Δm seen", "Δm joint").replace("difference seen", "difference joint") for h in FRONT_HEADER]
+
+
 def _front_cells(comparison: FrontComparison) -> list[str]:
     def number(value: float | None, sign: str = "") -> str:
         return "" if value is None else f"{value:{sign}.2f}"
@@ -508,7 +520,7 @@ def _front_cells(comparison: FrontComparison) -> list[str]:
         row.method,
         str(len(row.seeds)),
         row.sparsity.text(1),
-        row.delta_seen.text(2),
+        row.primary.text(2),
         number(comparison.front_seen),
         number(comparison.difference_seen, "+"),
         row.delta_unseen.text(2),
@@ -863,7 +875,7 @@ def render_markdown(group: Group) -> str:
     comparisons = front_comparisons(table)
     if comparisons:
         lines += ["", f"### {FRONT_TITLE}", ""]
-        lines.append(_markdown_row(FRONT_HEADER))
+        lines.append(_markdown_row(front_header(table)))
         lines.append("|" + "|".join("---" for _ in FRONT_HEADER) + "|")
         for comparison in comparisons:
             lines.append(_markdown_row(_front_cells(comparison)))
@@ -999,7 +1011,7 @@ PLOT_COLOURS = {"front": "#d95f02", "sparse": "#1f77b4", "dense": "#9a9a9a"}
 
 def plot_family(row: Row) -> str | None:
     """"front", "sparse" or "dense" for a row with a sparsity and a Δm-seen mean; None if it cannot be drawn."""
-    if row.sparsity.mean is None or row.delta_seen.mean is None:
+    if row.sparsity.mean is None or row.primary.mean is None:
         return None
     if row.base == FRONT_METHOD:
         return "front"
@@ -1040,6 +1052,7 @@ def _scatter_svg(table: list[Row]) -> str:
     only, ``ew`` labelled) listed with their Δm in the caption.
     """
     plotted = [(row, family) for row in table if (family := plot_family(row)) is not None]
+    name = plotted[0][0].primary_name if plotted else "seen"  # joint for schema-3 tables
     width, height = 680, 420
     left, right, top, bottom = 56, 170, 48, 48
     if not plotted:
@@ -1053,8 +1066,8 @@ def _scatter_svg(table: list[Row]) -> str:
         return cell.half_width or 0.0
 
     xs = [row.sparsity.mean + (spread_of(row.sparsity) if family == "front" else 0.0) for row, family in plotted]
-    lows = [row.delta_seen.mean - (spread_of(row.delta_seen) if family == "front" else 0.0) for row, family in plotted]
-    highs = [row.delta_seen.mean + (spread_of(row.delta_seen) if family == "front" else 0.0) for row, family in plotted]
+    lows = [row.primary.mean - (spread_of(row.primary) if family == "front" else 0.0) for row, family in plotted]
+    highs = [row.primary.mean + (spread_of(row.primary) if family == "front" else 0.0) for row, family in plotted]
     x_low, x_high = 0.0, max(100.0, max(xs))
     y_low, y_high = min(min(lows), 0.0), max(max(highs), 0.0)
     y_span = (y_high - y_low) or 1.0
@@ -1069,7 +1082,7 @@ def _scatter_svg(table: list[Row]) -> str:
     plot_right = width - right
     parts = [
         f'<svg id="plot" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="Δm seen against group sparsity" font-family="sans-serif">',
+        f'aria-label="Δm {name} against group sparsity" font-family="sans-serif">',
     ]
     for tick in _ticks(y_low, y_high):
         parts.append(
@@ -1087,25 +1100,25 @@ def _scatter_svg(table: list[Row]) -> str:
         f'<text x="{(left + plot_right) / 2}" y="{height - 12}" text-anchor="middle" font-size="12">'
         "group sparsity of the shared backbone (%)</text>",
         f'<text x="14" y="{(top + height - bottom) / 2}" text-anchor="middle" font-size="12" '
-        f'transform="rotate(-90 14 {(top + height - bottom) / 2})">Δm seen (%) vs stl</text>',
+        f'transform="rotate(-90 14 {(top + height - bottom) / 2})">Δm {name} (%) vs stl</text>',
     ]
     parts += _legend(left)
 
     colour = PLOT_COLOURS["front"]
     if len(front) >= 2:
-        path = " ".join(f"{sx(r.sparsity.mean):.1f},{sy(r.delta_seen.mean):.1f}" for r in front)
+        path = " ".join(f"{sx(r.sparsity.mean):.1f},{sy(r.primary.mean):.1f}" for r in front)
         parts.append(f'<polyline class="front" points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
     for row in front:
         parts.append(_error_bars(row, sx, sy, colour))
 
     labels: list[tuple[float, float, str, int]] = []  # point x, point y (pixels), text, font size
     for row, family in sorted(plotted, key=lambda item: ("dense", "sparse", "front").index(item[1])):
-        x, y = sx(row.sparsity.mean), sy(row.delta_seen.mean)
+        x, y = sx(row.sparsity.mean), sy(row.primary.mean)
         radius = {"front": 4.5, "sparse": 5, "dense": 3}[family]
         lam = f", λ {row.lam_text}" if row.lam_text else ""
         parts.append(
             f'<circle class="point" data-family="{family}" cx="{x:.1f}" cy="{y:.1f}" r="{radius}" '
-            f'fill="{PLOT_COLOURS[family]}"><title>{html.escape(row.method)}: Δm {row.delta_seen.mean:+.2f} %, '
+            f'fill="{PLOT_COLOURS[family]}"><title>{html.escape(row.method)}: Δm {row.primary.mean:+.2f} %, '
             f"sparsity {row.sparsity.mean:.1f} %{html.escape(lam)}</title></circle>"
         )
         if family == "front":
@@ -1142,8 +1155,8 @@ def _legend(left: float) -> list[str]:
 
 def _error_bars(row: Row, sx: Any, sy: Any, colour: str) -> str:
     """The 95 % CI over seeds in both directions around a front point, with small caps (none for one seed)."""
-    x, y = row.sparsity.mean, row.delta_seen.mean
-    dx, dy = row.sparsity.half_width or 0.0, row.delta_seen.half_width or 0.0
+    x, y = row.sparsity.mean, row.primary.mean
+    dx, dy = row.sparsity.half_width or 0.0, row.primary.half_width or 0.0
     cap = 3
     return (
         f'<g class="errorbar" stroke="{colour}" stroke-width="1" opacity="0.7">'
@@ -1159,13 +1172,13 @@ def _error_bars(row: Row, sx: Any, sy: Any, colour: str) -> str:
 
 def _dense_caption(plotted: list[tuple[Row, str]]) -> str:
     """One caption line listing the dense methods with their Δm seen, best first."""
-    dense = sorted((row for row, family in plotted if family == "dense"), key=lambda r: (-r.delta_seen.mean, r.method))
+    dense = sorted((row for row, family in plotted if family == "dense"), key=lambda r: (-r.primary.mean, r.method))
     if not dense:
         return ""
-    listed = ", ".join(f"{row.method} {row.delta_seen.mean:+.2f}" for row in dense)
+    listed = ", ".join(f"{row.method} {row.primary.mean:+.2f}" for row in dense)
     return (
         f'<figcaption class="dense-methods">Dense methods (grey, group sparsity &lt; {DENSE_BELOW_PCT:g} %), '
-        f"Δm seen %: {html.escape(listed)}</figcaption>"
+        f"Δm {dense[0].primary_name} %: {html.escape(listed)}</figcaption>"
     )
 
 
@@ -1217,7 +1230,7 @@ def _front_html(table: list[Row]) -> str:
     comparisons = front_comparisons(table)
     if not comparisons:
         return ""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in FRONT_HEADER)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in front_header(table))
     body = "\n".join(
         "<tr>" + "".join(f"<td>{html.escape(text)}</td>" for text in _front_cells(c)) + "</tr>" for c in comparisons
     )

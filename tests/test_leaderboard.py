@@ -661,6 +661,7 @@ def test_schema_3_tables_rank_on_joint_and_show_the_protocol_checks(tmp_path):
     # the choice on validation: fixed-λ 0.01 (Δm joint on validation higher), its test Δm joint reported
     assert "The validation split chooses fixed-lambda (lam=0.01)" in markdown
     assert "| semseg | mIoU | 0 | 0.4400 | 0.4300 – 0.4600 (± 0.0150) |" in markdown
+    assert "| variant | n | group sparsity % | Δm joint % | front Δm joint % | difference joint |" in markdown
     assert "delta_m_joint" in render_csv(group).splitlines()[0]
     page = render_html(group)
     assert 'id="trivial"' in page and 'id="sampling"' in page
