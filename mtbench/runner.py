@@ -630,6 +630,10 @@ class RunPlan:
             ("budget", f"{self.budget.name}: {settings['steps']} steps, batch {settings['batch_size']}, "
              f"lr {settings['lr']}, meta-test fine-tuning {settings['finetune_steps']} steps"),
             ("network", json.dumps(settings["arch"], sort_keys=True)),
+            ("evaluation", f"mtbench/protocol.py: BatchNorm statistics recomputed on "
+             f"{settings['bn_recalibration_batches']} training batches before every evaluation; "
+             f"{settings['validation_samples']} training-split samples held out for validation; joint, adapted "
+             "and trivial scores on validation and test"),
             ("seed", str(self.request.seed)),
             ("device", f"{self.device} ({torch.get_num_threads()} CPU threads)"),
             ("stl reference", "needed for Δm: reused from the store, else trained first" if self.needs_reference
