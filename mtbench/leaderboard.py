@@ -658,8 +658,17 @@ JOINT_WORDING = {
 }
 
 
+OLD_PROTOCOL_NOTE = (
+    "OLD PROTOCOL (results of schema 1–2): scored with the BatchNorm statistics training left (stale for "
+    "sparse and fine-tuned networks), on the adapted score only, without a validation split; kept for the "
+    "record, not for verdicts — rerun the spec under the current protocol (mtbench/protocol.py). "
+)
+
+
 def _notes(group: Group) -> str:
     text = NOTES + (NOTE_OUTSIDE if group.outside_delta_m else "")
+    if not group.scored_jointly:
+        return OLD_PROTOCOL_NOTE + text
     if group.scored_jointly:
         for old, new in JOINT_WORDING.items():
             text = text.replace(old, new)
@@ -1320,17 +1329,21 @@ def render_index(groups: list[Group]) -> str:
         "# mtbench leaderboard",
         "",
         "Generated from the result files under `results/` by `mtbench leaderboard build`. "
-        "Synthetic and real data never share a table.",
+        "Synthetic and real data never share a table, nor do results of different evaluation protocols. "
+        "Tables marked *old protocol* come from results of schema 1–2, scored with stale BatchNorm statistics, "
+        "on the adapted score only, with choices read off the test split: kept for the record, not for verdicts.",
         "",
     ]
-    for group in groups:
+    for group in sorted(groups, key=lambda g: (not g.scored_jointly, g.slug)):
         kind = "synthetic" if group.synthetic else "real"
+        protocol = "evaluation protocol of schema 3" if group.scored_jointly else "*old protocol*"
         title = (
             f"{group.dataset} ({kind}), budget {group.protocol['budget']}, held out: "
             f"{', '.join(group.protocol['unseen']) or 'none'}"
         )
         index.append(
-            f"- [{markdown_text(title)}]({group.slug}.md) — [CSV]({group.slug}.csv), [HTML]({group.slug}.html)"
+            f"- [{markdown_text(title)}]({group.slug}.md) ({protocol}) — [CSV]({group.slug}.csv), "
+            f"[HTML]({group.slug}.html)"
         )
     if not groups:
         index.append("No results published yet.")
