@@ -39,7 +39,7 @@ def sweep(
     `unseen = [...]` and optional `data_root` (relative to the spec), `[methods.NAME]` with
     `option = value` or `option = [grid]` (or `[[methods.NAME]]` for several grids).
 
-    Examples: `mtbench sweep leaderboard/specs/celebamask-plateau.toml --results results`,
+    Examples: `mtbench sweep leaderboard/specs/celebamask-quick-headline.toml --results results`,
     `mtbench sweep SPEC --address HEAD:6379`
     """
     from mtbench.results import default_results_dir
