@@ -1,13 +1,10 @@
-"""The training engine every method uses: data in memory, the step loop, meta-test, evaluation.
+"""The training engine every method uses: data in memory, the step loop, checkpoints, training FLOPs.
 
 A method (see `Method`) owns its model(s) and optimiser(s) and implements ``step``; the engine
 draws batches and episodes, runs the loop with a progress bar, records the history (losses, λ,
-sparsity), then runs the same meta-test protocol for every method:
-
-for every task (seen and held out): start from the trained backbone (``method.model_for(task)``),
-keep its sparsity mask (zero groups stay zero), keep the task's trained head or attach a fresh one
-for a held-out task, fine-tune backbone and head on the task's training split for the budget's
-``finetune_steps``, and evaluate on the test split.
+sparsity, FLOPs of every ``FLOP_COUNT_EVERY``-th logged step) and writes resumable checkpoints. How a
+trained method is scored — BatchNorm recalibration, the joint score, the meta-test, trivial predictors —
+is `mtbench.protocol`, the same for every method.
 """
 
 from __future__ import annotations
