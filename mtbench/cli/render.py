@@ -323,7 +323,8 @@ def print_run(done: Executed, front: dict[str, Any] | None = None) -> None:
                 console.print(f"  {label}: {values[ALL_METRICS]:+.2f} % | {values[PER_TASK]:+.2f} %")
     timings = result.timings
     console.print(
-        f"wall time: training {timings.train_seconds:.1f} s, meta-test {timings.meta_test_seconds:.1f} s, "
+        f"wall time: training {timings.train_seconds:.1f} s, scoring (recalibration, joint, meta-test, trivial) "
+        f"{timings.meta_test_seconds:.1f} s, "
         f"total {timings.total_seconds:.1f} s on {result.environment['device']}"
     )
     console.print(
