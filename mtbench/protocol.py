@@ -236,6 +236,9 @@ def bootstrap_interval(
 ) -> dict[str, tuple[float, float]]:
     """Percentile 95 % interval of each metric over test images: ``resamples`` draws of the blocks with
     replacement (the blocks hold consecutive images of a test split whose images are independent draws)."""
+    if len(blocks) < 2:  # every resample is the whole split: the interval is the value itself
+        values = merged(task, blocks).compute()
+        return {name: (value, value) for name, value in values.items()}
     rng = np.random.default_rng([seed, 61])
     draws = [
         merged(task, [blocks[i] for i in rng.integers(0, len(blocks), len(blocks))]).compute() for _ in range(resamples)

@@ -233,3 +233,13 @@ def test_compute_matched_meta_sparsity_runs_ew_s_training_flops():
     fresh = info.method(info.config(match_ew_flops=True))
     outcome = train(fresh, ctx)
     assert outcome.steps == steps and outcome.history[-1]["step"] == steps - 1
+
+
+def test_a_single_block_has_the_value_itself_as_its_interval():
+    from mtbench.protocol import bootstrap_interval
+
+    task = catalog.task("celebamask", "smiling")
+    block = evaluator_for(task)
+    block.update(torch.tensor([1.0, -1.0, 1.0]), torch.tensor([1.0, 0.0, 0.0]))
+    accuracy = block.compute()["acc"]
+    assert bootstrap_interval(task, [block], seed=0)["acc"] == (accuracy, accuracy)
