@@ -153,14 +153,22 @@ class Recalibration:
 
 @torch.no_grad()
 def recalibrate_batchnorm(
-    model: MultiTaskNet, tasks: Sequence[str], data: TensorSet, ctx: TrainContext, batches: int, batch_size: int
+    model: MultiTaskNet,
+    tasks: Sequence[str],
+    data: TensorSet,
+    ctx: TrainContext,
+    batches: int | None = None,
+    batch_size: int | None = None,
 ) -> Recalibration:
-    """Recompute ``model``'s BatchNorm running statistics over ``batches`` training batches, in place.
+    """Recompute ``model``'s BatchNorm running statistics over ``batches`` training batches of ``batch_size``
+    (default: the budget's ``bn_recalibration_batches`` and ``batch_size``), in place.
 
     The statistics are reset and accumulated as a plain average (``momentum=None``) of the batches' own
     statistics while the network runs in train mode on ``tasks``' heads (every BatchNorm those heads and the
     backbone hold); no gradient, no label. The network is left in eval mode. ``batches=0`` does nothing.
     """
+    batches = ctx.budget.bn_recalibration_batches if batches is None else batches
+    batch_size = ctx.budget.batch_size if batch_size is None else batch_size
     norms = _batchnorms(model)
     if batches <= 0 or not norms:
         return Recalibration(0)
@@ -296,14 +304,10 @@ def trained_networks(method: Method, ctx: TrainContext) -> list[tuple[MultiTaskN
 def recalibrate_trained(method: Method, ctx: TrainContext, load: Load) -> dict[str, Recalibration]:
     """Recalibrate every trained network of ``method`` in place (step 1), on the training images; keyed by the
     tasks each serves (``semseg+normal+edge``)."""
-    budget = ctx.budget
     done = {}
     for model, tasks in trained_networks(method, ctx):
-        key = "+".join(t.name for t in tasks)
-        data = load(tasks[0], "train")
-        done[key] = recalibrate_batchnorm(
-            model, [t.name for t in tasks], data, ctx, budget.bn_recalibration_batches, budget.batch_size
-        )
+        names = [t.name for t in tasks]
+        done["+".join(names)] = recalibrate_batchnorm(model, names, load(tasks[0], "train"), ctx)
     return done
 
 
@@ -364,10 +368,7 @@ def adapt_and_score(method: Method, task: TaskSpec, seen: bool, offset: int, ctx
     train = load(task, "train")
     steps = ctx.budget.finetune_steps if seen else method.held_out_steps(ctx)
     finetune(model, task, train, ctx, seed=ctx.seed * 1000 + 700 + offset, axis=method.sparsity_axis, steps=steps)
-    budget = ctx.budget
-    recalibration = recalibrate_batchnorm(
-        model, [task.name], train, ctx, budget.bn_recalibration_batches, budget.batch_size
-    )
+    recalibration = recalibrate_batchnorm(model, [task.name], train, ctx)
     tuned = time.perf_counter()
     scores = _score(model, task, seen, load, ctx, finetune_seconds=tuned - start, recalibration=recalibration)
     return dataclasses.replace(scores, eval_seconds=time.perf_counter() - tuned)
