@@ -82,33 +82,84 @@ def _task_scores(entry: TaskOutcome, score: str, split: str) -> dict[str, tuple[
     return {n: (values[n], m.higher_is_better, m.in_delta_m) for n, m in entry.metrics.items() if n in values}
 
 
+#: one role's Δm inputs: ``task/metric`` -> (value, higher_is_better, task), metrics in Δm only
+RoleScores = dict[str, tuple[float, bool, str]]
+
+
+def role_scores(result: RunResult, seen: bool, score: str = "adapted", split: str = "test") -> RoleScores | None:
+    """The Δm inputs of one role (seen or held out) of a run under ``score`` (``adapted`` or ``joint``) on
+    ``split`` (``test`` or ``val``); None when the role has no task or a task lacks the score."""
+    out: RoleScores = {}
+    for task, entry in result.tasks.items():
+        if entry.seen is not seen:
+            continue
+        mine = _task_scores(entry, score, split)
+        if mine is None:
+            return None
+        for name, (value, up, counted) in mine.items():
+            if counted:
+                out[f"{task}/{name}"] = (value, up, task)
+    return out or None
+
+
+def mean_scores(runs: list[RoleScores]) -> RoleScores:
+    """The metric-wise mean of several runs' `role_scores` (a fixed reference: stl's mean over seeds).
+
+    Raises:
+        ScoringError: no runs, or runs that do not have the same metrics.
+    """
+    if not runs:
+        raise ScoringError("no runs to average", expected="at least one reference run", found="none")
+    names = set(runs[0])
+    for run in runs[1:]:
+        if set(run) != names:
+            raise ScoringError(
+                "reference runs differ in their metrics",
+                expected=", ".join(sorted(names)),
+                found=", ".join(sorted(set(run))),
+            )
+    return {
+        name: (sum(run[name][0] for run in runs) / len(runs), runs[0][name][1], runs[0][name][2])
+        for name in sorted(names)
+    }
+
+
+def delta_against(values: RoleScores, reference: RoleScores) -> dict[str, float]:
+    """Δm in both conventions of `role_scores` against a reference's (a run's, or a `mean_scores`).
+
+    Raises:
+        ScoringError: a metric on one side only, or a zero reference value.
+    """
+    missing = sorted(set(values) ^ set(reference))
+    if missing:
+        task = missing[0].split("/")[0]
+        raise ScoringError(
+            f"reference lacks {missing[0]!r}" if missing[0] in values else f"run lacks {missing[0]!r}",
+            expected="the same tasks and metrics on both sides",
+            found=f"task {task!r} differs",
+        )
+    higher = {k: v[1] for k, v in values.items()}
+    groups = {k: v[2] for k, v in values.items()}
+    mine = {k: v[0] for k, v in values.items()}
+    theirs = {k: v[0] for k, v in reference.items()}
+    return {ALL_METRICS: delta_m(mine, theirs, higher), PER_TASK: delta_m(mine, theirs, higher, groups)}
+
+
 def role_delta(
     result: RunResult, reference: RunResult, seen: bool, score: str = "adapted", split: str = "test"
 ) -> dict[str, float] | None:
     """Δm in both conventions of the tasks of one role (seen or held out), under ``score`` (``adapted`` or
     ``joint``) on ``split`` (``test`` or ``val``); None when the role has no task or a side lacks the score."""
-    values, ref, higher, groups = {}, {}, {}, {}
     for task, entry in result.tasks.items():
-        if entry.seen is not seen:
-            continue
-        if task not in reference.tasks:
+        if entry.seen is seen and task not in reference.tasks:
             raise ScoringError(
                 f"reference run lacks task {task!r}", expected="the same tasks", found=", ".join(reference.tasks)
             )
-        mine, theirs = _task_scores(entry, score, split), _task_scores(reference.tasks[task], score, split)
-        if mine is None or theirs is None:
-            return None
-        for name, (value, up, counted) in mine.items():
-            if not counted:
-                continue
-            key = f"{task}/{name}"
-            values[key] = value
-            ref[key] = theirs[name][0]
-            higher[key] = up
-            groups[key] = task
-    if not values:
+    values = role_scores(result, seen, score, split)
+    theirs = role_scores(reference, seen, score, split)
+    if values is None or theirs is None:
         return None
-    return {ALL_METRICS: delta_m(values, ref, higher), PER_TASK: delta_m(values, ref, higher, groups)}
+    return delta_against(values, {k: v for k, v in theirs.items() if k in values})  # extra reference metrics: unused
 
 
 def run_delta_m(result: RunResult, reference: RunResult) -> DeltaM:

@@ -25,12 +25,20 @@ differences the seeds resolve; it is not a strict order. Methods sharing a rank 
 written with an equals sign, e.g. ``2=``. A method without an interval (one seed, or a blank mean) gets
 no rank and does not count in the others' ranks. If j is better than i, everything better than j is
 also better than i, so rank_j < rank_i: sorting by rank never puts a resolved worse method first.
+
+**Paired comparison.** Seeds share the data order, the episodes and the reference, so two methods are compared
+by their per-seed differences d_s = a_s − b_s over the seeds both have: the interval is the t interval above of
+the d_s (n − 1 degrees of freedom), and the *wins* count the seeds with d_s > 0. Variation that the seeds
+share (a hard seed for every method) cancels in d_s, so a paired interval can exclude 0 where two unpaired
+intervals overlap. **Paired rank**: rank_i = 1 + #{ j : the paired interval of a_j − a_i lies entirely above
+0 }, ties marked as above; a pair with fewer than 2 common seeds is not compared. There is no correction for
+the number of pairs: each pair is one 95 % test.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 LEVEL = 0.95  # the confidence level used throughout the leaderboard
@@ -208,12 +216,69 @@ def tie_aware_ranks(
     return [None if position is None else Rank(position, counts[position] > 1) for position in positions]
 
 
+@dataclass(frozen=True)
+class Paired:
+    """The paired comparison of a with b: the interval of the per-seed differences a_s − b_s and the wins."""
+
+    interval: Interval
+    wins: int  # seeds with a_s > b_s
+
+    @property
+    def n(self) -> int:
+        return self.interval.n
+
+    @property
+    def separates(self) -> bool:
+        """Whether the interval excludes 0 (needs ≥ 2 seeds)."""
+        low, high = self.interval.low, self.interval.high
+        return low is not None and high is not None and (low > 0 or high < 0)
+
+
+def paired_comparison(a: Mapping[int, float], b: Mapping[int, float], level: float = LEVEL) -> Paired | None:
+    """a − b paired by seed over the seeds both have (see the module docstring); None without a common seed."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        return None
+    differences = [a[seed] - b[seed] for seed in common]
+    return Paired(confidence_interval(differences, level), sum(d > 0 for d in differences))
+
+
+def paired_ranks(series: Sequence[Mapping[int, float] | None], *, higher_is_better: bool = True) -> list[Rank | None]:
+    """The paired rank of each per-seed series (see the module docstring); None for a missing or one-seed series.
+
+    rank_i = 1 + the number of series j whose paired interval of (j − i) lies entirely on the better side of 0.
+    """
+    sign = 1.0 if higher_is_better else -1.0
+    usable = [s is not None and len(s) >= 2 for s in series]
+    positions: list[int | None] = []
+    for i, mine in enumerate(series):
+        if not usable[i]:
+            positions.append(None)
+            continue
+        better = 0
+        for j, other in enumerate(series):
+            if j == i or not usable[j]:
+                continue
+            paired = paired_comparison(other, mine)
+            if paired is not None and paired.separates and sign * paired.interval.mean > 0:
+                better += 1
+        positions.append(1 + better)
+    counts: dict[int, int] = {}
+    for position in positions:
+        if position is not None:
+            counts[position] = counts.get(position, 0) + 1
+    return [None if p is None else Rank(p, counts[p] > 1) for p in positions]
+
+
 __all__ = [
     "LEVEL",
     "Interval",
+    "Paired",
     "Rank",
     "confidence_interval",
     "mean",
+    "paired_comparison",
+    "paired_ranks",
     "regularized_incomplete_beta",
     "sample_std",
     "t_cdf",

@@ -116,3 +116,24 @@ def test_attribute_f1_is_declared_outside_delta_m():
     metrics = {m.name: m for m in catalog.task("celebamask", "smiling").metrics}
     assert not metrics["f1"].in_delta_m and metrics["acc"].in_delta_m and metrics["balancedAcc"].in_delta_m
     assert all(m.in_delta_m for m in catalog.task("nyuv2", "semseg").metrics)
+
+
+def test_fixed_reference_is_the_metric_wise_mean_of_the_reference_runs():
+    from mtbench.scoring import ALL_METRICS, delta_against, mean_scores
+
+    # two stl seeds: mIoU 0.4 and 0.6 (mean 0.5), absErr 1.0 and 3.0 (mean 2.0)
+    stl = [
+        {"semseg/mIoU": (0.4, True, "semseg"), "depth/absErr": (1.0, False, "depth")},
+        {"semseg/mIoU": (0.6, True, "semseg"), "depth/absErr": (3.0, False, "depth")},
+    ]
+    reference = mean_scores(stl)
+    assert reference["semseg/mIoU"][0] == pytest.approx(0.5) and reference["depth/absErr"][0] == pytest.approx(2.0)
+    run = {"semseg/mIoU": (0.55, True, "semseg"), "depth/absErr": (1.5, False, "depth")}
+    # by hand: (+10 % + 25 %) / 2 = 17.5 %
+    assert delta_against(run, reference)[ALL_METRICS] == pytest.approx(17.5)
+    # a reference run as Δm's input against the fixed reference: the stl row gets a real spread
+    assert [delta_against(r, reference)[ALL_METRICS] for r in stl] == pytest.approx([-10.0 + 25.0, 10.0 - 25.0])
+    with pytest.raises(ScoringError, match="differ"):
+        mean_scores([stl[0], {"semseg/mIoU": (0.4, True, "semseg")}])
+    with pytest.raises(ScoringError, match="lacks"):
+        delta_against(run, {"semseg/mIoU": (0.5, True, "semseg")})

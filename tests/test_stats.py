@@ -10,6 +10,8 @@ from mtbench.stats import (
     Rank,
     confidence_interval,
     mean,
+    paired_comparison,
+    paired_ranks,
     regularized_incomplete_beta,
     sample_std,
     t_cdf,
@@ -109,3 +111,40 @@ def test_missing_intervals_get_no_rank_and_do_not_count():
     assert tie_aware_ranks([]) == []
     with pytest.raises(ValueError):
         tie_aware_ranks([(2.0, 1.0)])
+
+
+def test_paired_interval_by_hand():
+    # a − b per seed: 1, 2, 3 (seed 9 only in a: left out) -> mean 2, s 1, t_{0.975,2} 4.302653 / √3 = 2.484138
+    a = {0: 11.0, 1: 22.0, 2: 33.0, 9: 100.0}
+    b = {0: 10.0, 1: 20.0, 2: 30.0}
+    paired = paired_comparison(a, b)
+    assert paired.n == 3 and paired.wins == 3
+    assert paired.interval.mean == pytest.approx(2.0)
+    assert paired.interval.half_width == pytest.approx(2.484138, abs=1e-6)
+    assert not paired.separates  # the interval [-0.48, 4.48] holds 0
+    assert paired_comparison({0: 1.0}, {1: 1.0}) is None
+
+
+def test_pairing_separates_what_unpaired_intervals_cannot():
+    # a shared seed effect (seed 2 is hard for both) swamps the unpaired intervals; a is better on every seed
+    # by 1.0 ± 0.1, which the paired differences resolve
+    seed_effect = [0.0, 5.0, -8.0, 3.0, -2.0]
+    gap = [1.0, 1.1, 0.9, 1.05, 0.95]
+    a = {s: 50.0 + e + g for s, (e, g) in enumerate(zip(seed_effect, gap))}
+    b = {s: 50.0 + e for s, e in enumerate(seed_effect)}
+    unpaired = [confidence_interval(list(v.values())) for v in (a, b)]
+    assert unpaired[0].low < unpaired[1].high  # the 95 % intervals overlap: tie_aware_ranks calls it a tie
+    assert [r.text for r in tie_aware_ranks([(i.low, i.high) for i in unpaired])] == ["1=", "1="]
+    paired = paired_comparison(a, b)
+    assert paired.separates and paired.wins == 5
+    assert paired.interval.mean == pytest.approx(1.0)
+    assert [r.text for r in paired_ranks([a, b])] == ["1", "2"]
+    assert [r.text for r in paired_ranks([b, a], higher_is_better=False)] == ["1", "2"]
+
+
+def test_paired_ranks_mark_ties_and_skip_missing_series():
+    a = {0: 1.0, 1: 2.0, 2: 3.0}
+    b = {0: 1.5, 1: 1.5, 2: 3.5}  # differences to a straddle 0: a tie
+    c = {0: -5.0, 1: -4.0, 2: -3.1}  # worse than both on every seed by a steady margin
+    ranks = paired_ranks([a, b, None, c, {0: 9.0}])
+    assert [None if r is None else r.text for r in ranks] == ["1=", "1=", None, "3", None]
