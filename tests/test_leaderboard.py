@@ -106,22 +106,41 @@ def test_means_stds_delta_m_and_blanks(tmp_path):
     assert ew.seeds == [0, 1]
     assert ew.metrics[("semseg", "mIoU")].mean == pytest.approx(0.445)
     assert ew.metrics[("semseg", "mIoU")].std == pytest.approx(0.0070710678)
-    # Δm seen per seed: (0.44 − 0.40)/0.40 = +10 %, (0.45 − 0.50)/0.50 = −10 % -> mean 0
-    assert ew.delta_seen.mean == pytest.approx(0.0)
+    # the fixed reference is stl's mean over seeds: mIoU 0.45, absErr 1.0
+    # Δm seen per seed: (0.44 − 0.45)/0.45 = −2.22 %, (0.45 − 0.45)/0.45 = 0 -> mean −1.11
+    assert ew.delta_seen.by_seed == {0: pytest.approx(-2.2222222), 1: pytest.approx(0.0)}
     # Δm held out (absErr ↓): −(0.9 − 1)/1 = +10 %, −(0.8 − 1)/1 = +20 %
     assert ew.delta_unseen.mean == pytest.approx(15.0)
-    # meta-sparsity has seed 2, for which no stl exists: Δm blank, not averaged over seed 0 alone
-    assert table["meta-sparsity"].delta_seen.mean is None and table["meta-sparsity"].delta_seen.text() == ""
+    # stl's own row has a real spread: −11.1 and +11.1
+    assert table["stl"].delta_seen.values == [pytest.approx(-11.111111), pytest.approx(11.111111)]
+    assert table["stl"].delta_seen.half_width > 0
+    # meta-sparsity's seed 2 has no stl run, but the fixed reference exists: (0.40, 0.30 vs 0.45)
+    assert table["meta-sparsity"].delta_seen.mean == pytest.approx((-11.111111 - 33.333333) / 2)
     assert table["meta-sparsity"].sparsity.mean == pytest.approx(60.0)
     assert table["meta-sparsity"].params.mean == pytest.approx((500 + 300) / 2)
     assert table["meta-sparsity"].gflops.mean == pytest.approx((1.0 + 0.6) / 2)
+    assert table["meta-sparsity"].flops_pct.mean == pytest.approx(40.0)
     assert table["meta-sparsity"].layers == [("stem.0", pytest.approx((50 + 75) / 2))]
-    # a method missing a metric gets a blank cell for it; a single seed has no Δm interval, hence no rank
+    # a method missing a metric gets a blank cell for it; a single seed has no interval, hence no rank
     assert table["partial"].rank is None and table["partial"].metrics[("depth", "absErr")].mean is None
-    assert table["meta-sparsity"].rank is None  # Δm seen blank
-    # ew: Δm seen +10 / −10, its CI contains stl's [0, 0]: both rank 1, tied
-    assert table["ew"].rank_text == "1=" and table["stl"].rank_text == "1="
+    # ew against stl, paired: +8.9 and −11.1 -> the interval holds 0: tied; meta-sparsity shares one seed with
+    # either, so no pair with it is resolved
+    assert {m: table[m].rank_text for m in ("ew", "stl", "meta-sparsity")} == dict.fromkeys(
+        ("ew", "stl", "meta-sparsity"), "1="
+    )
+    assert table["stl"].vs_ew.interval.mean == pytest.approx((-11.111111 + 2.2222222 + 11.111111) / 2)
+    assert table["stl"].vs_ew.wins == 1 and table["ew"].vs_ew is None
     assert table["stl"].metrics[("semseg", "mIoU")].mean == pytest.approx(0.45)
+
+    # the per-seed reference (build --reference per-seed): stl of the same seed, as earlier tables
+    (paired,) = collect(results, reference="per-seed")
+    table = {row.method: row for row in rows(paired)}
+    # (0.44 − 0.40)/0.40 = +10 %, (0.45 − 0.50)/0.50 = −10 % -> mean 0
+    assert table["ew"].delta_seen.mean == pytest.approx(0.0)
+    assert table["stl"].delta_seen.values == [0.0, 0.0]
+    # meta-sparsity has seed 2, for which no stl exists: Δm blank, not averaged over seed 0 alone
+    assert table["meta-sparsity"].delta_seen.mean is None and table["meta-sparsity"].delta_seen.text() == ""
+    assert "stl's run of the same seed" in render_markdown(paired)
 
 
 def test_synthetic_and_real_never_share_a_table(tmp_path):
@@ -163,9 +182,10 @@ def _tie_payloads() -> list[dict]:
     """stl and three 3-seed methods with Δm seen 10/20/30 (a), 0/10/20 (b), −60/−50/−40 (c), one 1-seed (d).
 
     Δm seen = (mIoU − 0.40) / 0.40 · 100 against stl's 0.40. The 95 % CI half-width of each 3-seed method is
-    t_{0.975,2} · 10 / √3 = 24.84: a [−4.84, 44.84], b [−14.84, 34.84] and stl [0, 0] overlap one another;
-    c [−74.84, −25.16] lies entirely below all three. So a, b, stl rank 1=, c ranks 4; d (one seed) has no
-    interval and no rank.
+    t_{0.975,2} · 10 / √3 = 24.84: a [−4.84, 44.84], b [−14.84, 34.84] and stl [0, 0] overlap one another,
+    the old unpaired rule's tie. Paired by seed, a − b is +10 on every seed (interval [10, 10]): b ranks below
+    a; a − stl (10, 20, 30) and b − stl (0, 10, 20) hold 0 in their intervals; c is below all three on every
+    seed. So a and stl rank 1=, b 2, c 4; d (one seed) has no interval and no rank.
     """
     payloads = []
     for seed in range(3):
@@ -196,13 +216,14 @@ def test_table_shows_confidence_intervals_n_and_tied_ranks(tmp_path):
     table = {row.method: row for row in rows(group)}
     assert table["a"].delta_seen.mean == pytest.approx(20.0)
     assert table["a"].delta_seen.half_width == pytest.approx(half, abs=1e-5)
-    assert [table[m].rank_text for m in ("a", "b", "stl", "c", "d")] == ["1=", "1=", "1=", "4", ""]
-    assert [row.method for row in rows(group)] == ["a", "b", "stl", "c", "d"]  # by rank, then mean Δm seen
+    assert [table[m].rank_text for m in ("a", "b", "stl", "c", "d")] == ["1=", "2", "1=", "4", ""]
+    assert [row.method for row in rows(group)] == ["a", "stl", "b", "c", "d"]  # by rank, then mean Δm seen
 
     markdown = render_markdown(group)
     cells = _markdown_rows(markdown)
     assert list(cells["a"])[:3] == ["rank", "method", "n"]
-    assert cells["a"]["rank"] == "1=" and cells["b"]["rank"] == "1=" and cells["stl"]["rank"] == "1="
+    assert cells["a"]["rank"] == "1=" and cells["b"]["rank"] == "2" and cells["stl"]["rank"] == "1="
+    # the paired difference to ew: absent here (no ew); a − b paired is shown through the rank
     assert cells["c"]["rank"] == "4" and cells["d"]["rank"] == ""
     assert cells["a"]["n"] == "3" and cells["d"]["n"] == "1"
     assert cells["a"]["Δm seen % ↑"] == f"20.00 ± {half:.2f}" == "20.00 ± 24.84"
@@ -295,8 +316,13 @@ def test_committed_pages_render_in_headless_chromium(tmp_path):
         main_table = dom[dom.index('id="leaderboard"') :]
         main_table = main_table[: main_table.index("</table>")]
         assert main_table.count("<tr>") == len(records) + 1, page.name  # header + one row per variant
-        plottable = [r for r in records if r["group_sparsity_pct"] != "" and r["delta_m_seen"] != ""]
-        assert dom.count('class="point"') == len(plottable) >= 1, page.name  # one point per plottable variant
+        primary = "delta_m_joint" if "delta_m_joint" in records[0] else "delta_m_seen"
+        plottable = [r for r in records if r["flops_pct"] != "" and r[primary] != "" and r["group_sparsity_pct"] != ""]
+        plot = dom[dom.index('<svg id="plot"') :]
+        plot = plot[: plot.index("</svg>")]
+        assert plot.count('class="point"') == len(plottable) >= 1, page.name  # one point per plottable variant
+        seeds = sum(int(r[f"{primary}_n"]) for r in plottable)
+        assert plot.count('class="seed"') == seeds, page.name  # and one dot per seed behind it
         assert 'class="layer"' in dom, page.name
 
 
@@ -394,13 +420,13 @@ def test_pages_sort_and_are_styled_opened_from_the_folder_and_served(tmp_path, s
         + [_payload("ew", seed, 0.44 + 0.02 * seed, 0.9, sparsity=0.3) for seed in (0, 1)]
         + [_payload("mgda", seed, 0.30 + 0.03 * seed, 1.2) for seed in (0, 1)]
         + [_payload("single", 0, 0.41, 1.0)]  # one seed: no rank, but a Δm seen to sort by
-        + [_payload("orphan", 5, 0.50, 1.0)],  # no stl run of seed 5: Δm seen blank, sorted last
+        + [_payload("orphan", 5, 0.50, 1.0)],  # no stl run of seed 5: per seed, Δm seen blank, sorted last
     )
     board = tmp_path / "board"
-    page = next(p for p in build(results, board) if p.suffix == ".html")
+    page = next(p for p in build(results, board, reference="per-seed") if p.suffix == ".html")
     probe_page = board / "sort-probe.html"
     probe_page.write_text(page.read_text().replace("</body>", SORT_PROBE + "</body>"))
-    (group,) = collect(results)
+    (group,) = collect(results, reference="per-seed")
     methods = [row.method for row in rows(group)]
     deltas = {row.method: row.delta_seen.mean for row in rows(group)}
     for where, target in (("file", probe_page), ("http", served(board) + probe_page.name)):
@@ -503,27 +529,42 @@ def test_front_table_difference_matches_hand_computation(tmp_path):
     assert front_delta_at(front, 50.0, "seen") == pytest.approx(-20.0)
     assert front_delta_at(front, 50.0, "unseen") == pytest.approx(-25.0)
     comparisons = {c.row.method: c for c in front_comparisons(table)}
-    assert set(comparisons) == {"meta-sparsity", "ew", "mgda", "stl"}  # every non-fixed-λ variant with a sparsity
+    assert set(comparisons) == {"meta-sparsity", "ew", "mgda", "stl"}  # every non-fixed-λ variant with a cost
+    # paired, per seed, against the seed's own front at the seed's own cost (group sparsity; FLOPs and params
+    # are 100 % − sparsity here, so every axis gives the same differences):
+    #   seed 0: front (10 %, -2.5) – (60 %, -25) at 50 %: -2.5 + 40/50 · (-22.5) = -20.5 -> +10.5
+    #   seed 1: front (30 %, -7.5) – (60 %, -25) at 50 %: -7.5 + 20/30 · (-17.5) = -19.1667 -> +9.1667
+    differences = [10.5, -10.0 + 7.5 + 17.5 * 20 / 30]
+    mean = sum(differences) / 2
+    half = 12.706205 * abs(differences[0] - differences[1]) / math.sqrt(2) / math.sqrt(2)  # t_{0.975,1} · s / √2
     meta = comparisons["meta-sparsity"]
-    assert meta.difference_seen == pytest.approx(10.0) and meta.difference_unseen == pytest.approx(5.0)
-    assert comparisons["ew"].front_seen is None and comparisons["ew"].difference_seen is None  # 0 % < 20 %
+    for axis in ("flops", "params", "groups"):
+        assert meta.on_axis[axis].interval.mean == pytest.approx(mean)
+        assert meta.on_axis[axis].interval.half_width == pytest.approx(half, rel=1e-5)
+        assert meta.on_axis[axis].wins == 2
+    #   held out: seed 0 -5 + 0.8 · (-25) = -25, seed 1 -15 + 2/3 · (-15) = -25; meta-sparsity -20: +5 on both
+    assert meta.unseen.interval.mean == pytest.approx(5.0) and meta.unseen.interval.half_width == pytest.approx(0.0)
+    assert comparisons["ew"].on_axis["flops"] is None  # 100 % of the dense FLOPs: outside every seed's front
     markdown = render_markdown(group)
     section = markdown[markdown.index("### Against the fixed-λ front") :]
     line = next(line for line in section.splitlines() if line.startswith("| meta-sparsity |"))
+    paired = f"+{mean:.2f} ± {half:.2f} (2/2) \\*"
     assert [cell.strip() for cell in line.strip("|").split("|")] == [
         "meta-sparsity",
         "2",
         "50.0 ± 0.0",
+        "50.0 ± 0.0",
+        "50.0 ± 0.0",
         "-10.00 ± 0.00",
-        "-20.00",
-        "+10.00",
+        paired,
+        paired,
+        paired,
         "-20.00 ± 0.00",
-        "-25.00",
-        "+5.00",
+        "+5.00 ± 0.00 (2/2) \\*",
     ]
     ew_line = next(line for line in section.splitlines() if line.startswith("| ew |"))
-    assert ew_line.split("|")[5].strip() == "" and ew_line.split("|")[6].strip() == ""
-    assert "positive difference = better than fixed-λ at equal sparsity" in section.lower()
+    assert ew_line.split("|")[7].strip() == "" and ew_line.split("|")[8].strip() == ""
+    assert "positive = better than fixed-λ at the same cost" in section.lower()
     assert 'id="front"' in render_html(group)
 
 
@@ -576,11 +617,14 @@ def test_plot_labels_sparse_methods_and_the_front_but_not_dense_ones(tmp_path):
     variants = {row.method for row in rows(group)}
     assert {text for text in texts if text in variants} == {"meta-sparsity", "ew"}  # no mgda, no stl
     svg = page[page.index('<svg id="plot"') : page.index("</svg>")]
-    assert svg.count('class="point"') == 6  # every variant with a sparsity and a Δm seen
-    assert svg.count('data-family="dense"') == 3 and svg.count('data-family="front"') == 2
-    assert "<title>mgda: Δm +5.00 %" in svg  # dense points keep a tooltip
+    assert svg.count('class="point"') == 6  # every variant with a cost and a Δm seen
+    assert svg.count('class="point" data-family="dense"') == 3 and svg.count('class="point" data-family="front"') == 2
+    assert svg.count('class="seed"') == 12  # every seed of every variant, behind the means
+    assert "<title>mgda, seed 1: Δm +5.00 %, FLOPs % 100.0</title>" in svg
+    assert "<title>mgda: Δm +5.00 % (seeds +5.0, +5.0)" in svg  # dense points keep a tooltip
     assert 'class="front"' in svg  # the polyline through the front
-    assert "95 % CI" in svg and "std" not in svg  # the error bars are labelled as 95 % CIs
+    assert "compact FLOPs (% of the dense network" in svg  # the default axis is what a user pays
+    assert 'id="plot-groups"' in page  # group sparsity: the secondary view
     caption = page[page.index('<figcaption class="dense-methods">') :]
     caption = caption[: caption.index("</figcaption>")]
     # sorted by Δm seen, best first: ew +10, mgda +5, stl 0
@@ -648,20 +692,22 @@ def test_schema_3_tables_rank_on_joint_and_show_the_protocol_checks(tmp_path):
     (group,) = collect(_store(tmp_path / "r", payloads))
     assert group.scored_jointly
     table = {row.method: row for row in rows(group)}
-    # Δm joint of ew per seed: +10, −10, 0 -> mean 0; adapted (+0.02 each) differs
-    assert table["ew"].delta_joint.mean == pytest.approx(0.0)
+    # Δm joint of ew per seed against stl's mean joint mIoU 0.45: −2.22, 0, 0; adapted (+0.02 each) differs
+    assert table["ew"].delta_joint.mean == pytest.approx(-2.2222222 / 3)
     assert table["ew"].delta_seen.mean != pytest.approx(0.0)
     assert table["meta-sparsity"].dead == [0, 1, 0]
     assert table["meta-sparsity"].primary is table["meta-sparsity"].delta_joint
     markdown = render_markdown(group)
-    assert "Δm joint % ↑" in markdown and "Rank (on Δm joint)" in markdown and "0 1 0" in markdown
+    assert "Δm joint % ↑" in markdown and "Rank (on Δm joint, paired)" in markdown and "0 1 0" in markdown
     assert "training FLOPs × ew" in markdown and "| 1.60 |" in markdown  # 3.2e12 / 2e12
     # the trivial check: stl's held-out absErr 0.61 ± 0.025 beats the trivial 0.66 by more than its interval
     assert "| depth (held out) | absErr ↓ | 0.6600 |" in markdown and markdown.count("| yes |") == 2
     # the choice on validation: fixed-λ 0.01 (Δm joint on validation higher), its test Δm joint reported
     assert "The validation split chooses fixed-lambda (lam=0.01)" in markdown
     assert "| semseg | mIoU | 0 | 0.4400 | 0.4300 – 0.4600 (± 0.0150) |" in markdown
-    assert "| variant | n | group sparsity % | Δm joint % | front Δm joint % | difference joint |" in markdown
+    header = "| variant | n | FLOPs % | params % | group sparsity % | Δm joint % | − front at matched FLOPs % |"
+    assert header in markdown
+    assert "| Δm joint − ew (paired) |" in markdown
     assert "delta_m_joint" in render_csv(group).splitlines()[0]
     page = render_html(group)
     assert 'id="trivial"' in page and 'id="sampling"' in page

@@ -251,7 +251,7 @@ def test_markdown_escapes_what_comes_from_results(tmp_path):
 
 
 def test_assets_are_replaced_with_the_tables_and_written_before_them_without_the_swap(board, monkeypatch):
-    from mtbench import leaderboard
+    from mtbench.leaderboard import files as leaderboard
     from mtbench.data import io as data_io
 
     (board / "leaderboard.js").write_text("stale")  # e.g. an older version: the build owns and replaces it

@@ -22,6 +22,13 @@ def leaderboard_build(
         Path | None, typer.Option(help="Result files to tabulate (default: leaderboard/results).")
     ] = None,
     out: LeaderboardDir = Path("leaderboard"),
+    reference: Annotated[
+        str,
+        typer.Option(
+            help="Δm's reference: `fixed` (stl's metrics averaged over its seeds, what is published) or "
+            "`per-seed` (stl's run of the same seed; its noise enters every row). Named in each table's notes."
+        ),
+    ] = "fixed",
 ) -> None:
     """Regenerate the Markdown, CSV and HTML tables, one per data set and protocol.
 
@@ -30,11 +37,12 @@ def leaderboard_build(
     or added by hand is refused. On any error nothing changes. The new tables replace the old ones in one
     atomic swap: the folder holds the complete old set or the complete new set, even if interrupted.
 
-    Example: `mtbench leaderboard build`
+    Examples: `mtbench leaderboard build`; the per-seed reference into another folder:
+    `mtbench leaderboard build --results leaderboard/results --out /tmp/per-seed --reference per-seed`
     """
     from mtbench.leaderboard import build
 
-    written = build(results or out / "results", out)
+    written = build(results or out / "results", out, reference=reference)
     console.print(f"wrote {len(written)} files under {out}/ (index: {out / 'README.md'})")
 
 
