@@ -25,6 +25,7 @@ from mtbench.leaderboard import (
     front_delta_at,
     front_rows,
     interpolate_front,
+    matched_points,
     render_csv,
     render_html,
     render_markdown,
@@ -711,3 +712,27 @@ def test_schema_3_tables_rank_on_joint_and_show_the_protocol_checks(tmp_path):
     assert "delta_m_joint" in render_csv(group).splitlines()[0]
     page = render_html(group)
     assert 'id="trivial"' in page and 'id="sampling"' in page
+
+
+def test_matched_cost_points_pair_a_family_with_each_seeds_front(tmp_path):
+    """prune at 20 % and 60 % group sparsity (Δm −5 and −15 on both seeds) against the front of
+    `_front_payloads` at 50 %: prune −5 + 30/40 · (−10) = −12.5; the fronts −20.5 (seed 0) and −19.1667
+    (seed 1) -> +8.0 and +6.6667, paired."""
+    payloads = _front_payloads()
+    for seed in (0, 1):
+        payloads.append(_payload("prune", seed, 0.38, 1.0, sparsity=0.2, overrides={"sparsity": "0.2"}))
+        payloads.append(_payload("prune", seed, 0.34, 1.0, sparsity=0.6, overrides={"sparsity": "0.6"}))
+    (group,) = collect(_store(tmp_path / "r", payloads))
+    points = {(m.family, m.axis.name, m.point): m for m in matched_points(rows(group))}
+    half = 12.706205 * abs(8.0 - 20 / 3) / 2  # t_{0.975,1} · s / √2 with s = |d0 − d1| / √2
+    for axis in ("groups", "flops", "params"):  # FLOPs and params are 100 % − sparsity here
+        point = points[("prune (sparsity)", axis, 50)]
+        assert point.family_delta.values == [pytest.approx(-12.5)] * 2
+        assert point.difference.interval.mean == pytest.approx((8.0 + 20 / 3) / 2)
+        assert point.difference.interval.half_width == pytest.approx(half, rel=1e-5)
+    # 75 % of the FLOPs = 25 % sparsity: only seed 0's front (10–60 %) reaches it: −6.25 − (−9.25) = +3.0
+    single = points[("prune (sparsity)", "flops", 75)]
+    assert single.difference.n == 1 and single.difference.interval.mean == pytest.approx(3.0)
+    assert ("prune (sparsity)", "flops", 25) not in points  # 75 % sparsity: beyond prune's curve
+    assert not any(family.startswith("meta-sparsity") for family, _, _ in points)  # one variant: no curve
+    assert "### Method families against the front at fixed cost points" in render_markdown(group)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from mtbench.leaderboard.front import AXES, DEFAULT_AXIS, FrontComparison, MatchedPoint
-from mtbench.leaderboard.model import COMPARE_WITH, Cell, Group, Row
+from mtbench.leaderboard.model import COMPARE_WITH, Cell, Group, Row, signed
 from mtbench.stats import Paired
 
 T = TypeVar("T")
@@ -85,7 +85,7 @@ def paired_text(paired: Paired | None, digits: int = 2) -> str:
     interval = paired.interval
     spread = "" if interval.half_width is None else f" ± {interval.half_width:.{digits}f}"
     mark = " *" if paired.separates else ""
-    return f"{interval.mean:+.{digits}f}{spread} ({paired.wins}/{paired.n}){mark}"
+    return f"{signed(interval.mean, digits)}{spread} ({paired.wins}/{paired.n}){mark}"
 
 
 def paired_column(header: str | None, name: str, get: Callable[[T], Paired | None]) -> Column[T]:

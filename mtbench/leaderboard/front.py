@@ -146,17 +146,31 @@ class MatchedPoint:
     difference: Paired | None  # family minus front, per seed
 
 
+def _numeric_option(row: Row) -> str | None:
+    """The name of the row's one --set option if it is a number (prune's ``sparsity``), else None."""
+    if len(row.options) != 1:
+        return None
+    (name, value), = row.options.items()
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return None
+    return name
+
+
 def matched_points(table: list[Row]) -> list[MatchedPoint]:
-    """Each non-front family with ≥ 2 variants, against the front at the axes' fixed points, paired by seed.
+    """Each family against the front at the axes' fixed points, paired by seed. A family: ≥ 2 variants of one
+    method (not the front's) that differ in one numeric option only, e.g. prune at three sparsities.
 
     Per seed both curves are interpolated linearly between their variants at the point; a seed where either
-    curve does not span the point is left out (and the count n shows it).
+    curve does not span the point is left out (and the count n shows it); a point no seed reaches is not listed.
     """
     front = front_rows(table)
     families: dict[str, list[Row]] = {}
     for row in table:
-        if row.base != FRONT_METHOD and row.flops_pct.mean is not None:
-            families.setdefault(row.base, []).append(row)
+        option = _numeric_option(row)
+        if row.base != FRONT_METHOD and option is not None and row.flops_pct.mean is not None:
+            families.setdefault(f"{row.base} ({option})", []).append(row)
     out = []
     for family, members in sorted(families.items()):
         if len(members) < 2 or len(front) < 2:
@@ -173,5 +187,6 @@ def matched_points(table: list[Row]) -> list[MatchedPoint]:
                     own.values.append(mine)
                     own.seeds.append(seed)
                     differences.append(mine - theirs)
-                out.append(MatchedPoint(family, axis, point, own, _paired(differences)))
+                if differences:  # a point no seed's curves reach is left out
+                    out.append(MatchedPoint(family, axis, point, own, _paired(differences)))
     return out

@@ -300,6 +300,7 @@ class Row:
     flops_pct: Cell = field(default_factory=lambda: Cell([]))  # compact FLOPs, % of the dense network's
     params_pct: Cell = field(default_factory=lambda: Cell([]))  # compact parameters, % of the dense network's
     vs_ew: Paired | None = None  # paired difference of the primary Δm to ew's
+    options: dict[str, Any] = field(default_factory=dict)  # the --set options every seed shares (the label's)
 
     @property
     def primary(self) -> Cell:
@@ -329,6 +330,12 @@ def fixed(value: float, digits: int) -> str:
     """``value`` with ``digits`` decimals, without the sign of a value that rounds to zero (``-0.00``)."""
     text = f"{value:.{digits}f}"
     return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def signed(value: float, digits: int) -> str:
+    """``value`` with its sign and ``digits`` decimals; ``+0.00`` for a value that rounds to zero."""
+    text = f"{value:+.{digits}f}"
+    return "+" + text[1:] if float(text) == 0 else text
 
 
 def significant(value: float, digits: int = 2) -> str:
@@ -414,6 +421,7 @@ def rows(group: Group) -> list[Row]:
                 lam_end=_seed_cell(seeds, lambda r: lambda_summary(r.lam.end)),
                 flops_pct=_seed_cell(seeds, lambda r: _ratio(r, "flops")),
                 params_pct=_seed_cell(seeds, lambda r: _ratio(r, "params")),
+                options=dict(set.intersection(*(set(r.overrides.items()) for r in seeds.values()))),
                 **extra,
             )
         )

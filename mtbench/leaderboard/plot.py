@@ -7,7 +7,7 @@ import html
 import math
 
 from mtbench.leaderboard.front import AXES, Axis, front_rows
-from mtbench.leaderboard.model import DENSE_BELOW_PCT, FRONT_METHOD, SPARSE_FAMILY, Row, significant
+from mtbench.leaderboard.model import DENSE_BELOW_PCT, FRONT_METHOD, SPARSE_FAMILY, Row, signed, significant
 
 PLOT_COLOURS = {"front": "#d95f02", "sparse": "#1f77b4", "dense": "#9a9a9a"}
 
@@ -121,7 +121,7 @@ def scatter_svg(table: list[Row], axis: Axis, plot_id: str = "plot") -> str:
             parts.append(
                 f'<circle class="seed" data-family="{family}" cx="{sx(cost[seed]):.1f}" cy="{sy(delta[seed]):.1f}" '
                 f'r="2.5" fill="{PLOT_COLOURS[family]}" opacity="0.35"><title>{html.escape(row.method)}, seed {seed}: '
-                f"Δm {delta[seed]:+.2f} %, {html.escape(axis.short)} {cost[seed]:.1f}</title></circle>"
+                f"Δm {signed(delta[seed], 2)} %, {html.escape(axis.short)} {cost[seed]:.1f}</title></circle>"
             )
     colour = PLOT_COLOURS["front"]
     if len(front) >= 2:
@@ -133,11 +133,11 @@ def scatter_svg(table: list[Row], axis: Axis, plot_id: str = "plot") -> str:
         x, y = sx(axis.cell(row).mean), sy(row.primary.mean)
         radius = {"front": 4.5, "sparse": 5, "dense": 3}[family]
         lam = f", λ {row.lam_text}" if row.lam_text else ""
-        seeds = ", ".join(f"{v:+.1f}" for v in row.primary.values)
+        seeds = ", ".join(signed(v, 1) for v in row.primary.values)
         parts.append(
             f'<circle class="point" data-family="{family}" cx="{x:.1f}" cy="{y:.1f}" r="{radius}" '
             f'fill="{PLOT_COLOURS[family]}" stroke="#fff" stroke-width="1"><title>{html.escape(row.method)}: '
-            f"Δm {row.primary.mean:+.2f} % (seeds {seeds}), {html.escape(axis.short)} "
+            f"Δm {signed(row.primary.mean, 2)} % (seeds {seeds}), {html.escape(axis.short)} "
             f"{axis.cell(row).mean:.1f}{html.escape(lam)}</title></circle>"
         )
         if family == "front":
@@ -179,7 +179,7 @@ def _dense_caption(plotted: list[tuple[Row, str]]) -> str:
     dense = sorted((row for row, family in plotted if family == "dense"), key=lambda r: (-r.primary.mean, r.method))
     if not dense:
         return ""
-    listed = ", ".join(f"{row.method} {row.primary.mean:+.2f}" for row in dense)
+    listed = ", ".join(f"{row.method} {signed(row.primary.mean, 2)}" for row in dense)
     return (
         f'<figcaption class="dense-methods">Dense methods (grey, group sparsity &lt; {DENSE_BELOW_PCT:g} %), '
         f"Δm {dense[0].primary_name} %: {html.escape(listed)}</figcaption>"

@@ -111,10 +111,11 @@ FRONT_NOTE = (
 )
 MATCHED_TITLE = "Method families against the front at fixed cost points"
 MATCHED_NOTE = (
-    "A family with several variants (e.g. prune at three sparsities) traces its own curve per seed; at each "
+    "A family: the variants of one method that differ in one numeric option (e.g. prune at three sparsities); it "
+    "traces its own curve per seed; at each "
     "fixed point both curves are interpolated linearly between their variants, and the family − front "
     "difference is paired by seed (mean ± 95 % t interval, wins/seeds, * where it excludes 0). A seed where "
-    "either curve does not reach the point is left out; blank where no seed does."
+    "either curve does not reach the point is left out, and a point no seed reaches is not listed."
 )
 TRIVIAL_TITLE = "Does each task measure something? Trivial predictor against stl and ew"
 TRIVIAL_NOTE = (
