@@ -736,3 +736,16 @@ def test_matched_cost_points_pair_a_family_with_each_seeds_front(tmp_path):
     assert ("prune (sparsity)", "flops", 25) not in points  # 75 % sparsity: beyond prune's curve
     assert not any(family.startswith("meta-sparsity") for family, _, _ in points)  # one variant: no curve
     assert "### Method families against the front at fixed cost points" in render_markdown(group)
+
+
+def test_split_values_show_the_seeds_range():
+    from mtbench.leaderboard import Cell
+
+    assert Cell([0.0, 0.0, 26.3, 26.3, 0.0]).split_values  # two clusters: the gap is the whole range
+    assert Cell([-20.0, -25.0, -30.0, -257.0, -130.0]).split_values  # two outliers, far beyond 3 MADs
+    assert not Cell([10.0, 20.0, 30.0]).split_values  # evenly spread
+    assert not Cell([1.0, 1.3, 0.8, 1.1, 0.9]).split_values
+    assert not Cell([1.0, 5.0]).split_values  # too few seeds to tell
+    # s = 14.405, t_{0.975,4} · s / √5 = 17.89
+    assert Cell([0.0, 0.0, 0.0, 26.3, 26.3]).text_with_range(1) == "10.5 ± 17.9 (seeds 0.0 … 26.3)"
+    assert Cell([10.0, 20.0, 30.0]).text_with_range(1) == Cell([10.0, 20.0, 30.0]).text(1)

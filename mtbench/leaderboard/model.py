@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -81,15 +82,19 @@ class Cell:
 
     @property
     def split_values(self) -> bool:
-        """Whether the seeds' values are bimodal or hold an outlier, so that a t interval misdescribes them:
-        with n ≥ 3, the widest gap between neighbouring sorted values is more than 2/3 of their range (evenly
-        spread values have gaps of 1/(n − 1) of it; two clusters, or one value far from the rest, have one gap
-        that is nearly all of it)."""
+        """Whether the seeds' values are bimodal or hold outliers, so that a t interval misdescribes them.
+
+        With n ≥ 3 values: the widest gap between neighbouring sorted values is more than 2/3 of their range
+        (evenly spread values have gaps of 1/(n − 1) of it; two clusters have one gap that is nearly all of it),
+        or a value lies more than 3 scaled median absolute deviations (1.4826 · MAD, the normal σ) from the
+        median (one or two values far from the rest)."""
         values = sorted(self.values)
         if not self.complete or len(values) < 3 or values[-1] == values[0]:
             return False
         widest = max(b - a for a, b in zip(values, values[1:]))
-        return widest > 2 / 3 * (values[-1] - values[0])
+        median = statistics.median(values)
+        mad = statistics.median(abs(v - median) for v in values)
+        return widest > 2 / 3 * (values[-1] - values[0]) or any(abs(v - median) > 3 * 1.4826 * mad for v in values)
 
     def text(self, digits: int = 4) -> str:
         """``mean ± 95 % CI half-width``; the mean alone with one seed (no interval); blank without a mean."""
