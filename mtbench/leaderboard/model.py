@@ -86,15 +86,16 @@ class Cell:
 
         With n ≥ 3 values: the widest gap between neighbouring sorted values is more than 2/3 of their range
         (evenly spread values have gaps of 1/(n − 1) of it; two clusters have one gap that is nearly all of it),
-        or a value lies more than 3 scaled median absolute deviations (1.4826 · MAD, the normal σ) from the
-        median (one or two values far from the rest)."""
+        or a value lies more than 5 scaled median absolute deviations (1.4826 · MAD, the normal σ) from the
+        median (one or two values far from the rest; 5 rather than the usual 3 because the MAD of 5 seeds is
+        itself noisy, and 3 flagged plain spread)."""
         values = sorted(self.values)
         if not self.complete or len(values) < 3 or values[-1] == values[0]:
             return False
         widest = max(b - a for a, b in zip(values, values[1:]))
         median = statistics.median(values)
         mad = statistics.median(abs(v - median) for v in values)
-        return widest > 2 / 3 * (values[-1] - values[0]) or any(abs(v - median) > 3 * 1.4826 * mad for v in values)
+        return widest > 2 / 3 * (values[-1] - values[0]) or any(abs(v - median) > 5 * 1.4826 * mad for v in values)
 
     def text(self, digits: int = 4) -> str:
         """``mean ± 95 % CI half-width``; the mean alone with one seed (no interval); blank without a mean."""

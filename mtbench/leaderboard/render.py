@@ -72,7 +72,7 @@ def notes(group: Group, table: list[Row]) -> str:
         "Every value is mean ± the half-width of the 95 % confidence interval of the mean over seeds: t · s / √n "
         "with s the sample std and t the 0.975 quantile of Student's t with n − 1 degrees of freedom (2.78 for "
         "n = 5). A single seed shows its value alone. Where the seeds' values are split — bimodal (the widest gap "
-        "between neighbouring values is more than 2/3 of their range) or with outliers (a value more than 3 scaled "
+        "between neighbouring values is more than 2/3 of their range) or with outliers (a value more than 5 scaled "
         "median absolute deviations from the median) — the seeds' min … max follows in brackets, because a t "
         f"interval misdescribes them. Δm: all-metric average against {REFERENCE} "
         f"({group.reference.description}), positive = better than stl (the Nash-MTL/CAGrad papers report −Δm). "
