@@ -1112,15 +1112,21 @@ def _account(run_dir: Path, result: RunResult, notice: Notice | None) -> dict[st
 
 
 def front_at(result: RunResult, results_dir: Path) -> dict[str, Any] | None:
-    """The stored fixed-λ front of this run's data set and protocol, read at this run's sparsity.
+    """The stored fixed-λ front of this run's data set and protocol, read at this run's cost: its compact FLOPs
+    as % of the dense network's where the run has them (what a user pays), else its group sparsity.
 
-    Returns ``{"sparsity_pct", "seen", "unseen", "variants"}`` (Δm of the front, interpolated between the
+    Returns ``{"axis", "at", "score", "seen", "unseen", "variants"}`` (score: ``joint`` or ``seen``) (Δm of the front, interpolated between the
     fixed-λ variants' means over seeds), or None when fewer than two fixed-λ variants are stored or the
-    run's sparsity is outside the front.
+    run's cost is outside the front.
     """
     from mtbench import leaderboard
 
-    if result.sparsity is None or result.sparsity.group_sparsity is None:
+    flops = (result.inference or {}).get("flops") or {}
+    if flops.get("dense"):
+        axis, at = "flops", 100.0 * flops["compact"] / flops["dense"]
+    elif result.sparsity is not None and result.sparsity.group_sparsity is not None:
+        axis, at = "groups", 100.0 * result.sparsity.group_sparsity
+    else:
         return None
     signature = result.signature()
     for group in leaderboard.collect(results_dir):
@@ -1128,12 +1134,11 @@ def front_at(result: RunResult, results_dir: Path) -> dict[str, Any] | None:
         if sample.signature() != signature:
             continue
         front = leaderboard.front_rows(leaderboard.rows(group))
-        pct = 100 * result.sparsity.group_sparsity
-        seen = leaderboard.front_delta_at(front, pct, "seen")
+        seen = leaderboard.front_delta_at(front, at, "seen", axis)
         if len(front) < 2 or seen is None:
             return None
-        return {"sparsity_pct": pct, "seen": seen, "unseen": leaderboard.front_delta_at(front, pct, "unseen"),
-                "variants": len(front)}
+        return {"axis": leaderboard.AXES[axis].label, "at": at, "score": front[0].primary_name, "seen": seen,
+                "unseen": leaderboard.front_delta_at(front, at, "unseen", axis), "variants": len(front)}
     return None
 
 

@@ -299,8 +299,9 @@ def print_run(done: Executed, front: dict[str, Any] | None = None) -> None:
     if front is not None:
         unseen = "" if front["unseen"] is None else f", held-out {front['unseen']:+.2f} %"
         console.print(
-            f"fixed-λ front at {front['sparsity_pct']:.1f} % sparsity ({front['variants']} stored λ values): "
-            f"Δm seen {front['seen']:+.2f} %{unseen} — compare with this run's Δm below"
+            f"fixed-λ front at {front['at']:.1f} on {front['axis']} ({front['variants']} stored λ values): "
+            f"Δm {front['score']} {front['seen']:+.2f} %{unseen} against stl's mean over seeds — compare with this "
+            "run's Δm below"
         )
     delta = result.delta_m
     if delta and delta.unavailable:

@@ -69,14 +69,16 @@ def delta_cell(row: Row, role: str) -> Cell:
     return row.primary if role == "seen" else row.delta_unseen
 
 
-def front_delta_at(front: list[Row], sparsity_pct: float, role: str) -> float | None:
-    """The mean front's Δm (``role`` "seen" or "unseen" = held-out) at a group sparsity; None where undefined."""
+def front_delta_at(front: list[Row], x: float, role: str, axis: str = "groups") -> float | None:
+    """The front of means' Δm (``role`` "seen" or "unseen" = held-out) at ``x`` on ``axis`` (a name of `AXES`:
+    group sparsity by default); None where undefined."""
+    cost = AXES[axis].cell
     points = [
-        (row.sparsity.mean, delta_cell(row, role).mean)
+        (cost(row).mean, delta_cell(row, role).mean)
         for row in front
-        if row.sparsity.mean is not None and delta_cell(row, role).mean is not None
+        if cost(row).mean is not None and delta_cell(row, role).mean is not None
     ]
-    return interpolate_front(points, sparsity_pct)
+    return interpolate_front(points, x)
 
 
 def seed_points(rows_: Iterable[Row], axis: Axis, seed: int, role: str) -> list[tuple[float, float]]:
