@@ -9,6 +9,7 @@ from torch import Tensor
 from mtbench.aggregators import cagrad
 from mtbench.methods import MethodInfo
 from mtbench.mtl import MTLMethod, assign_gradient, backward_heads, shared_parameters, task_gradients
+from mtbench.options import bounded
 from mtbench.training import TrainContext
 
 
@@ -19,7 +20,7 @@ class CAGradConfig:
     rescale: divide the update by 1 + c² (the default of the authors' code).
     """
 
-    c: float = 0.5
+    c: float = bounded(0.5, at_least=0)
     rescale: bool = True
 
 

@@ -13,6 +13,7 @@ from torch import Tensor
 from mtbench import sparsity
 from mtbench.methods import MethodInfo
 from mtbench.mtl import MTLMethod
+from mtbench.options import bounded
 from mtbench.training import TrainContext
 
 
@@ -24,8 +25,8 @@ class DWAConfig:
         1 uses the previous two steps' losses).
     """
 
-    temperature: float = 2.0
-    window: int = 1
+    temperature: float = bounded(2.0, above=0)
+    window: int = bounded(1, at_least=1)
 
 
 def dwa_weights(history: Sequence[Sequence[float]], window: int, temperature: float) -> np.ndarray:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from mtbench.methods import MethodInfo
 from mtbench.mtl import MTLMethod
+from mtbench.options import bounded
 from mtbench.training import TrainContext
 
 
@@ -23,10 +24,10 @@ class FAMOConfig:
     eps: the offset of the log losses, log(L_k − L_k* + ε), with the minimum losses L_k* = 0.
     """
 
-    logit_lr: float = 0.025
-    weight_decay: float = 1e-3
+    logit_lr: float = bounded(0.025, above=0)
+    weight_decay: float = bounded(1e-3, at_least=0)
     optimizer: Literal["adam", "sgd"] = "adam"
-    eps: float = 1e-8
+    eps: float = bounded(1e-8, above=0)
 
 
 def famo_loss_weights(losses: Tensor, z: Tensor, eps: float) -> Tensor:

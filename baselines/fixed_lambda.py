@@ -8,6 +8,7 @@ import torch
 
 from mtbench.methods import MethodInfo
 from mtbench.mtl import MTLMethod
+from mtbench.options import bounded
 from mtbench.sparsity import ProximalAdam, ProxOptions, sparse_param_groups
 from mtbench.training import TrainContext
 
@@ -23,7 +24,7 @@ class FixedLambdaConfig(ProxOptions):
     axis / prox / bias_correction: see `mtbench.sparsity.ProxOptions`.
     """
 
-    lam: float = 1e-2
+    lam: float = bounded(1e-2, above=0)  # λ = 0 would be ew, λ < 0 a reward for large weights
 
 
 class FixedLambda(MTLMethod):

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from mtbench.methods import MethodInfo
 from mtbench.mtl import MTLMethod
+from mtbench.options import bounded
 from mtbench.sparsity import shared_conv_weights
 from mtbench.training import TrainContext
 
@@ -24,10 +25,10 @@ class GradNormConfig:
     min_weight: floor applied to the weights before renormalising (keeps them positive).
     """
 
-    alpha: float = 1.5
-    weight_lr_scale: float = 1.0
+    alpha: float = bounded(1.5, at_least=0)
+    weight_lr_scale: float = bounded(1.0, above=0)
     layer: str = ""
-    min_weight: float = 1e-3
+    min_weight: float = bounded(1e-3, at_least=0)
 
 
 def last_shared_conv(model: nn.Module, name: str = "") -> tuple[str, nn.Parameter]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from mtbench.meta import EpisodicMetaLearner, MetaConfig
 from mtbench.methods import MethodInfo
+from mtbench.options import bounded
 
 
 @dataclass
@@ -13,7 +14,7 @@ class MetaDenseConfig(MetaConfig):
     """`MetaConfig` with no penalty and no prox step."""
 
     learn_lambda: bool = False
-    lam_init: float = 0.0
+    lam_init: float = bounded(0.0, at_least=0)
 
 
 class MetaDense(EpisodicMetaLearner):

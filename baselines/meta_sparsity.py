@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from mtbench.meta import EpisodicMetaLearner, MetaConfig
 from mtbench.methods import MethodInfo
+from mtbench.options import bounded
 
 
 @dataclass
@@ -17,7 +18,7 @@ class MetaSparsityConfig(MetaConfig):
     """
 
     learn_lambda: bool = True
-    lam_init: float = 1e-2
+    lam_init: float = bounded(1e-2, above=0)  # λ = 0 is meta-dense
 
 
 class MetaSparsity(EpisodicMetaLearner):

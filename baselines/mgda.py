@@ -12,6 +12,7 @@ from torch import Tensor
 from mtbench.aggregators import min_norm_weights
 from mtbench.methods import MethodInfo
 from mtbench.mtl import MTLMethod, assign_gradient, backward_heads, shared_parameters, task_gradients
+from mtbench.options import bounded
 from mtbench.training import TrainContext
 
 
@@ -30,7 +31,7 @@ class MGDAConfig:
 
     upper_bound: bool = True
     scale_by_tasks: bool = True
-    max_iter: int = 1000
+    max_iter: int = bounded(1000, at_least=1)
 
 
 class MGDA(MTLMethod):

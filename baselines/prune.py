@@ -9,6 +9,7 @@ import torch
 
 from mtbench.methods import MethodInfo
 from mtbench.mtl import MTLMethod
+from mtbench.options import bounded
 from mtbench.sparsity import lowest_norm_masks, shared_conv_weights
 from mtbench.training import TrainContext, apply_masks
 
@@ -25,8 +26,8 @@ class PruneConfig:
     axis: group axis, ``in`` (input channels) or ``out``.
     """
 
-    sparsity: float = 0.5
-    prune_at: float = 0.5
+    sparsity: float = bounded(0.5, at_least=0, below=1)
+    prune_at: float = bounded(0.5, at_least=0, at_most=1)
     scope: Literal["global", "layer"] = "global"
     axis: Literal["in", "out"] = "in"
 

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from mtbench.episodes import Episode
+from mtbench.options import bounded
 from mtbench.sparsity import (
     ProximalAdam,
     ProxOptions,
@@ -95,19 +96,19 @@ class MetaConfig(ProxOptions):
         axis / prox / bias_correction: see `mtbench.sparsity.ProxOptions`.
     """
 
-    inner_steps: int = 1
-    inner_lr: float = 0.05
+    inner_steps: int = bounded(1, at_least=1)
+    inner_lr: float = bounded(0.05, above=0)  # 0 makes the meta-gradient of λ zero
     first_order: bool = True
     learn_lambda: bool = True
-    lam_init: float = 1e-3
-    rho_lr: float = 0.05
+    lam_init: float = bounded(1e-3, at_least=0)
+    rho_lr: float = bounded(0.05, above=0)
     per_layer: bool = False
     combinations: Literal["subsets", "all", "single"] = "subsets"
     query_split: Literal["meta-val", "train"] = "meta-val"
-    meta_val_fraction: float = 0.2
+    meta_val_fraction: float = bounded(0.2, above=0, below=1)
     lam_path: Literal["penalty", "prox"] = "penalty"
     hypergradient: Literal["maml", "online"] = "maml"
-    horizon: int = 100
+    horizon: int = bounded(100, at_least=1)
     match_ew_flops: bool = False
 
 

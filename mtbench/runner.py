@@ -38,6 +38,7 @@ from mtbench.data.reader import SYNTH_MANIFEST, Reader
 from mtbench.episodes import TaskView
 from mtbench.errors import ConfigError, DatasetNotFoundError, OutputError, ResultFileError, UnknownNameError
 from mtbench.methods import MethodInfo, methods
+from mtbench.options import check_config
 from mtbench.plots import lambda_chart, sparsity_chart
 from mtbench.presets import Budget
 from mtbench.presets import budget as get_budget
@@ -125,6 +126,9 @@ class RunRequest:
     compile: bool = False
     #: BatchNorm recalibration batches before every evaluation (None: the budget's; 0: none, the ablation).
     bn_batches: int | None = None
+    #: CPU threads of torch for this run (None: torch's default, all cores). A seed's numbers depend on it; the
+    #: published tables use 1.
+    threads: int | None = None
     #: How the splits are held: ``memory`` (compact tensors), ``stream`` (read batch by batch through DataLoader
     #: workers) or ``auto`` (stream when the in-memory estimate exceeds ``memory_budget_gib``); see
     #: `mtbench.streaming.choose_data_path`. Either path gives the same numbers.
@@ -206,7 +210,48 @@ def build_config(config_cls: type, overrides: dict[str, str]) -> Any:
                 "fields of the config dataclass in the method's file",
             )
         values[key] = _parse_value(key, text, hints[key])
-    return config_cls(**values)
+    config = config_cls(**values)
+    check_config(config)  # finite, and inside each option's declared range (`mtbench.options.bounded`)
+    return config
+
+
+PUBLISHED_THREADS = 1  # the CPU thread count of every published result
+
+
+def apply_threads(threads: int | None, notice: Notice | None = None) -> int:
+    """Set torch's CPU thread count (None: keep its default) and say when it differs from the published tables'.
+
+    Returns the thread count the run uses.
+    """
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ConfigError(
+                "--threads must be a positive integer", expected="1, 2, …", found=repr(threads),
+                fix=f"pass --threads {PUBLISHED_THREADS} to reproduce the published tables",
+            )
+        torch.set_num_threads(threads)
+    used = torch.get_num_threads()
+    if used != PUBLISHED_THREADS and notice is not None:
+        notice(
+            f"this run uses {used} CPU threads; the published tables use {PUBLISHED_THREADS}, and a seed's last "
+            f"digits depend on the count: --threads {PUBLISHED_THREADS} reproduces them exactly"
+        )
+    return used
+
+
+#: every seeded generator of a run (Python's, numpy's legacy RandomState, torch's) accepts a seed in [0, 2³²)
+SEED_LIMIT = 2**32
+
+
+def check_seed(seed: Any) -> None:
+    """Refuse a seed that some seeded generator of a run would reject, before anything is loaded or trained."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(
+            f"seed {seed!r} is out of range",
+            expected=f"an integer with 0 ≤ seed < 2^32 ({SEED_LIMIT:,})",
+            found=repr(seed),
+            fix="pass --seed 0, 1, 2, … (the published tables use 0–4)",
+        )
 
 
 def parse_set(items: Sequence[str]) -> dict[str, str]:
@@ -655,6 +700,8 @@ def plan(request: RunRequest, notice: Notice | None = None) -> RunPlan:
     holding what ``--dataset`` names.
     """
     budget = get_budget(request.budget)
+    check_seed(request.seed)
+    apply_threads(request.threads, notice)
     if request.bn_batches is not None:
         if request.bn_batches < 0:
             raise ConfigError("--bn-batches must not be negative", expected="0 (no recalibration) or more",
@@ -1115,9 +1162,9 @@ def front_at(result: RunResult, results_dir: Path) -> dict[str, Any] | None:
     """The stored fixed-λ front of this run's data set and protocol, read at this run's cost: its compact FLOPs
     as % of the dense network's where the run has them (what a user pays), else its group sparsity.
 
-    Returns ``{"axis", "at", "score", "seen", "unseen", "variants"}`` (score: ``joint`` or ``seen``) (Δm of the front, interpolated between the
-    fixed-λ variants' means over seeds), or None when fewer than two fixed-λ variants are stored or the
-    run's cost is outside the front.
+    Returns ``{"axis", "at", "score", "seen", "unseen", "variants"}`` (score: ``joint`` or ``seen``; Δm of the
+    front, interpolated between the fixed-λ variants' means over seeds), or None when fewer than two fixed-λ
+    variants are stored or the run's cost is outside the front.
     """
     from mtbench import leaderboard
 

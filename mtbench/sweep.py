@@ -70,7 +70,7 @@ from mtbench.presets import BUDGETS
 from mtbench.presets import budget as get_budget
 from mtbench.result import REFERENCE_METHOD, Protocol, RunResult
 from mtbench.results import load_results, store
-from mtbench.runner import build_config, parse_set, resolve_data, task_of
+from mtbench.runner import SEED_LIMIT, build_config, parse_set, resolve_data, task_of
 from mtbench.streaming import DATA_MODES, check_data_options
 
 if sys.version_info >= (3, 11):
@@ -344,8 +344,10 @@ def load_spec(path: str | Path) -> SweepSpec:
             "seeds", "not a non-empty list of seeds", expected="e.g. seeds = [0, 1, 2]", found=_kind(seeds)
         )
     for index, seed in enumerate(seeds):
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise check.fail(f"seeds[{index}]", "not a seed", expected="an integer ≥ 0", found=_kind(seed))
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
+            raise check.fail(
+                f"seeds[{index}]", "not a seed", expected="an integer with 0 ≤ seed < 2^32", found=_kind(seed)
+            )
     check.unique(seeds, "seeds")
     tables = data["datasets"]
     if not isinstance(tables, list) or not tables:

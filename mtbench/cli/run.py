@@ -77,6 +77,15 @@ def run(
             "protocol: runs with another count never share a table.",
         ),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            help="CPU threads of torch (default: all cores). The published tables use 1, and a seed's numbers "
+            "depend on the count: --threads 1 reproduces them exactly. Recorded in the result.",
+            show_default=False,
+        ),
+    ] = None,
     data_mode: Annotated[
         str,
         typer.Option(
@@ -120,6 +129,7 @@ def run(
     `mtbench run fixed-lambda --unseen depth --set lam=0.5`,
     `mtbench run meta-sparsity --dataset celebamask-synth --unseen smiling --budget smoke`,
     `mtbench run meta-sparsity --unseen depth --dry-run`,
+    `mtbench run ew --unseen depth --seed 3 --threads 1` (a published table's cell, to the last digit),
     `mtbench run ew --dataset celebamask --unseen smiling --budget paper --data stream --workers 8`
     """
     from mtbench.results import default_results_dir
@@ -143,6 +153,7 @@ def run(
         deterministic=deterministic,
         compile=compile_,
         bn_batches=bn_batches,
+        threads=threads,
         data_mode=data_mode,
         memory_budget_gib=memory_budget,
         loader_workers=workers,
