@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
@@ -76,6 +77,7 @@ def store(result: RunResult, results_dir: Path) -> tuple[Path, bool]:
     schema computed) is replaced too, so a configuration and seed never count twice.
     """
     path = result_path(results_dir, result)
+    require_finite(result, path)
     older = [
         other
         for other in path.parent.glob(f"{result.method.name}--seed{result.seed}--*.json")
@@ -86,6 +88,32 @@ def store(result: RunResult, results_dir: Path) -> tuple[Path, bool]:
     for other in older:
         other.unlink(missing_ok=True)
     return path, replaced
+
+
+def non_finite_fields(value: Any, where: str = "") -> list[str]:
+    """The JSON paths (``tasks/depth/metrics/absErr/value``) of every NaN or infinite number in ``value``."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [f"{where} = {value}"]
+    if isinstance(value, dict):
+        return [hit for key, item in value.items() for hit in non_finite_fields(item, f"{where}/{key}".lstrip("/"))]
+    if isinstance(value, (list, tuple)):
+        return [hit for i, item in enumerate(value) for hit in non_finite_fields(item, f"{where}[{i}]")]
+    return []
+
+
+def require_finite(result: RunResult, path: Path) -> None:
+    """Refuse a result holding a NaN or an infinity anywhere (a metric, Δm, an option, the history): no such
+    result enters a store, where a table would average it."""
+    bad = non_finite_fields(result.to_json())
+    if bad:
+        raise ResultFileError(
+            path,
+            f"the result of {result.method.name} seed {result.seed} has {len(bad)} non-finite number(s); not stored",
+            expected="finite metrics, Δm, options and history",
+            found=", ".join(bad[:5]) + (" …" if len(bad) > 5 else ""),
+            fix="the run's own folder keeps its result.json to inspect; a NaN metric usually means diverged "
+            "training or corrupted data (`mtbench data verify`)",
+        )
 
 
 def _same_configuration(path: Path, result: RunResult) -> bool:

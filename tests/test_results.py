@@ -125,3 +125,25 @@ def test_strict_loading_names_a_broken_file_and_find_reference_skips_it(tmp_path
     assert find_reference(tmp_path, signature, 1) is None  # broken counts as absent: the run retrains it
     with pytest.raises(ResultFileError, match="results folder not found"):
         list(load_results(tmp_path / "missing"))
+
+
+def test_a_result_with_a_non_finite_number_never_enters_the_store(tmp_path):
+    from test_leaderboard import _payload
+
+    from mtbench.errors import ResultFileError
+    from mtbench.result import RunResult
+    from mtbench.results import store
+
+    good = RunResult.from_json(_payload("ew", 0, 0.40, 1.0))
+    path, _ = store(good, tmp_path)
+    before = path.read_bytes()
+    for where, value in (("depth", float("nan")), ("semseg", float("inf"))):
+        # a run builds its result in memory (reading one refuses NaN already): spoil a metric of such a result
+        result = RunResult.from_json(_payload("ew", 0, 0.40, 1.0))
+        metric = "absErr" if where == "depth" else "mIoU"
+        object.__setattr__(result.tasks[where].metrics[metric], "value", value)
+        with pytest.raises(ResultFileError, match="non-finite") as caught:
+            store(result, tmp_path)
+        assert f"tasks/{where}/metrics/{metric}/value = {value}" in caught.value.found
+    assert path.read_bytes() == before  # the stored run of that configuration and seed is untouched
+    assert sorted(p.name for p in tmp_path.rglob("*.json")) == [path.name]
