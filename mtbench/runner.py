@@ -720,6 +720,10 @@ def plan(request: RunRequest, notice: Notice | None = None) -> RunPlan:
     info: MethodInfo = methods(request.plugins).get(request.method)
     config = build_config(info.config, request.overrides)
     spec, data = choose_data(request.dataset, request.data_root, budget, notice)
+    # the store paths this run (and its stl reference) will write, checked now rather than after training:
+    # a data-set folder in the store that is a link leading elsewhere is refused here
+    for name in (info.name, REFERENCE_METHOD):
+        key_path(results_dir, spec.name, name, request.seed, "0" * 16)
     seen, held_out = plan_tasks(spec, request.tasks, request.unseen)
     return RunPlan(
         request=request,

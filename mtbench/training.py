@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mtbench.data.io import atomic_write_bytes
 from mtbench.episodes import Episode, EpisodeSampler, TaskView, meta_validation_split
-from mtbench.errors import ConfigError, MtbenchError
+from mtbench.errors import ConfigError, MtbenchError, OutputError
 from mtbench.losses import task_loss
 from mtbench.models import MultiTaskNet, init_seeded
 from mtbench.presets import Budget
@@ -810,11 +810,48 @@ _CHECKPOINT_PICKLE = types.ModuleType("mtbench_checkpoint_pickle")  # what torch
 _CHECKPOINT_PICKLE.Pickler = _CheckpointPickler  # type: ignore[attr-defined]
 
 
-def write_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
-    """Save ``state`` to ``path`` atomically: a reader (a resumed run) sees the old file or the new, never half."""
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGINT) during training, saying where training stood and how to resume.
+
+    A `KeyboardInterrupt`, so code that stops on one still stops; its message is for the user.
+    """
+
+    def __init__(self, step: int, steps: int, saved: int | None, checkpoint: Path | None) -> None:
+        self.step, self.steps, self.saved, self.checkpoint = step, steps, saved, checkpoint
+        if checkpoint is None:
+            where = "no checkpoint is written in this mode; the run starts over when rerun"
+        elif saved:
+            where = f"the checkpoint {checkpoint} holds step {saved}: run the same command to resume from there"
+        else:
+            where = "no checkpoint was written yet: the same command starts over"
+        super().__init__(f"interrupted at step {step} of {steps}; {where} (--fresh starts over)")
+
+
+def write_checkpoint(path: Path, state: Mapping[str, Any], resumes_from: int | None = None) -> None:
+    """Save ``state`` to ``path`` atomically: a reader (a resumed run) sees the old file or the new, never half.
+
+    Raises:
+        OutputError: the file cannot be written (a full disk, a quota, permissions): says how much space it
+            needs and that the previous checkpoint (``resumes_from``: its step) is intact.
+    """
     buffer = io.BytesIO()
     torch.save(dict(state), buffer, pickle_module=_CHECKPOINT_PICKLE)
-    atomic_write_bytes(path, buffer.getvalue())
+    data = buffer.getvalue()
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as error:
+        kept = (
+            f"the previous checkpoint (step {resumes_from}) is intact"
+            if resumes_from
+            else "no earlier checkpoint exists"
+        )
+        raise OutputError(
+            f"cannot write the training checkpoint {path}: {error.strerror or error}",
+            expected=f"{len(data) / 2**20:.1f} MiB of free space beside it, and write permission",
+            found=f"{type(error).__name__} [errno {error.errno}] {error.strerror or error}",
+            fix=f"free space on that disk (or pass --out on another one); {kept}, and the same command resumes "
+            "from it — nothing in the results store was changed",
+        ) from None
 
 
 def train(
@@ -878,39 +915,46 @@ def train(
         lam_start = method.lam()
         steps = method.train_steps(ctx)
     start = time.perf_counter()
-    for step in range(first, steps):
-        counted = step % (FLOP_COUNT_EVERY * ctx.budget.log_every) == 0
-        with FlopCounterMode(display=False) if counted else contextlib.nullcontext() as counter:
-            logged = method.step(ctx, step)  # device tensors: nothing waits for the device between two records
-        if counted or step % ctx.budget.log_every == 0 or step == steps - 1:
-            entry = {
-                "step": step,
-                **{k: float(v) for k, v in logged.items()},  # the host sync, at recorded steps only
-                "group_sparsity": _mean_group_sparsity(method, ctx),
-                **({"flops": float(counter.get_total_flops())} if counted else {}),
-            }
-            lam = method.lam()
-            if lam is not None:
-                entry["lambda"] = lam
-            history.append(entry)
-        done = step + 1
-        if checkpoint is not None and (done % every == 0 or done == steps):
-            write_checkpoint(
-                checkpoint,
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "identity": key,
-                    "next_step": done,
-                    "steps": steps,
-                    "history": history,
-                    "seconds": before + time.perf_counter() - start,
-                    "lam_start": lam_start,
-                    "rng": _rng_states(ctx.device),
-                    "method": method,
-                },
-            )
-        if progress:
-            progress(done, steps, history[-1] if history else {})
+    saved = first if checkpoint is not None else None  # the step the checkpoint on disk resumes from
+    done = first
+    try:
+        for step in range(first, steps):
+            counted = step % (FLOP_COUNT_EVERY * ctx.budget.log_every) == 0
+            with FlopCounterMode(display=False) if counted else contextlib.nullcontext() as counter:
+                logged = method.step(ctx, step)  # device tensors: nothing waits for the device between two records
+            if counted or step % ctx.budget.log_every == 0 or step == steps - 1:
+                entry = {
+                    "step": step,
+                    **{k: float(v) for k, v in logged.items()},  # the host sync, at recorded steps only
+                    "group_sparsity": _mean_group_sparsity(method, ctx),
+                    **({"flops": float(counter.get_total_flops())} if counted else {}),
+                }
+                lam = method.lam()
+                if lam is not None:
+                    entry["lambda"] = lam
+                history.append(entry)
+            done = step + 1
+            if checkpoint is not None and (done % every == 0 or done == steps):
+                write_checkpoint(
+                    checkpoint,
+                    {
+                        "format": CHECKPOINT_FORMAT,
+                        "identity": key,
+                        "next_step": done,
+                        "steps": steps,
+                        "history": history,
+                        "seconds": before + time.perf_counter() - start,
+                        "lam_start": lam_start,
+                        "rng": _rng_states(ctx.device),
+                        "method": method,
+                    },
+                    resumes_from=saved,
+                )
+                saved = done
+            if progress:
+                progress(done, steps, history[-1] if history else {})
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(done, steps, saved, checkpoint) from None
     return TrainOutcome(history, before + time.perf_counter() - start, lam_start, method.lam(), first, steps)
 
 

@@ -10,10 +10,15 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from mtbench import catalog
-from mtbench.cli.render import print_error
+from mtbench.cli.render import print_error, print_interrupted
 from mtbench.errors import ConfigError, MtbenchError
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: what an interruption outside training leaves (mtbench writes every file atomically)
+INTERRUPTED = (
+    "interrupted; every file mtbench writes is replaced atomically, so what was there is intact; a run resumes "
+    "from its last checkpoint when the same command is run again (--fresh starts over)"
+)
 
 PluginsOption = Annotated[
     list[Path] | None,
@@ -33,6 +38,9 @@ def reports_errors(command: F) -> F:
         except MtbenchError as error:
             print_error(error)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt as interrupt:  # Ctrl-C: say what was kept and how to go on, not a traceback
+            print_interrupted(str(interrupt) or INTERRUPTED)
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -26,6 +26,10 @@ def print_error(error: Exception) -> None:
     err_console.print("[bold red]error:[/] " + escape(str(error)), highlight=False)
 
 
+def print_interrupted(text: str) -> None:
+    err_console.print(f"[bold yellow]stopped:[/] {escape(text)}", highlight=False)
+
+
 def print_notice(text: str) -> None:
     err_console.print(f"[yellow]notice:[/] {escape(text)}")
 

@@ -1,0 +1,99 @@
+"""User-facing failures are messages, not tracebacks: an interruption says where training stood and how to
+resume, a full disk says what was kept and how much space is needed, a store folder that leads elsewhere is
+refused before training."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from mtbench.episodes import TaskView
+from mtbench.errors import OutputError, ResultFileError
+from mtbench.methods import methods
+from mtbench.presets import budget
+from mtbench.runner import RunRequest, plan, plan_tasks, resolve_data
+from mtbench.training import TensorSet, TrainContext, TrainingInterrupted, train
+
+TINY = dataclasses.replace(budget("smoke"), name="failure-test", steps=6, log_every=1)
+
+
+def _context(root: Path) -> tuple[Any, TrainContext]:
+    spec, reader = resolve_data(None, root, TINY)
+    seen, held_out = plan_tasks(spec, None, ("depth",))
+    view = TaskView(reader, spec.train_split, seen, held_out)
+    data = TensorSet.load(view.read, min(len(view), 8), [t.target for t in seen], TINY.resolution)
+    return spec, TrainContext(TINY, seen, data, 0, torch.device("cpu"))
+
+
+def _method(ctx: TrainContext) -> Any:
+    info = methods().get("ew")
+    return info.method(info.config())
+
+
+def test_ctrl_c_in_training_says_which_step_the_checkpoint_holds(nyu_mtan, tmp_path):
+    _, ctx = _context(nyu_mtan)
+
+    def progress(done: int, total: int, info: Any = None) -> None:
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted) as caught:
+        train(_method(ctx), ctx, progress, checkpoint=tmp_path / "resume.pt", every=2)
+    assert isinstance(caught.value, KeyboardInterrupt)  # code that stops on Ctrl-C still stops
+    message = str(caught.value)
+    assert "interrupted at step 5 of 6" in message
+    assert f"{tmp_path / 'resume.pt'} holds step 4" in message and "run the same command to resume" in message
+
+
+def test_a_full_disk_at_a_checkpoint_is_a_message_that_keeps_the_previous_one(nyu_mtan, tmp_path, monkeypatch):
+    from mtbench import training
+
+    _, ctx = _context(nyu_mtan)
+    writes = []
+
+    def full_after_first(path: Path, data: bytes) -> None:
+        if writes:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        writes.append(path)
+        path.write_bytes(data)
+
+    monkeypatch.setattr(training, "atomic_write_bytes", full_after_first)
+    with pytest.raises(OutputError) as caught:
+        train(_method(ctx), ctx, checkpoint=tmp_path / "resume.pt", every=2)
+    error = caught.value
+    assert "No space left on device" in str(error) and "MiB of free space" in error.expected
+    assert "the previous checkpoint (step 2) is intact" in error.fix and "resumes" in error.fix
+    assert (tmp_path / "resume.pt").is_file()
+
+
+def test_a_store_folder_that_links_outside_is_refused_before_training(nyu_mtan, tmp_path):
+    store = tmp_path / "results"
+    store.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (store / "nyuv2-synth").symlink_to(elsewhere, target_is_directory=True)
+    request = RunRequest(method="ew", data_root=nyu_mtan, unseen=("depth",), budget="smoke", results=store,
+                         out=tmp_path / "run")
+    with pytest.raises(ResultFileError, match="leads outside"):
+        plan(request)  # checked, loaded and trained nothing
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_cli_turns_ctrl_c_into_a_message_and_exit_130(monkeypatch):
+    from typer.testing import CliRunner
+
+    from mtbench.cli import app
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mtbench.leaderboard.build", interrupted)
+    result = CliRunner().invoke(app, ["leaderboard", "build", "--out", "/nonexistent-mtbench-board"])
+    assert result.exit_code == 130, result.output
+    assert "stopped:" in result.output and "intact" in result.output and "Traceback" not in result.output
