@@ -216,6 +216,7 @@ def build_config(config_cls: type, overrides: dict[str, str]) -> Any:
 
 
 PUBLISHED_THREADS = 1  # the CPU thread count of every published result
+_THREADS_NOTICED: set[int] = set()
 
 
 def apply_threads(threads: int | None, notice: Notice | None = None) -> int:
@@ -231,7 +232,8 @@ def apply_threads(threads: int | None, notice: Notice | None = None) -> int:
             )
         torch.set_num_threads(threads)
     used = torch.get_num_threads()
-    if used != PUBLISHED_THREADS and notice is not None:
+    if used != PUBLISHED_THREADS and notice is not None and used not in _THREADS_NOTICED:
+        _THREADS_NOTICED.add(used)  # once per process (a run plans its stl reference too)
         notice(
             f"this run uses {used} CPU threads; the published tables use {PUBLISHED_THREADS}, and a seed's last "
             f"digits depend on the count: --threads {PUBLISHED_THREADS} reproduces them exactly"
@@ -830,9 +832,11 @@ def reference_for(
                 f"again first ({where}); the new result replaces that file"
             )
         elif notice:
+            networks = len(the_plan.seen) + len(the_plan.held_out)
             notice(
-                f"no {REFERENCE_METHOD} reference for this data set, protocol and seed yet: training it first "
-                f"({where}; stored in {results_dir} and reused by later runs)"
+                f"no {REFERENCE_METHOD} reference for this data set, protocol and seed yet: training it first — "
+                f"{networks} single-task networks of {the_plan.budget.steps} steps each, a cost of the order of "
+                f"this run's own training ({where}; stored in {results_dir} and reused by later runs)"
             )
         reference = execute(
             # the data set is resolved by now: naming it keeps the reference run from repeating notices

@@ -97,3 +97,18 @@ def test_the_cli_turns_ctrl_c_into_a_message_and_exit_130(monkeypatch):
     result = CliRunner().invoke(app, ["leaderboard", "build", "--out", "/nonexistent-mtbench-board"])
     assert result.exit_code == 130, result.output
     assert "stopped:" in result.output and "intact" in result.output and "Traceback" not in result.output
+
+
+def test_progress_on_a_non_terminal_is_a_plain_line_at_a_steady_interval(capsys):
+    from mtbench.cli.progress import plain_progress
+
+    now = [0.0]
+    with plain_progress("training", lambda info: f"loss {info['loss']:.2f}", every=30, clock=lambda: now[0]) as update:
+        for step in range(1, 101):
+            now[0] = step * 1.0  # one step a second
+            update(step, 100, {"loss": 1.0 / step})
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("training:")]
+    # the first update, then every 30 s (steps 31, 61, 91), then the last
+    assert [line.split()[1] for line in lines] == ["1/100", "31/100", "61/100", "91/100", "100/100"]
+    assert "loss 0.03" in lines[1] and "· 1/s ·" in lines[1] and "eta 0:01:09" in lines[1]
+    assert "elapsed 0:01:40" in lines[-1] and "eta" not in lines[-1]

@@ -85,8 +85,10 @@ def test_valid_seeds_pass():
 def test_threads_are_set_checked_and_a_difference_from_the_published_count_is_said():
     import torch
 
+    from mtbench import runner
     from mtbench.runner import apply_threads
 
+    runner._THREADS_NOTICED.clear()
     before = torch.get_num_threads()
     said: list[str] = []
     try:
