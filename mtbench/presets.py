@@ -120,6 +120,20 @@ BUDGETS: dict[str, Budget] = {
 BUDGETS["plateau"] = dataclasses.replace(BUDGETS["quick"], name="plateau", steps=1800, log_every=30)
 BUDGETS["scarce"] = dataclasses.replace(BUDGETS["quick"], name="scarce", max_train_samples=128)
 
+#: one line per budget for `--budget`'s help (a test checks that every budget has one)
+BUDGET_SUMMARIES = {
+    "smoke": "seconds, for tests",
+    "quick": "minutes on a laptop CPU, the default",
+    "plateau": "quick with 3× the steps",
+    "scarce": "quick on 128 training images",
+    "paper": "the paper's dilated ResNet-50, for a GPU",
+}
+
+
+def budget_help() -> str:
+    """``--budget``'s help, from `BUDGETS` and `BUDGET_SUMMARIES`."""
+    return "; ".join(f"{name} ({BUDGET_SUMMARIES.get(name, 'see mtbench/presets.py')})" for name in BUDGETS) + "."
+
 
 def budget(name: str) -> Budget:
     if name not in BUDGETS:

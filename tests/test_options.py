@@ -99,3 +99,10 @@ def test_threads_are_set_checked_and_a_difference_from_the_published_count_is_sa
             apply_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_budget_help_names_every_budget():
+    from mtbench.presets import BUDGET_SUMMARIES, BUDGETS, budget_help
+
+    assert set(BUDGET_SUMMARIES) == set(BUDGETS)
+    assert all(f"{name} (" in budget_help() for name in BUDGETS)

@@ -11,6 +11,9 @@ import typer
 from mtbench.cli.common import PluginsOption, reports_errors
 from mtbench.cli.progress import progress_bar
 from mtbench.cli.render import print_notice, print_plan, print_run, run_progress_fields
+from mtbench.presets import budget_help
+
+BUDGET_HELP = budget_help()
 
 
 @reports_errors
@@ -24,7 +27,7 @@ def run(
     unseen: Annotated[list[str] | None, typer.Option(help="Task held out from training (repeatable).")] = None,
     tasks: Annotated[list[str] | None, typer.Option(help="Seen tasks (repeatable); default: the data set's.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and episodes.")] = 0,
-    budget: Annotated[str, typer.Option(help="smoke (seconds) | quick (CPU minutes) | paper (GPU).")] = "quick",
+    budget: Annotated[str, typer.Option(help=BUDGET_HELP)] = "quick",
     set_: Annotated[list[str] | None, typer.Option("--set", help="Method option key=value (repeatable).")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<run id>).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps (Apple GPUs).")] = "auto",
