@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 
 from mtbench.errors import ConfigError
-from mtbench.options import Bounds, bounded, check_config
 from mtbench.methods import methods
+from mtbench.options import Bounds, bounded, check_config
 from mtbench.runner import build_config, check_seed
 
 

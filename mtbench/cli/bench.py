@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from mtbench import catalog
+from mtbench.presets import budget_help
 from mtbench.cli.common import LayoutOption, open_dataset, reports_errors
 from mtbench.cli.progress import progress_bar
 from mtbench.cli.render import console, inference_table, loader_table
@@ -157,7 +158,7 @@ def bench_train_command(
         ),
     ] = None,
     dataset: Annotated[str, typer.Option(help="Synthetic data set: nyuv2-synth or celebamask-synth.")] = "nyuv2-synth",
-    budget: Annotated[str, typer.Option(help="smoke | quick | paper (network, resolution, batch).")] = "quick",
+    budget: Annotated[str, typer.Option(help=f"Network, resolution and batch of a budget: {budget_help()}")] = "quick",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     deterministic: Annotated[
         bool | None,
