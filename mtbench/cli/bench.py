@@ -10,11 +10,11 @@ from typing import Annotated
 import typer
 
 from mtbench import catalog
-from mtbench.presets import budget_help
 from mtbench.cli.common import LayoutOption, open_dataset, reports_errors
 from mtbench.cli.progress import progress_bar
 from mtbench.cli.render import console, inference_table, loader_table
 from mtbench.errors import ConfigError
+from mtbench.presets import budget_help
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Benchmarks that print measured ratios.")
 
