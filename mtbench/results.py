@@ -19,6 +19,7 @@ import json
 import math
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -295,3 +296,72 @@ def find_reference(
         if candidate.method.name == method and candidate.seed == seed and candidate.signature() == signature:
             return candidate
     return None
+
+
+# --- browsing a store ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """One line of `browse`: where a result is and what it is, without reading its JSON by hand."""
+
+    path: Path
+    result: RunResult
+
+    @property
+    def variant(self) -> str:
+        options = ", ".join(f"{k}={v}" for k, v in sorted(self.result.overrides.items()))
+        return f"{self.result.method.name} ({options})" if options else self.result.method.name
+
+    @property
+    def delta_m(self) -> float | None:
+        """The run's Δm against its own stl run (joint where scored so, else adapted seen; all-metric average)."""
+        delta = self.result.delta_m
+        if delta is None:
+            return None
+        score = delta.joint if delta.joint is not None else delta.seen
+        return None if not score else score.get("all-metric average")
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A file of the store that is not a valid result, and why."""
+
+    path: Path
+    reason: str
+
+
+def browse(
+    results_dir: Path, *, dataset: str | None = None, method: str | None = None
+) -> tuple[list[StoredRun], list[Unreadable]]:
+    """Every result of a store (optionally of one data set or method), and every file that is not one."""
+    require_results_dir(results_dir)
+    runs, unreadable = [], []
+    for path in _result_files(results_dir):
+        try:
+            result = read_result(path)
+        except ResultFileError as error:
+            unreadable.append(Unreadable(path, error.problem.removeprefix(f"{error.path}: ")))
+            continue
+        if (dataset is None or result.dataset.name == dataset) and (method is None or result.method.name == method):
+            runs.append(StoredRun(path, result))
+    runs.sort(key=lambda r: (r.result.dataset.name, r.result.protocol.budget, r.variant, r.result.seed))
+    return runs, unreadable
+
+
+def find_stored(results_dir: Path, which: str) -> StoredRun:
+    """The stored result named by a path or a run id (a unique prefix is enough)."""
+    candidate = Path(which)
+    if candidate.is_file():
+        return StoredRun(candidate, read_result(candidate))
+    runs, _ = browse(results_dir)
+    matches = [run for run in runs if run.result.run_id.startswith(which)]
+    if len(matches) != 1:
+        raise ResultFileError(
+            results_dir,
+            f"no single stored result matches {which!r}",
+            expected="a result file's path, or a run id (or a unique start of one)",
+            found=f"{len(matches)} matches" + "".join(f"; {r.result.run_id}" for r in matches[:5]),
+            fix=f"`mtbench results ls --results {results_dir}` lists the run ids",
+        )
+    return matches[0]

@@ -112,3 +112,25 @@ def test_progress_on_a_non_terminal_is_a_plain_line_at_a_steady_interval(capsys)
     assert [line.split()[1] for line in lines] == ["1/100", "31/100", "61/100", "91/100", "100/100"]
     assert "loss 0.03" in lines[1] and "· 1/s ·" in lines[1] and "eta 0:01:09" in lines[1]
     assert "elapsed 0:01:40" in lines[-1] and "eta" not in lines[-1]
+
+
+def test_results_ls_and_show_browse_a_store_without_opening_json(cli, tmp_path):
+    from test_leaderboard import _payload
+
+    from mtbench.result import RunResult
+    from mtbench.results import store
+
+    for method, seed in (("ew", 0), ("ew", 1), ("stl", 0)):
+        store(RunResult.from_json(_payload(method, seed, 0.4 + 0.01 * seed, 1.0)), tmp_path)
+    (tmp_path / "nyuv2-synth" / "broken--seed0--0000000000000000.json").write_text("{not json")
+    code, text = cli("results", "ls", "--results", tmp_path)
+    assert code == 0, text
+    assert "3 result(s)" in text and text.count("nyuv2-synth (synthetic)") == 3
+    assert "not a valid result:" in text and "broken--seed0" in text
+    code, text = cli("results", "ls", "--results", tmp_path, "--method", "ew")
+    assert "2 result(s)" in text
+    code, text = cli("results", "show", "ew-1", "--results", tmp_path)
+    assert code == 0, text
+    assert "seed / schema: 1 / " in text and "semseg" in text and "0.4100" in text
+    code, text = cli("results", "show", "ew", "--results", tmp_path)  # two run ids start with "ew"
+    assert code == 1 and "no single stored result matches 'ew'" in text and "2 matches" in text

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from mtbench.cli import bench, data, export, leaderboard, ls, run, sweep
+from mtbench.cli import bench, data, export, leaderboard, ls, results, run, sweep
 
 app = typer.Typer(
     name="mtbench",
@@ -24,11 +24,13 @@ Examples:
 * `mtbench data verify nyuv2 --root data/nyu-synth` — read every sample through the real reader
 * `mtbench data prepare nyuv2 --from /data/nyuv2` — convert a real copy into the local Arrow cache
 * `mtbench run meta-sparsity --unseen depth` — meta-train, then evaluate seen and held-out tasks
+* `mtbench results ls` — what the results store holds; `mtbench results show RUN_ID` — one result
 """,
 )
 app.add_typer(data.app, name="data")
 app.add_typer(bench.app, name="bench")
 app.add_typer(leaderboard.app, name="leaderboard")
+app.add_typer(results.app, name="results")
 app.command("ls")(ls.ls)
 app.command("export")(export.export)
 app.command("run")(run.run)
