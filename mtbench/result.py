@@ -245,7 +245,8 @@ class LambdaTrace:
 
 @dataclass(frozen=True)
 class Timings:
-    """Wall-clock seconds; the stl reference's time (when this run trained it) is not in ``total_seconds``."""
+    """Wall-clock seconds; the stl reference's time (when this run trained it) is not in ``total_seconds``. A
+    resumed run's ``train_seconds`` and ``total_seconds`` both count the training of its earlier sessions."""
 
     train_seconds: float | None = None
     meta_test_seconds: float | None = None

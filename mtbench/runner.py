@@ -1027,7 +1027,8 @@ def run(
         Timings(
             train_seconds=outcome.seconds,
             meta_test_seconds=scored.seconds,
-            total_seconds=time.perf_counter() - started,
+            # a resumed run's total counts its earlier sessions' training too, as train_seconds does
+            total_seconds=time.perf_counter() - started + outcome.earlier_seconds,
             reference_seconds=reference_seconds,
             reference_trained=bool(reference and reference.trained),
         ),

@@ -632,6 +632,7 @@ class TrainOutcome:
         lam_start / lam_end: λ before the first and after the last step.
         resumed_from: the step this session started at (0: not resumed).
         steps: the outer updates of the whole run (`Method.train_steps`).
+        earlier_seconds: the part of ``seconds`` spent in earlier sessions (0: not resumed).
     """
 
     history: list[dict[str, Any]]
@@ -640,6 +641,7 @@ class TrainOutcome:
     lam_end: Any
     resumed_from: int = 0
     steps: int = 0
+    earlier_seconds: float = 0.0
 
 
 def _counted_flops(run: Callable[[], Any]) -> float:
@@ -955,7 +957,7 @@ def train(
                 progress(done, steps, history[-1] if history else {})
     except KeyboardInterrupt:
         raise TrainingInterrupted(done, steps, saved, checkpoint) from None
-    return TrainOutcome(history, before + time.perf_counter() - start, lam_start, method.lam(), first, steps)
+    return TrainOutcome(history, before + time.perf_counter() - start, lam_start, method.lam(), first, steps, before)
 
 
 # --- meta-test ----------------------------------------------------------------------------------------

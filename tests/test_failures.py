@@ -134,3 +134,16 @@ def test_results_ls_and_show_browse_a_store_without_opening_json(cli, tmp_path):
     assert "seed / schema: 1 / " in text and "semseg" in text and "0.4100" in text
     code, text = cli("results", "show", "ew", "--results", tmp_path)  # two run ids start with "ew"
     assert code == 1 and "no single stored result matches 'ew'" in text and "2 matches" in text
+
+
+def test_a_resumed_run_counts_its_earlier_sessions_in_both_training_and_total_time(nyu_mtan, tmp_path):
+    _, ctx = _context(nyu_mtan)
+
+    def stop_at_4(done: int, total: int, info: Any = None) -> None:
+        if done == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        train(_method(ctx), ctx, stop_at_4, checkpoint=tmp_path / "resume.pt", every=2)
+    outcome = train(_method(ctx), ctx, checkpoint=tmp_path / "resume.pt", every=2)
+    assert outcome.resumed_from == 4 and 0 < outcome.earlier_seconds < outcome.seconds
