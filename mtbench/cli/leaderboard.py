@@ -62,21 +62,52 @@ def leaderboard_publish(
             "purpose). Check them first, e.g. with `git diff leaderboard/results`.",
         ),
     ] = False,
+    allow_incomparable: Annotated[
+        bool,
+        typer.Option(
+            "--allow-incomparable",
+            help="Publish even where a table would break a rule of comparison (smoke budget, no stl of the "
+            "same seed, too few seeds, mixed schema or protocol versions); the table is then marked NOT "
+            "COMPARABLE on its pages and in the index.",
+        ),
+    ] = False,
+    spec: Annotated[
+        Path | None,
+        typer.Option(
+            "--spec",
+            help="The sweep spec (TOML) the results come from: a cell of a table it covers needs every seed "
+            "of the spec (without it: at least 3 seeds).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Copy selected runs' result files into leaderboard/results/, record their hashes, rebuild the tables.
 
     Each input and the results already published are checked before anything is written. The SHA-256 of
     each published result goes into leaderboard/results/MANIFEST.json; `build` refuses a result that does
-    not match it.
+    not match it. A publish after which a table cannot be compared is refused, naming the file and the rule:
+    a smoke-budget result, a result without stl of the same seed, a variant with fewer than 3 seeds (the
+    spec's seeds with `--spec`), results of different schema or protocol versions in one table;
+    `--allow-incomparable` publishes anyway into a table marked NOT COMPARABLE.
 
     Examples: `mtbench leaderboard publish runs/2026*-meta-sparsity-*`,
-    `mtbench leaderboard publish --record-existing` (record the committed results in the manifest)
+    `mtbench leaderboard publish --record-existing` (record the committed results in the manifest),
+    `mtbench leaderboard publish results/nyuv2-synth/*.json --spec leaderboard/specs/nyuv2-quick-headline.toml`
     """
     from mtbench.leaderboard import publish
 
-    stored = publish(runs or [], out, record_existing=record_existing)
+    loaded = None
+    if spec is not None:
+        from mtbench.sweep import load_spec
+
+        loaded = load_spec(spec)
+    stored = publish(
+        runs or [], out, record_existing=record_existing, allow_incomparable=allow_incomparable, spec=loaded
+    )
     recorded = " and recorded the existing results" if record_existing else ""
     console.print(
         f"published {len(stored)} result(s) into {out / 'results'}{recorded}; manifest "
         f"{out / 'results' / 'MANIFEST.json'}; rebuilt the tables"
     )
+    if allow_incomparable:
+        console.print(f"tables that break a rule of comparison are marked NOT COMPARABLE (see {out / 'README.md'})")

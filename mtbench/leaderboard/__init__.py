@@ -52,6 +52,7 @@ from mtbench.leaderboard.render import (
     render_markdown,
     trivial_checks,
 )
+from mtbench.leaderboard.rules import RULES, Breach, Table, breaches, require_comparable
 
 __all__ = [
     "ASSETS",
@@ -60,15 +61,19 @@ __all__ = [
     "GENERATED",
     "GENERATED_FILE",
     "REFERENCE_MODES",
+    "RULES",
     "SPARSE_FAMILY",
+    "Breach",
     "Cell",
     "FrontComparison",
     "Group",
     "MatchedPoint",
     "Row",
+    "Table",
     "_ExchangeUnsupported",
     "_spread",
     "asset_text",
+    "breaches",
     "build",
     "build_files",
     "collect",
@@ -86,6 +91,7 @@ __all__ = [
     "render_html",
     "render_index",
     "render_markdown",
+    "require_comparable",
     "rows",
     "separation",
     "trivial_checks",

@@ -1,6 +1,7 @@
 """Building and publishing the leaderboard folder: `build` renders every table in memory and swaps the new set in
 atomically; `publish` stores results into the leaderboard's own store with a manifest of their hashes, and
-`build` refuses a published result that was changed or added by hand afterwards."""
+`build` refuses a published result that was changed or added by hand afterwards. `publish` also refuses results
+that cannot be compared (`mtbench.leaderboard.rules`) unless told to publish anyway; `build` then marks the table."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import re
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mtbench.errors import LeaderboardError, ResultFileError
 from mtbench.leaderboard.model import Group, collect
 from mtbench.leaderboard.render import ASSETS, asset_text, render_csv, render_html, render_index, render_markdown
+from mtbench.leaderboard.rules import Table, banner, breaches, index_mark, require_comparable
+from mtbench.result import RunResult
 from mtbench.results import (
     MANIFEST_NAME,
     checked_hash,
@@ -29,6 +33,9 @@ from mtbench.results import (
     verify_manifest,
     write_manifest,
 )
+
+if TYPE_CHECKING:
+    from mtbench.sweep import SweepSpec
 
 try:
     import fcntl
@@ -47,15 +54,23 @@ RENAME_EXCHANGE = 2  # <linux/fs.h>: swap two existing paths atomically
 
 def build_files(groups: list[Group]) -> dict[str, str]:
     """Every generated file, name -> text: the shared page assets (`ASSETS`), three tables per group, then the
-    index README.md (in this order, which `_replace_files` relies on)."""
+    index README.md (in this order, which `_replace_files` relies on). A group that breaks a rule of
+    `mtbench.leaderboard.rules` (published with ``--allow-incomparable``) gets a banner on its Markdown and
+    HTML pages and a mark in the index."""
     files: dict[str, str] = {name: asset_text(name) for name in ASSETS}
+    marks: dict[str, str] = {}
     for group in groups:
-        for suffix, render in (("md", render_markdown), ("csv", render_csv), ("html", render_html)):
-            name = f"{group.slug}.{suffix}"
+        found = breaches(Table(group))
+        if found:
+            marks[group.slug] = index_mark(found)
+        names = [f"{group.slug}.{suffix}" for suffix in ("md", "csv", "html")]
+        for name in names:
             if not GENERATED_FILE.fullmatch(name) or name.startswith("."):  # slugs are made of safe names
                 raise LeaderboardError(f"table name {name!r} is not a plain file name", found=name)
-            files[name] = render(group)
-    files["README.md"] = render_index(groups)
+        files[names[0]] = render_markdown(group, banner(found))
+        files[names[1]] = render_csv(group)
+        files[names[2]] = render_html(group, banner(found))
+    files["README.md"] = render_index(groups, marks)
     return files
 
 
@@ -256,12 +271,21 @@ def _install(files: dict[str, str], out_dir: Path) -> None:
         shutil.rmtree(staging)  # the old folder, now under the staging name
 
 
-def publish(run_paths: Iterable[Path], leaderboard_dir: Path, *, record_existing: bool = False) -> list[Path]:
+def publish(
+    run_paths: Iterable[Path],
+    leaderboard_dir: Path,
+    *,
+    record_existing: bool = False,
+    allow_incomparable: bool = False,
+    spec: SweepSpec | None = None,
+) -> list[Path]:
     """Copy the result files of the given runs into ``leaderboard_dir/results``, record their hashes, rebuild.
 
     Everything is checked before anything is written: each input (`read_result`: readable, known schema,
-    well-formed, safe method and data-set names), its destination (inside the leaderboard folder), and the
-    results already published (valid, and matching ``results/MANIFEST.json``). Then the results are stored
+    well-formed, safe method and data-set names), its destination (inside the leaderboard folder), the
+    results already published (valid, and matching ``results/MANIFEST.json``), and every table the publish
+    would change against the rules of comparison (`rules.require_comparable`: no smoke budget, stl of the
+    same seed present, enough seeds per cell, one schema and evaluation protocol). Then the results are stored
     (each atomically), the manifest is rewritten (atomically) with the SHA-256 of each stored result's
     canonical JSON (`content_hash`), and the tables are rebuilt (`build`). A publish interrupted between
     storing and the manifest leaves results that `build` refuses; running the same publish again completes
@@ -272,7 +296,11 @@ def publish(run_paths: Iterable[Path], leaderboard_dir: Path, *, record_existing
         leaderboard_dir: the leaderboard folder; results go to its ``results/``.
         record_existing: accept the results already in ``results/`` as they are now and record all of them
             in the manifest: to adopt a store without a manifest, or after editing or removing a result on
-            purpose. They are still checked for schema and names.
+            purpose. They are still checked for schema and names, and every table against the rules.
+        allow_incomparable: publish even where a table would break a rule; `build` marks such a table
+            ``NOT COMPARABLE`` (recomputed from its results at every build).
+        spec: the sweep spec the results come from (`mtbench.sweep.load_spec`): a cell of a table it covers
+            needs every seed of the spec, rather than `rules.MIN_SEEDS`.
 
     Returns:
         The stored paths of the given runs.
@@ -288,8 +316,9 @@ def publish(run_paths: Iterable[Path], leaderboard_dir: Path, *, record_existing
             fix="`mtbench leaderboard publish runs/<run id>`",
         )
     incoming = [read_result(source) for source in sources]
-    leaderboard_dir.mkdir(parents=True, exist_ok=True)
-    with _folder_lock(leaderboard_dir.resolve().parent):
+    parent = leaderboard_dir.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)  # to lock; the folder itself only once every check has passed
+    with _folder_lock(parent):
         targets = {}
         for source, result in zip(sources, incoming):
             try:
@@ -300,6 +329,14 @@ def publish(run_paths: Iterable[Path], leaderboard_dir: Path, *, record_existing
             targets[target.relative_to(results_dir).as_posix()] = result
         require_inside(manifest_path(results_dir), leaderboard_dir)
         hashes = _checked_store(results_dir, set(targets), record_existing)
+        if not allow_incomparable:
+            keys = {result.config_key for result in incoming}
+            published = [
+                (path, result)
+                for path, result in _published(results_dir)
+                if path.relative_to(results_dir).as_posix() not in targets and result.config_key not in keys
+            ]
+            require_comparable(published, list(zip(sources, incoming)), spec=spec, every_table=record_existing)
         stored = []
         for result in incoming:
             path, _ = store(result, results_dir)  # also removes an older-schema file of the same configuration
@@ -309,6 +346,17 @@ def publish(run_paths: Iterable[Path], leaderboard_dir: Path, *, record_existing
         write_manifest(results_dir, hashes)
         build(results_dir, leaderboard_dir)
     return stored
+
+
+def _published(results_dir: Path) -> list[tuple[Path, RunResult]]:
+    """The results in the leaderboard's store (already checked by `_checked_store`), with their paths."""
+    if not results_dir.is_dir():
+        return []
+    return [
+        (path, read_result(path))
+        for path in sorted(results_dir.rglob("*.json"))
+        if path.name != MANIFEST_NAME or path.parent != results_dir
+    ]
 
 
 def _checked_store(results_dir: Path, replaced: set[str], record_existing: bool) -> dict[str, str]:

@@ -185,6 +185,14 @@ def collect(results_dir: Path, *, strict: bool = False, reference: str = "fixed"
     which must not fail over an unrelated broken file; invalid files are then left out of that display.
     ``reference`` (one of `REFERENCE_MODES`) is how the groups' Δm are taken.
     """
+    return group_results(load_results(results_dir, strict=strict), strict=strict, reference=reference)
+
+
+def group_results(
+    results: Iterable[tuple[Path, RunResult]], *, strict: bool = False, reference: str = "fixed"
+) -> list[Group]:
+    """The tables of these (path, result) pairs (see `collect`): also what `publish` checks, in memory, before
+    it writes anything (`mtbench.leaderboard.rules`)."""
     if reference not in REFERENCE_MODES:
         raise LeaderboardError(
             f"unknown Δm reference {reference!r}", expected=" or ".join(REFERENCE_MODES), found=reference
@@ -194,7 +202,7 @@ def collect(results_dir: Path, *, strict: bool = False, reference: str = "fixed"
     # a variant is a method and its resolved config: runs of one config whose --set options differ only by
     # spelling a default (`--set hypergradient=maml` or nothing) are one row, labelled by the options all share
     variants: dict[tuple[str, str, str], dict[int, RunResult]] = {}
-    for path, result in load_results(results_dir, strict=strict):
+    for path, result in results:
         protocol = result.protocol.to_json()
         slug = _slug(result.dataset.name, protocol, result.signature())
         count = result.threads

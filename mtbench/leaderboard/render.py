@@ -7,7 +7,7 @@ import csv
 import html
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 
@@ -307,10 +307,12 @@ def _markdown_table(columns: list[Column], items: list) -> list[str]:
     return lines + [_markdown_row(c.text(item) for c in shown) for item in items]
 
 
-def render_markdown(group: Group) -> str:
-    """The group's tables in Markdown; every text that comes from results is escaped (`markdown_text`)."""
+def render_markdown(group: Group, warning: str = "") -> str:
+    """The group's tables in Markdown; every text that comes from results is escaped (`markdown_text`).
+    ``warning``: a line put first, in bold (`mtbench.leaderboard.rules.banner`); none when empty."""
     table = rows(group)
-    lines = [GENERATED, "", f"## {markdown_text(_title(group))}", "", notes(group, table), ""]
+    lines = [GENERATED, ""] + ([f"**{markdown_text(warning)}**", ""] if warning else [])
+    lines += [f"## {markdown_text(_title(group))}", "", notes(group, table), ""]
     lines += _markdown_table(main_columns(group, table), table)
     for section in sections(group, table):
         lines += ["", f"{'#' * section.level} {section.title}", ""]
@@ -356,11 +358,13 @@ def _html_table(columns: list[Column], items: list, html_id: str, css: str) -> s
     )
 
 
-def render_html(group: Group) -> str:
+def render_html(group: Group, warning: str = "") -> str:
     """The group's page: tables, plots and per-layer charts; styles and sorting come from the shared
     ``leaderboard.css`` and ``leaderboard.js`` (`ASSETS`) that `build` writes beside it, linked relatively
-    so that the page works opened from the folder (file://) as well as served."""
+    so that the page works opened from the folder (file://) as well as served. ``warning``: a line put first,
+    in the synthetic banner's style (`mtbench.leaderboard.rules.banner`); none when empty."""
     table = rows(group)
+    top = f'<p class="synthetic not-comparable">{html.escape(warning)}</p>\n' if warning else ""
     extra = "\n".join(
         f"<h2>{html.escape(s.title)}</h2>\n{_html_table(s.columns, s.items, s.html_id, 'front')}\n"
         f"<p>{html.escape(s.note)}</p>" + "".join(f"\n<p>{html.escape(e)}</p>" for e in s.extra)
@@ -385,7 +389,7 @@ def render_html(group: Group) -> str:
 {GENERATED}
 <html lang="en"><head><meta charset="utf-8"><title>mtbench — {html.escape(group.slug)}</title>
 <link rel="stylesheet" href="leaderboard.css"></head><body>
-<h1>{html.escape(_title(group))}</h1>
+{top}<h1>{html.escape(_title(group))}</h1>
 {banner}
 <p>{html.escape(notes(group, table))} Click a column header to sort.</p>
 {_html_table(main_columns(group, table), table, "leaderboard", "sortable")}
@@ -398,8 +402,10 @@ def render_html(group: Group) -> str:
 """
 
 
-def render_index(groups: list[Group]) -> str:
-    """The index README.md: one line per table, linking its Markdown, CSV and HTML files."""
+def render_index(groups: list[Group], marks: Mapping[str, str] | None = None) -> str:
+    """The index README.md: one line per table, linking its Markdown, CSV and HTML files. ``marks``: slug -> a
+    warning appended to that table's line (`mtbench.leaderboard.rules.index_mark`)."""
+    marks = marks or {}
     index = [
         GENERATED,
         "",
@@ -418,9 +424,10 @@ def render_index(groups: list[Group]) -> str:
             f"{group.dataset} ({kind}), budget {group.protocol['budget']}, held out: "
             f"{', '.join(group.protocol['unseen']) or 'none'}"
         )
+        mark = marks.get(group.slug)
         index.append(
             f"- [{markdown_text(title)}]({group.slug}.md) ({protocol}) — [CSV]({group.slug}.csv), "
-            f"[HTML]({group.slug}.html)"
+            f"[HTML]({group.slug}.html)" + (f" — **{markdown_text(mark)}**" if mark else "")
         )
     if not groups:
         index.append("No results published yet.")
