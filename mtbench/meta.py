@@ -116,6 +116,7 @@ class EpisodicMetaLearner(Method):
     """MAML-style meta-training over episodes of task combinations, with a learned (or fixed) λ."""
 
     kind = "meta"
+    rebuilt_by_setup = Method.rebuilt_by_setup | {"sampler"}  # episodes depend only on (seed, index)
 
     def __init__(self, config: MetaConfig) -> None:
         super().__init__(config)

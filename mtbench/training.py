@@ -10,7 +10,6 @@ is `mtbench.protocol`, the same for every method.
 from __future__ import annotations
 
 import contextlib
-import copyreg
 import dataclasses
 import functools
 import inspect
@@ -18,8 +17,8 @@ import io
 import json
 import pickle
 import random
+import re
 import time
-import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from mtbench.models import MultiTaskNet, init_seeded
 from mtbench.presets import Budget
 from mtbench.sparsity import Axis, sparsity_stats
 from mtbench.specs import TaskSpec
+from mtbench.train_state import load_method_state, method_state
 
 Batch = dict[str, Tensor]
 
@@ -549,6 +549,8 @@ class Method:
     kind: ClassVar[str] = "mtl"
     #: tensor attributes saved beside the network in the run's ``checkpoint.pt`` (e.g. learned task weights)
     saved_tensors: ClassVar[tuple[str, ...]] = ()
+    #: attributes that ``setup(ctx)`` rebuilds identically, so a training checkpoint need not hold them
+    rebuilt_by_setup: ClassVar[frozenset[str]] = frozenset({"config"})
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -591,6 +593,15 @@ class Method:
         state = {"model": self.model.state_dict()} if self.model is not None else {}
         return {**state, **{name: getattr(self, name).detach().cpu() for name in self.saved_tensors}}
 
+    def training_state(self) -> dict[str, Any]:
+        """Everything a resumed run needs, as tensors and plain data (`mtbench.train_state`): every attribute
+        but `rebuilt_by_setup`. Override it (with `load_training_state`) for state the default cannot hold."""
+        return method_state(self, self.rebuilt_by_setup)
+
+    def load_training_state(self, state: Mapping[str, Any]) -> None:
+        """Restore `training_state`'s output into this method, which ``setup(ctx)`` has just built."""
+        load_method_state(self, state)
+
 
 # --- the loop -----------------------------------------------------------------------------------------
 
@@ -607,14 +618,14 @@ def quiet() -> Iterator[None]:
 
 
 #: Steps between two training checkpoints of `train` (one more is written after the last step). At the
-#: quick budget a checkpoint (the whole method pickled, written and fsynced) costs about 0.1 % of the
+#: quick budget a checkpoint (the method's training state, written and fsynced) costs about 0.1 % of the
 #: training time it protects (measured: ~0.01–0.03 s per write against ~9–30 s per 100 steps on one CPU core).
 CHECKPOINT_EVERY = 100
 #: Training FLOPs are counted (`torch.utils.flop_counter.FlopCounterMode`) on every this-many-th logged step;
 #: their mean times the step count is the run's training compute (`training_cost`).
 FLOP_COUNT_EVERY = 5
 #: Version of the checkpoint's layout; a file of another version is refused, never misread.
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: tensors and plain data, read with weights_only=True; 1 pickled the method
 
 
 class CheckpointError(MtbenchError):
@@ -668,11 +679,9 @@ def matched_steps(method: Method, ctx: TrainContext, probes: int = 8) -> tuple[i
     the budget's ``steps`` ew steps. ``method``'s step is counted on ``probes`` steps of a copy of it (set up,
     untrained), so the method itself and the global random state are left as they were."""
     states = _rng_states(ctx.device)
-    buffer = io.BytesIO()  # copied as a checkpoint is (`copy.deepcopy` drops an optimiser subclass's attributes)
-    torch.save(method, buffer, pickle_module=_CHECKPOINT_PICKLE)
-    buffer.seek(0)
-    with quiet():
-        probe = torch.load(buffer, weights_only=False)  # the bytes just written in this process
+    probe = type(method)(method.config)  # a copy made as a resumed run makes one: built, then its state loaded
+    probe.setup(ctx)
+    probe.load_training_state(method.training_state())
     per_step = float(np.mean([_counted_flops(functools.partial(probe.step, ctx, i)) for i in range(probes)]))
     ew = ew_step_flops(ctx)
     _set_rng_states(states)
@@ -744,18 +753,30 @@ def _checkpoint_problem(path: Path, problem: str, found: str) -> CheckpointError
 def read_checkpoint(path: Path, identity: Mapping[str, Any]) -> dict[str, Any]:
     """The training state saved at ``path``, after checking it belongs to ``identity``.
 
+    The file is read with ``torch.load(weights_only=True)``: tensors and plain data only, so reading a
+    checkpoint from anywhere (a shared runs folder, a colleague's archive) can never run code. A file that
+    needs more — the pickled objects of an older mtbench's format 1, or a file made to run code — is refused
+    without being unpickled.
+
     Raises:
-        CheckpointError: the file cannot be read or unpickled, is of another format, or belongs to another
-            configuration (the message names every differing field).
+        CheckpointError: the file cannot be read, holds more than tensors and plain data, is of another
+            format, or belongs to another configuration (the message names every differing field).
     """
     try:
-        # weights_only=False: the file pickles the whole method object (models, optimisers, learn2learn
-        # wrappers, method-specific state). It is our own file, written by `train` into the run's own
-        # folder; it is never read from anywhere else. Unpickling imports the method's dependencies, and
-        # some print a banner on import (learn2learn's gym): kept quiet, as `mtbench.meta` imports it.
-        with quiet():
-            state = torch.load(path, weights_only=False)
-    except Exception as error:  # truncated by a full disk, a plugin class that no longer exists, …
+        state = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if refused is None:  # not a torch file, truncated, …
+            raise _checkpoint_problem(path, "the file cannot be read", f"{type(error).__name__}: {error}") from None
+        raise CheckpointError(  # weights_only met an object to rebuild: it would have run code to do so
+            f"cannot resume from {path}: it holds pickled objects, not only tensors and plain data",
+            expected=f"a checkpoint of format {CHECKPOINT_FORMAT} (tensors and plain data, read without unpickling "
+            "any object)",
+            found=f"a pickled call of {refused.group(1)} — an older mtbench's checkpoint (format 1 pickled the "
+            "whole method), or a file made to run code when unpickled; it was not unpickled",
+            fix=f"start from step 0 with `mtbench run … --fresh` (it replaces the file), or remove {path}",
+        ) from None
+    except Exception as error:  # truncated by a full disk, not a torch file, …
         raise _checkpoint_problem(path, "the file cannot be read", f"{type(error).__name__}: {error}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = f"format {state.get('format')!r}" if isinstance(state, dict) else type(state).__name__
@@ -776,9 +797,10 @@ def read_checkpoint(path: Path, identity: Mapping[str, Any]) -> dict[str, Any]:
 
 def _rng_states(device: torch.device) -> dict[str, Any]:
     """The global random states a step might draw from (torch, CUDA, numpy, Python)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],  # no ndarray
         "python": random.getstate(),
     }
     if device.type == "cuda":
@@ -788,28 +810,13 @@ def _rng_states(device: torch.device) -> dict[str, Any]:
 
 def _set_rng_states(states: Mapping[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     random.setstate(states["python"])
     if "cuda" in states:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-class _CheckpointPickler(pickle.Pickler):
-    """Pickles optimisers with every attribute.
-
-    torch's ``Optimizer.__getstate__`` keeps only ``defaults``, ``state`` and ``param_groups``, so an
-    optimiser subclass would come back without its own attributes (`ProximalAdam`'s ``prox_kind`` and
-    ``bias_correction``). Its ``__setstate__`` takes the whole attribute dict as well.
-    """
-
-    def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, torch.optim.Optimizer):
-            return copyreg.__newobj__, (type(obj),), dict(obj.__dict__)
-        return NotImplemented
-
-
-_CHECKPOINT_PICKLE = types.ModuleType("mtbench_checkpoint_pickle")  # what torch.save's pickle_module needs
-_CHECKPOINT_PICKLE.Pickler = _CheckpointPickler  # type: ignore[attr-defined]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -837,7 +844,7 @@ def write_checkpoint(path: Path, state: Mapping[str, Any], resumes_from: int | N
             needs and that the previous checkpoint (``resumes_from``: its step) is intact.
     """
     buffer = io.BytesIO()
-    torch.save(dict(state), buffer, pickle_module=_CHECKPOINT_PICKLE)
+    torch.save(dict(state), buffer)
     data = buffer.getvalue()
     try:
         atomic_write_bytes(path, data)
@@ -900,10 +907,10 @@ def train(
             checkpoint.unlink(missing_ok=True)
     if checkpoint is not None and checkpoint.is_file():
         state = read_checkpoint(checkpoint, key)
-        # The caller keeps using its own `method` object: it takes over the restored object's attribute
-        # dict (shared, not copied), so bound methods pickled with it (e.g. ProximalAdam's `lam` callable)
-        # see every later update of those attributes too.
-        method.__dict__ = state["method"].__dict__
+        # a fresh build of the method, then its saved state written into it: networks, optimisers (whose
+        # callables, e.g. ProximalAdam's λ of a learned-λ method, come from the fresh build) and the rest
+        method.setup(ctx)
+        method.load_training_state(state["method"])
         first, history, before, lam_start = state["next_step"], state["history"], state["seconds"], state["lam_start"]
         _set_rng_states(state["rng"])
         steps = method.train_steps(ctx)  # restored with the method (a matched count is not measured again)
@@ -948,7 +955,7 @@ def train(
                         "seconds": before + time.perf_counter() - start,
                         "lam_start": lam_start,
                         "rng": _rng_states(ctx.device),
-                        "method": method,
+                        "method": method.training_state(),
                     },
                     resumes_from=saved,
                 )

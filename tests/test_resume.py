@@ -302,3 +302,55 @@ def test_kill_9_during_training_then_resume(nyu_mtan, tmp_path, monkeypatch):
     _assert_same_state(*(torch.load(d / "checkpoint.pt", weights_only=True) for d in (tmp_path / "plain", out)))
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # a half-written temporary file is gone
     assert json.loads((out / "result.json").read_text())["history"] == plain.result.to_json()["history"]
+
+
+# --- checkpoints that cannot run code --------------------------------------------------------------------------
+
+
+class _RunsCodeWhenUnpickled:
+    """Unpickling it calls ``open(marker, "w")``: it would create the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_checkpoint_made_to_run_code_is_refused_without_running_it(nyu_data, tmp_path):
+    checkpoint, marker = tmp_path / RESUME_FILE, tmp_path / "ran-code"
+    torch.save({"format": 2, "identity": {}, "method": _RunsCodeWhenUnpickled(marker)}, checkpoint)
+    with pytest.raises(CheckpointError, match="holds pickled objects") as caught:
+        _train("ew", _context(nyu_data), checkpoint=checkpoint, every=3)
+    assert not marker.exists()  # refused, and the code never ran
+    assert "was not unpickled" in caught.value.found and "--fresh" in caught.value.fix
+
+
+def test_an_old_format_checkpoint_is_refused_and_fresh_starts_over(nyu_data, tmp_path):
+    checkpoint = tmp_path / RESUME_FILE
+    info = methods().get("ew")
+    old_style = info.method(info.config())  # format 1 pickled the whole method object
+    torch.save({"format": 1, "identity": {}, "next_step": 3, "method": old_style}, checkpoint)
+    with pytest.raises(CheckpointError, match="holds pickled objects") as caught:
+        _train("ew", _context(nyu_data), checkpoint=checkpoint, every=3)
+    assert "older mtbench" in caught.value.found
+    _, outcome = _train("ew", _context(nyu_data), checkpoint=checkpoint, every=3, resume=False)  # --fresh
+    assert outcome.resumed_from == 0
+    state = torch.load(checkpoint, weights_only=True)  # what train writes now loads without unpickling objects
+    assert state["format"] == 2 and isinstance(state["method"]["model"]["state"], dict)
+
+
+def test_a_plugin_attribute_that_a_checkpoint_cannot_hold_is_named_at_the_first_checkpoint(nyu_data, tmp_path):
+    from mtbench.train_state import UnsavableState
+
+    info = methods().get("ew")
+
+    class WithAnOddAttribute(info.method):
+        def setup(self, ctx: TrainContext) -> None:
+            super().setup(ctx)
+            self.odd = object()
+
+    ctx = _context(nyu_data)
+    with pytest.raises(UnsavableState, match=r"WithAnOddAttribute\.odd holds a builtins\.object") as caught:
+        train(WithAnOddAttribute(info.config()), ctx, checkpoint=tmp_path / RESUME_FILE, every=3)
+    assert "rebuilt_by_setup" in caught.value.fix and "training_state" in caught.value.fix
