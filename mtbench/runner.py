@@ -43,6 +43,7 @@ from mtbench.plots import lambda_chart, sparsity_chart
 from mtbench.presets import Budget
 from mtbench.presets import budget as get_budget
 from mtbench.protocol import IndexedRead, RoleRead, carve_validation
+from mtbench.registry import safe_name
 from mtbench.result import (
     REFERENCE_METHOD,
     DatasetRecord,
@@ -60,7 +61,15 @@ from mtbench.result import (
     configuration_key,
     protocol_signature,
 )
-from mtbench.results import default_results_dir, find_reference, key_path, read_result, result_path, store
+from mtbench.results import (
+    default_results_dir,
+    find_reference,
+    key_path,
+    read_result,
+    require_inside,
+    result_path,
+    store,
+)
 from mtbench.scoring import ScoringError, run_delta_m
 from mtbench.sparsity import sparsity_stats
 from mtbench.specs import DatasetSpec, TaskSpec
@@ -703,7 +712,6 @@ def plan(request: RunRequest, notice: Notice | None = None) -> RunPlan:
     """
     budget = get_budget(request.budget)
     check_seed(request.seed)
-    apply_threads(request.threads, notice)
     if request.bn_batches is not None:
         if request.bn_batches < 0:
             raise ConfigError("--bn-batches must not be negative", expected="0 (no recalibration) or more",
@@ -724,8 +732,10 @@ def plan(request: RunRequest, notice: Notice | None = None) -> RunPlan:
     spec, data = choose_data(request.dataset, request.data_root, budget, notice)
     # the store paths this run (and its stl reference) will write, checked now rather than after training:
     # a data-set folder in the store that is a link leading elsewhere is refused here
+    require_inside(results_dir / safe_name("dataset", spec.name), results_dir)
     for name in (info.name, REFERENCE_METHOD):
         key_path(results_dir, spec.name, name, request.seed, "0" * 16)
+    apply_threads(request.threads, notice)  # once everything is checked
     seen, held_out = plan_tasks(spec, request.tasks, request.unseen)
     return RunPlan(
         request=request,
