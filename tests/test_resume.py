@@ -22,7 +22,7 @@ from mtbench.episodes import TaskView
 from mtbench.methods import methods
 from mtbench.presets import Budget, budget
 from mtbench.protocol import score
-from mtbench.runner import RESUME_FILE, RunRequest, execute, plan_tasks, resolve_data
+from mtbench.runner import RESUME_FILE, RunRequest, build_config, execute, plan_tasks, resolve_data
 from mtbench.training import (
     CHECKPOINT_EVERY,
     CheckpointError,
@@ -83,8 +83,10 @@ def _final_metrics(method: Method, ctx: TrainContext, nyu_data: tuple[Any, Any, 
 
 
 def _train(name: str, ctx: TrainContext, **kwargs: Any) -> tuple[Method, TrainOutcome]:
+    """Train method ``name``, or ``name:key=value`` with that option (e.g. second-order meta-sparsity)."""
+    name, _, option = name.partition(":")
     info = methods().get(name)
-    method = info.method(info.config())
+    method = info.method(build_config(info.config, dict([option.split("=", 1)]) if option else {}))
     torch.manual_seed(ctx.seed)
     return method, train(method, ctx, **kwargs)
 
@@ -102,15 +104,16 @@ def _assert_same_state(state_a: dict[str, Any], state_b: dict[str, Any]) -> None
             assert torch.equal(left, right), f"{key} differs after resuming"
 
 
-@pytest.mark.parametrize("name", ALL_METHODS)
+@pytest.mark.parametrize("name", [*ALL_METHODS, "meta-sparsity:first_order=false"])
 def test_interrupted_training_resumes_to_identical_parameters_and_metrics(name, nyu_data, tmp_path):
-    """Every registered method pickles into a checkpoint, and resuming it changes nothing about the result."""
+    """Every registered method (and second-order meta-sparsity) saves its training state into a checkpoint of
+    tensors and plain data, and resuming from it changes nothing about the result."""
     ctx = _context(nyu_data)
     plain, plain_outcome = _train(name, ctx)
     checkpoint = tmp_path / RESUME_FILE
     with pytest.raises(Interrupted):
         _train(name, ctx, checkpoint=checkpoint, every=3, progress=_interrupt_at(5))
-    assert torch.load(checkpoint, weights_only=False)["next_step"] == 3  # steps 3 and 4 are lost and redone
+    assert torch.load(checkpoint, weights_only=True)["next_step"] == 3  # steps 3 and 4 are lost and redone
     notices: list[str] = []
     torch.manual_seed(12345)  # the global RNG state comes from the checkpoint, not from here
     resumed, outcome = _train(name, ctx, checkpoint=checkpoint, every=3, notice=notices.append)
@@ -121,7 +124,7 @@ def test_interrupted_training_resumes_to_identical_parameters_and_metrics(name, 
     _assert_same_state(plain.state_dict(), resumed.state_dict())
     assert _final_metrics(plain, ctx, nyu_data) == _final_metrics(resumed, ctx, nyu_data)
     # kept after the last step (a kill during the meta-test does not retrain); no temporary file left
-    assert torch.load(checkpoint, weights_only=False)["next_step"] == 8
+    assert torch.load(checkpoint, weights_only=True)["next_step"] == 8
     assert [p.name for p in tmp_path.iterdir()] == [RESUME_FILE]
 
 
@@ -282,7 +285,7 @@ def test_kill_9_during_training_then_resume(nyu_mtan, tmp_path, monkeypatch):
     finally:
         child.wait()
     assert child.returncode == -signal.SIGKILL and not (out / "result.json").exists()
-    reached = torch.load(out / RESUME_FILE, weights_only=False)["next_step"]
+    reached = torch.load(out / RESUME_FILE, weights_only=True)["next_step"]
     assert 5 <= reached < steps and reached % 5 == 0, "the kill did not land during training"
     notices: list[str] = []
     request = RunRequest(
