@@ -80,6 +80,14 @@ def test_prepare_cli_then_open_cache_by_detection(cli, nyu_mtan, tmp_path):
     assert code == 0, text
 
 
+def _rewrite_meta(path, meta):
+    """Write edited cache metadata as `prepare` would (with the CRC-32 of its content), so the edit itself is read."""
+    from mtbench.data.checksums import META_CHECK, meta_check
+
+    meta[META_CHECK] = meta_check(meta)
+    path.write_text(json.dumps(meta))
+
+
 def test_cache_with_a_missing_or_empty_split_cannot_be_opened(nyu_mtan, tmp_path):
     from mtbench.errors import SplitError
 
@@ -88,12 +96,12 @@ def test_cache_with_a_missing_or_empty_split_cannot_be_opened(nyu_mtan, tmp_path
     meta = json.loads(meta_path.read_text())
     assert meta["required_splits"] == ["train", "val"]
     meta["ids"]["val"] = []
-    meta_path.write_text(json.dumps(meta))
+    _rewrite_meta(meta_path, meta)
     with pytest.raises(SplitError, match="the val split has no samples") as caught:
         open_reader("nyuv2", prepared.path)
     assert caught.value.path == prepared.path / "val"
     meta["split_order"] = ["train"]
-    meta_path.write_text(json.dumps(meta))
+    _rewrite_meta(meta_path, meta)
     with pytest.raises(SplitError, match="the val split is missing"):
         ArrowCacheReader(prepared.path)
 
@@ -157,12 +165,14 @@ def test_mapped_split_reads_what_the_datasets_formatter_reads(tmp_path):
 
 
 def test_a_truncated_cache_file_is_named(nyu_mtan, tmp_path):
-    from mtbench.errors import DataFormatError
+    from mtbench.data.checksums import CacheIntegrityError
 
-    cache = ArrowCacheReader(prepare(MtanReader(nyu_mtan), cache_root=tmp_path).path)
-    split = cache.splits()[0]
-    (arrow,) = (cache.root / split).glob("*.arrow")
-    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
-    with pytest.raises(DataFormatError, match="cannot open the Arrow cache") as caught:
-        cache.read(split, 0, cache.targets())
-    assert str(cache.root / split) in str(caught.value)
+    path = prepare(MtanReader(nyu_mtan), cache_root=tmp_path).path
+    (arrow,) = (path / "train").glob("*.arrow")
+    size = arrow.stat().st_size
+    arrow.write_bytes(arrow.read_bytes()[: size // 2])
+    with pytest.raises(CacheIntegrityError, match="damaged cache file: truncated") as caught:
+        ArrowCacheReader(path)
+    assert caught.value.path == arrow
+    assert caught.value.expected == f"{size} bytes" and caught.value.found == f"{size // 2} bytes"
+    assert "mtbench data prepare nyuv2-synth --rebuild" in caught.value.fix

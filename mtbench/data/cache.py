@@ -12,6 +12,15 @@ reader derives from another target (`Reader.derived_targets`, e.g. CelebAMask-HQ
 only as its source, rebuilding it on read. ``mtbench-cache.json`` records each stored column's type
 (``columns``), each target's canonical dtype (``canonical``) and the derivations (``derived``). Caches of
 format 1 (label maps as int16, every target a column) are still read.
+
+Every file of a cache is checksummed when the cache is written (`mtbench.data.checksums`: size and a CRC-32 per
+4 MiB chunk, in ``mtbench-cache.json`` under ``checksums``; the metadata carries a CRC-32 of its own content) and
+checked when the cache is opened, before any sample is read: a flipped byte, a truncated, missing or stray file is
+a `CacheIntegrityError` naming the file, whose fix is ``mtbench data prepare <dataset> --rebuild`` (`rebuild`: the
+cache prepared again from its recorded source beside the old one, then swapped in). A cache written before
+checksums were recorded is still read sample by sample, but gives no identity (`ArrowCacheReader.identity`), so
+no run records a fingerprint for bytes nobody verified: runs prepare such a synthetic cache again, and a prepared
+real one must be rebuilt.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import bisect
 import datetime as dt
 import fcntl
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -32,8 +42,23 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mtbench.data.checksums import (
+    ALGORITHM,
+    CHUNK_BYTES,
+    META_CHECK,
+    CacheCheck,
+    CacheIntegrityError,
+    FileProblem,
+    check_record,
+    compare,
+    content_problems,
+    crc_chunks,
+    listing_problems,
+    meta_check,
+    record_files,
+)
 from mtbench.data.io import atomic_write_json, quiet_datasets
-from mtbench.data.reader import DERIVATIONS, DatasetIdentity, Reader, derive
+from mtbench.data.reader import DERIVATIONS, SYNTH_MANIFEST, DatasetIdentity, Reader, derive
 from mtbench.errors import ConfigError, DataFormatError, DatasetNotFoundError, MtbenchError
 
 CACHE_META = "mtbench-cache.json"
@@ -148,6 +173,23 @@ def _derivation(record: dict[str, Any], root: Path) -> np.ndarray | str:
     return str(record["function"])
 
 
+def _unmapper(data: Any) -> Callable[[int, int], None] | None:
+    """For a memory map: drop each checked chunk from this process's resident pages (they stay in the page cache
+    and are mapped again when read), so that checking a cache does not make a process hold all of it."""
+    if not isinstance(data, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    return lambda start, length: data.madvise(mmap.MADV_DONTNEED, start, length)
+
+
+#: the fix of a damaged cache whose data set and cache root are not known where the damage is found
+_GENERIC_FIX = "rebuild the cache from its source: `mtbench data prepare DATASET --rebuild`"
+
+
+def _integrity_error(problems: list[FileProblem], fix: str) -> CacheIntegrityError:
+    """The error of a damaged cache: its first damaged file named, the others counted."""
+    return problems[0].error(fix, more=len(problems) - 1)
+
+
 class MappedSplit:
     """One split of a cache, memory-mapped: each column as numpy views on the Arrow files, no copy, no parsing.
 
@@ -155,20 +197,38 @@ class MappedSplit:
     ``datasets``' fixed-shape array types (nested lists of one primitive type) or plain values; the shapes are
     in the schema's ``huggingface`` metadata. Reading them with pyarrow directly gives the same arrays as
     ``datasets``' numpy formatter, about 0.3 ms faster per column and row, and without importing ``datasets``.
+
+    ``checksums`` (the cache's record of this split's files, by name in the folder, and its chunk size): each file
+    is checked against it as it is mapped, the CRC-32s computed over the mapped bytes themselves, so the arrays
+    are views on exactly the bytes verified (a mismatch: `CacheIntegrityError`); None: nothing is checked (a
+    cache written before checksums). ``fix``: what a user should do about a damaged split.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        checksums: dict[str, Any] | None = None,
+        chunk_bytes: int = CHUNK_BYTES,
+        fix: str = _GENERIC_FIX,
+    ) -> None:
         import pyarrow as pa
 
-        self.folder = folder
+        self.folder, self.checksums, self.chunk_bytes, self.fix = folder, checksums, chunk_bytes, fix
+        #: bytes whose checksums were verified while mapping, and the names of the files checked
+        self.verified_bytes = 0
+        self.checked: list[str] = []
         try:
-            state = json.loads((folder / "state.json").read_text())
-            files = [folder / entry["filename"] for entry in state["_data_files"]]
-            tables = [pa.ipc.open_stream(pa.memory_map(str(file))).read_all() for file in files]
+            state_bytes = (folder / "state.json").read_bytes()
+            self._verify("state.json", state_bytes)
+            state = json.loads(state_bytes)
+            tables = []
+            for entry in state["_data_files"]:
+                with open(folder / entry["filename"], "rb") as handle:
+                    mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                self._verify(entry["filename"], mapped)
+                tables.append(pa.ipc.open_stream(pa.py_buffer(mapped)).read_all())  # views on the mapping, no copy
         except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
-            raise DataFormatError(
-                folder, f"cannot open the Arrow cache: {exc}", fix="re-run `mtbench data prepare`"
-            ) from None
+            raise DataFormatError(folder, f"cannot open the Arrow cache: {exc}", fix=fix) from None
         #: per column, one (rows, *shape) array per record batch; row ``i`` of the split is in batch ``k`` with
         #: ``starts[k] <= i < starts[k + 1]``
         self.columns: dict[str, list[np.ndarray]] = {}
@@ -191,7 +251,7 @@ class MappedSplit:
                 folder,
                 f"the Arrow files carry no column shapes ({exc})",
                 expected="files written by `mtbench data prepare`",
-                fix="re-run `mtbench data prepare`",
+                fix=_GENERIC_FIX,
             ) from None
 
     def _array(self, column: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -206,18 +266,36 @@ class MappedSplit:
             values = leaf.to_numpy(zero_copy_only=True)
         except pa.ArrowException as exc:
             raise DataFormatError(self.folder, f"column {name!r} cannot be read as an array: {exc}",
-                                  fix="re-run `mtbench data prepare`") from None
+                                  fix=self.fix) from None
         if values.size != rows * int(np.prod(shape, dtype=np.int64)):
             raise DataFormatError(
                 self.folder, f"column {name!r} does not hold {rows} rows of shape {shape}",
                 expected=f"{rows * int(np.prod(shape, dtype=np.int64))} values", found=f"{values.size}",
-                fix="re-run `mtbench data prepare`",
+                fix=self.fix,
             )
         return values.reshape(rows, *shape)
 
-    def __reduce__(self) -> tuple[type[MappedSplit], tuple[Path]]:
-        """Pickled as its folder (a spawned DataLoader worker maps the files again; nothing is copied)."""
-        return MappedSplit, (self.folder,)
+    def _verify(self, name: str, data: Any) -> None:
+        """Refuse the file ``name`` of this split unless ``data`` (its bytes) matches its recorded checksums."""
+        if self.checksums is None:
+            return
+        path = self.folder / name
+        record = self.checksums.get(name)
+        if record is None:
+            problem = FileProblem(path, "stray file in the cache", "a file recorded when it was written", "a file")
+        else:
+            size = memoryview(data).nbytes
+            sums = crc_chunks(data, self.chunk_bytes, _unmapper(data))
+            problem = compare(path, record, size, sums, self.chunk_bytes)
+            self.verified_bytes += size
+            self.checked.append(name)
+        if problem is not None:
+            raise _integrity_error([problem], self.fix)
+
+    def __reduce__(self) -> tuple[type[MappedSplit], tuple[Any, ...]]:
+        """Pickled as its folder and checksums (a spawned DataLoader worker maps and checks the files again; no
+        array is copied)."""
+        return MappedSplit, (self.folder, self.checksums, self.chunk_bytes, self.fix)
 
     def __len__(self) -> int:
         return self.starts[-1]
@@ -252,8 +330,10 @@ class ArrowCacheReader(Reader):
     target_sources: ClassVar[dict[str, str]] = {}
 
     def __init__(self, root: str | Path) -> None:
+        """Open the cache at ``root`` and, when it records checksums, verify every file of it (see the module
+        docstring); the splits are mapped here, each file checked as it is mapped."""
         super().__init__(root)
-        self.meta: dict[str, Any] = json.loads((self.root / CACHE_META).read_text())
+        self.meta: dict[str, Any] = _load_meta(self.root)
         self.format = int(self.meta.get("format", 1))
         if self.format > CACHE_FORMAT:
             raise DataFormatError(
@@ -271,12 +351,40 @@ class ArrowCacheReader(Reader):
         #: stored column -> its stored type; every name (image and targets) -> its canonical dtype
         self.stored: dict[str, str] = dict(self.meta["columns"])
         self.canonical: dict[str, str] = dict(self.meta.get("canonical") or {n: _canonical_v1(n) for n in self.stored})
+        #: what repairs this cache (named by each integrity error)
+        self.fix = rebuild_fix(self.root, self.meta)
+        #: every file's checksums; None: a cache written before they were recorded (read, but it gives no identity)
+        self.checksums: dict[str, Any] | None = self.meta.get("checksums")
+        present: dict[str, Path] = {}
+        if self.checksums is not None:
+            problems = _record_problems(self.root, self.meta)
+            if not problems:
+                problems, present = listing_problems(self.root, self.checksums, CACHE_META)
+            if problems:
+                raise _integrity_error(problems, self.fix)
         self.derived_targets = {  # type: ignore[misc]
             target: (record["from"], _derivation(record, self.root))
             for target, record in (self.meta.get("derived") or {}).items()
         }
         self._splits: dict[str, MappedSplit] = {}
         self.check_splits()
+        #: bytes checked against their checksums when the cache was opened
+        self.verified_bytes = 0
+        if self.checksums is not None:
+            self._verify_all(present)
+
+    def _verify_all(self, present: dict[str, Path]) -> None:
+        """Map every split (each file checked as it is mapped), then read and check the cache's other files."""
+        checked = set()
+        for split in self.splits():
+            mapped = self._split(split)
+            self.verified_bytes += mapped.verified_bytes
+            checked.update(f"{split}/{name}" for name in mapped.checked)
+        assert self.checksums is not None
+        problems, nbytes = content_problems(self.checksums, present, sorted(set(present) - checked))
+        if problems:
+            raise _integrity_error(problems, self.fix)
+        self.verified_bytes += nbytes
 
     @classmethod
     def detect(cls, root: Path) -> bool:
@@ -284,7 +392,7 @@ class ArrowCacheReader(Reader):
 
     @classmethod
     def family_of(cls, root: Path) -> str:
-        return json.loads((root / CACHE_META).read_text())["identity"]["family"]
+        return _load_meta(root)["identity"]["family"]
 
     @classmethod
     def describe(cls) -> str:
@@ -299,7 +407,12 @@ class ArrowCacheReader(Reader):
     def _split(self, split: str) -> MappedSplit:
         self.check_split(split)
         if split not in self._splits:
-            self._splits[split] = MappedSplit(self.root / split)
+            files, chunk_bytes = None, CHUNK_BYTES
+            if self.checksums is not None:
+                prefix = f"{split}/"
+                files = {n[len(prefix):]: e for n, e in self.checksums["files"].items() if n.startswith(prefix)}
+                chunk_bytes = self.checksums["chunk_bytes"]
+            self._splits[split] = MappedSplit(self.root / split, files, chunk_bytes, self.fix)
         return self._splits[split]
 
     def sample_ids(self, split: str) -> list[str]:
@@ -362,10 +475,265 @@ class ArrowCacheReader(Reader):
         yield from (p for p in self.root.rglob("*") if p.is_file())
 
     def identity(self, *, fingerprint: str | None = None, content: bool = True) -> DatasetIdentity:
+        """The identity recorded when the cache was written (its source's fingerprint). Given only for a cache
+        whose files were all verified against their checksums when it was opened, so the fingerprint a run
+        records is that of the bytes it reads; a cache without checksums is refused."""
+        if self.checksums is None:
+            raise CacheIntegrityError(
+                self.root / CACHE_META,
+                "this cache was written without checksums (by an older mtbench), so its contents cannot be verified "
+                "and no run may record its fingerprint",
+                expected=f"{CACHE_META} recording every file's checksums",
+                found="no checksums",
+                fix=self.fix,
+            )
         ident = dict(self.meta["identity"])
         ident["root"] = str(self.root.resolve())
         ident["layout"] = f"arrow-cache({ident['layout']})"
         return DatasetIdentity(**ident)
+
+
+# --- integrity: reading the metadata, checking a cache, naming its repair ---------------------------------------
+
+
+def _read_meta(root: Path) -> tuple[dict[str, Any] | None, FileProblem | None]:
+    """The cache's metadata, or the problem that keeps it from being read."""
+    path = root / CACHE_META
+    try:
+        meta = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None, FileProblem(path, "missing cache metadata", f"the {CACHE_META} written with the cache", "no file")
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
+        return None, FileProblem(
+            path, f"damaged cache metadata: cannot be read ({exc})", "the JSON written with the cache", "other bytes"
+        )
+    if not isinstance(meta, dict):
+        return None, FileProblem(path, "damaged cache metadata", "a JSON object", type(meta).__name__)
+    return meta, None
+
+
+def _load_meta(root: Path) -> dict[str, Any]:
+    """The cache's metadata; a `CacheIntegrityError` naming it when it cannot be read."""
+    meta, problem = _read_meta(root)
+    if problem is not None:
+        raise _integrity_error([problem], rebuild_fix(root, None))
+    assert meta is not None
+    return meta
+
+
+def _record_problems(root: Path, meta: dict[str, Any]) -> list[FileProblem]:
+    """Whether the metadata (with its checksum record) is what was written: its own CRC-32, the record's kind."""
+    path = root / CACHE_META
+    recorded, actual = meta.get(META_CHECK), meta_check(meta)
+    if recorded != actual:
+        return [
+            FileProblem(
+                path,
+                "damaged cache metadata: its content differs from when the cache was written",
+                f"CRC-32 {recorded} of its content (recorded in it)" if recorded else "a CRC-32 of its content",
+                f"CRC-32 {actual}",
+            )
+        ]
+    record = meta["checksums"]
+    if not (
+        isinstance(record, dict)
+        and record.get("algorithm") == ALGORITHM
+        and isinstance(record.get("chunk_bytes"), int)
+        and record["chunk_bytes"] > 0
+        and isinstance(record.get("files"), dict)
+    ):
+        kind = record.get("algorithm") if isinstance(record, dict) else type(record).__name__
+        return [FileProblem(path, "checksums of an unknown kind", f"{ALGORITHM} per chunk", str(kind))]
+    return []
+
+
+def _no_checksums(root: Path) -> FileProblem:
+    return FileProblem(
+        root / CACHE_META,
+        "no checksums: this cache was written by an older mtbench, so its contents cannot be verified",
+        "every file's checksums, recorded when the cache was written",
+        "none",
+    )
+
+
+def check_cache(root: Path) -> CacheCheck:
+    """Every problem of the cache at ``root`` (unreadable metadata, no checksums, a missing, stray, truncated or
+    changed file), reading each file whole; never raises for a damaged cache (`mtbench data verify`)."""
+    root = Path(root)
+    meta, problem = _read_meta(root)
+    if problem is None:
+        assert meta is not None
+        if "checksums" not in meta:
+            problem = _no_checksums(root)
+        else:
+            problems = _record_problems(root, meta)
+            if not problems:
+                return check_record(root, meta, CACHE_META)
+            problem = problems[0]
+    return CacheCheck(root, (problem,), 0, 0)
+
+
+def cache_repair(cache: Path) -> str:
+    """What repairs the (damaged) cache at ``cache`` (`rebuild_fix`, its metadata read if it can be)."""
+    return rebuild_fix(cache, _read_meta(cache)[0])
+
+
+def _location(cache: Path) -> tuple[str, Path] | None:
+    """Where mtbench keeps the cache at ``cache``: ``("synthetic", cache root)`` for one a run prepared from a
+    generated set, ``("prepared", cache root)`` for the one the index names for its data set, else None."""
+    cache = Path(cache).resolve()
+    if len(cache.parents) < 3:
+        return None
+    root = cache.parents[2]
+    if cache.parent.name == ".arrow" and cache.parent.parent.name == "synth":
+        return "synthetic", root
+    if cache.parent.parent.name == "data":
+        try:
+            entry = read_index(root).get(cache.parent.name)
+        except DataFormatError:  # an unreadable index finds nothing; `--rebuild` would name it
+            return None
+        if entry and Path(entry["path"]).resolve() == cache:
+            return "prepared", root
+    return None
+
+
+def _generated_of(cache: Path) -> Path:
+    """The generated set a run's synthetic cache ``<root>/synth/.arrow/<set>-<fingerprint[:16]>`` was made from."""
+    return cache.parent.parent / cache.name.rsplit("-", 1)[0]
+
+
+def _synthetic_dataset(generated: Path) -> str | None:
+    try:
+        return str(json.loads((generated / SYNTH_MANIFEST).read_text())["dataset"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def rebuild_fix(cache: Path, meta: dict[str, Any] | None) -> str:
+    """What repairs the cache at ``cache``: the ``mtbench data prepare --rebuild`` command that finds it (its data
+    set from ``meta``, else from where it lies); for a cache that command cannot find, what to do instead."""
+    location = _location(cache)
+    identity = (meta or {}).get("identity")
+    dataset = identity.get("dataset") if isinstance(identity, dict) else None
+    if location is None:
+        source = (meta or {}).get("source") or "SOURCE"
+        return (
+            f"prepare its source again, `mtbench data prepare {dataset or 'DATASET'} --from {source}`, and use that "
+            "cache (`--rebuild` repairs only the caches mtbench itself uses: the prepared one its index names, and "
+            "those runs make of synthetic sets)"
+        )
+    kind, root = location
+    if dataset is None:
+        dataset = cache.resolve().parent.name if kind == "prepared" else _synthetic_dataset(_generated_of(cache))
+    if dataset is None:
+        return f"delete {cache} (a run prepares it again from its generated set)"
+    option = "" if root == mtbench_home().resolve() else f" --cache {root}"
+    return (
+        f"run `mtbench data prepare {dataset} --rebuild{option}` (it rebuilds the damaged cache from its source; "
+        f"`mtbench data verify {dataset}{option}` lists every damaged file)"
+    )
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """A cache mtbench keeps for a data set, and what it was prepared from (None: not known)."""
+
+    path: Path
+    dataset: str
+    #: ``"prepared"`` (by `mtbench data prepare`, named in the index) or ``"synthetic"`` (by a run)
+    kind: str
+    source: Path | None
+    layout: str | None
+    fingerprint: str | None
+
+
+def caches_of(dataset: str, cache_root: Path | None = None) -> list[CacheEntry]:
+    """The caches of ``dataset`` under ``cache_root``: the prepared one the index names, and those runs prepared
+    from generated synthetic sets (found even when their metadata cannot be read)."""
+    root = cache_root or mtbench_home()
+    found = []
+    entry = read_index(root).get(dataset)
+    if entry and Path(entry["path"]).is_dir():
+        found.append(
+            CacheEntry(Path(entry["path"]), dataset, "prepared", Path(entry["source"]), entry.get("layout"),
+                       entry.get("fingerprint"))
+        )
+    arrow = root / "synth" / ".arrow"
+    for folder in sorted(arrow.iterdir()) if arrow.is_dir() else ():
+        if not folder.is_dir() or folder.name.startswith("."):  # hidden: another process's scratch folder
+            continue
+        meta, _ = _read_meta(folder)
+        identity = (meta or {}).get("identity")
+        if isinstance(identity, dict) and isinstance(meta, dict) and "source" in meta:
+            found_dataset, source = identity.get("dataset"), Path(meta["source"])
+            layout, fingerprint = identity.get("layout"), identity.get("fingerprint")
+        else:
+            source = _generated_of(folder)
+            found_dataset, layout, fingerprint = _synthetic_dataset(source), None, None
+        if found_dataset == dataset:
+            found.append(CacheEntry(folder, dataset, "synthetic", source, layout, fingerprint))
+    return found
+
+
+def rebuild(
+    entry: CacheEntry, family: str, *, progress: Callable[[int, int], None] | None = None
+) -> PreparedDataset:
+    """Prepare the cache ``entry`` again from its source, beside the old one, then swap it in (`prepare`); the
+    old folder stays as it was if anything fails before. Refused when the source is gone or its content changed
+    since (a rebuild would then be another data set, not the same cache repaired)."""
+    from mtbench.data.layouts import open_reader
+
+    if entry.source is None or not entry.source.is_dir():
+        fix = (
+            f"delete {entry.path} (a run generates the set and prepares it again)" if entry.kind == "synthetic"
+            else f"prepare a copy of {entry.dataset}: `mtbench data prepare {entry.dataset} --from /path/to/it`"
+        )
+        raise DatasetNotFoundError(
+            f"cannot rebuild {entry.path}: its source {entry.source} is gone",
+            expected="the folder the cache was prepared from",
+            found="nothing there",
+            fix=fix,
+        )
+    reader = open_reader(family, entry.source, entry.layout)
+    identity = reader.identity(content=True)
+    cache_root = entry.path.resolve().parents[2]
+    if entry.kind == "synthetic":
+        target = synthetic_cache_path(entry.source, identity.fingerprint or "", cache_root)
+    else:
+        target = cache_root / "data" / identity.dataset / (identity.fingerprint or "")[:12]
+    if target != entry.path.resolve() or (entry.fingerprint is not None and entry.fingerprint != identity.fingerprint):
+        raise DataFormatError(
+            entry.source,
+            f"cannot rebuild {entry.path}: its source has changed since the cache was made",
+            expected=f"content fingerprint {entry.fingerprint or entry.path.name}",
+            found=f"content fingerprint {identity.fingerprint}",
+            fix=(
+                f"delete {entry.path} (runs prepare the set's current content on their own)"
+                if entry.kind == "synthetic"
+                else f"prepare the current content: `mtbench data prepare {entry.dataset} --from {entry.source}`"
+            ),
+        )
+    if entry.kind == "synthetic":
+        with _locked(target.parent / ".lock"):  # the lock `prepared_synthetic` holds
+            return prepare(reader, into=target, identity=identity, progress=progress)
+    return prepare(reader, cache_root=cache_root, identity=identity, progress=progress)
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Move the complete cache ``staging`` to ``target``. An old ``target`` is moved aside first and deleted only
+    once the new one is in place (moved back if that fails); a process that has its files open keeps reading them."""
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.replaced-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -391,8 +759,23 @@ def _index_path(cache_root: Path) -> Path:
 
 
 def read_index(cache_root: Path | None = None) -> dict[str, Any]:
+    """The index of prepared caches (data set -> its latest cache); a `DataFormatError` naming it if unreadable."""
     path = _index_path(cache_root or mtbench_home())
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        index = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        index = exc
+    if not isinstance(index, dict):
+        raise DataFormatError(
+            path,
+            f"the index of prepared caches cannot be read ({index})",
+            expected="the JSON object `mtbench data prepare` writes",
+            found="other bytes",
+            fix="delete it and prepare each real data set again (`mtbench data prepare DATASET --from DIR`)",
+        )
+    return index
 
 
 def find_prepared(dataset: str, cache_root: Path | None = None) -> Path | None:
@@ -414,11 +797,12 @@ def prepare(
     """Convert every sample of ``reader`` (all splits, all targets) into an Arrow cache (format 2).
 
     The source is fingerprinted (SHA-256 over file contents; ``identity``: the reader's, computed already);
-    the cache is built in a scratch folder and moved into place at the end, so an interrupted prepare never
-    leaves a half cache. A missing or empty split is refused first (`SplitError`), before anything long
-    starts. ``into``: the folder to write instead of ``<cache root>/data/<dataset>/<fingerprint[:12]>``;
-    such a cache is not named in the index (`find_prepared`): its caller finds it again, and holds a lock
-    that keeps two preparations of it apart (`prepared_synthetic`).
+    the cache is built in a scratch folder beside its target and swapped in at the end (`_swap_in`), so an
+    interrupted or failed prepare never leaves a half cache and leaves an older cache there as it was. Every file
+    written is checksummed (read back from disk) into the metadata, written last. A missing or empty split is
+    refused first (`SplitError`), before anything long starts. ``into``: the folder to write instead of
+    ``<cache root>/data/<dataset>/<fingerprint[:12]>``; such a cache is not named in the index (`find_prepared`):
+    its caller finds it again, and holds a lock that keeps two preparations of it apart (`prepared_synthetic`).
 
     Every label map row is checked to fit its column's type (`CacheValueError`), and every derived target
     to equal the derivation of its source (`DataFormatError`), so the cache reads back exactly what the
@@ -471,8 +855,9 @@ def prepare(
                         progress(done, total)
 
             try:
-                table = datasets.Dataset.from_generator(
-                    rows, features=features, cache_dir=str(staging / ".hf"), fingerprint=uuid.uuid4().hex
+                table = datasets.Dataset.from_generator(  # a fingerprint of the content: rebuilt caches are identical
+                    rows, features=features, cache_dir=str(staging / ".hf"),
+                    fingerprint=f"{(identity.fingerprint or uuid.uuid4().hex)[:32]}-{split}",
                 )
             except datasets.exceptions.DatasetGenerationError as exc:
                 raise (exc.__cause__ if isinstance(exc.__cause__, MtbenchError) else exc) from None
@@ -494,12 +879,12 @@ def prepare(
             "required_splits": list(reader.required_splits),
             "ids": {s: reader.sample_ids(s) for s in reader.splits()},
             "prepared_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "checksums": record_files(staging, CACHE_META),  # of the files as written, read back from disk
         }
+        meta[META_CHECK] = meta_check(meta)
         atomic_write_json(staging / CACHE_META, meta)
         with _locked(cache_root / "data" / ".lock") if into is None else nullcontext():  # ``into``: the caller's lock
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
+            _swap_in(staging, target)
             if into is None:
                 index = read_index(cache_root)
                 index[identity.dataset] = {
@@ -556,9 +941,9 @@ def require_prepared(dataset: str, cache_root: Path | None = None) -> Path:
     return path
 
 
-def synthetic_cache_path(generated: Path, fingerprint: str) -> Path:
+def synthetic_cache_path(generated: Path, fingerprint: str, cache_root: Path | None = None) -> Path:
     """Where the Arrow cache of the generated synthetic set ``generated`` (content ``fingerprint``) lives."""
-    return mtbench_home() / "synth" / ".arrow" / f"{Path(generated).name}-{fingerprint[:16]}"
+    return (cache_root or mtbench_home()) / "synth" / ".arrow" / f"{Path(generated).name}-{fingerprint[:16]}"
 
 
 def prepared_synthetic(
@@ -574,8 +959,8 @@ def prepared_synthetic(
     set's (fingerprint, synthetic flag, generator manifest), with its layout read as ``arrow-cache(...)``.
     Prepared under a lock and moved into place at the end (`prepare`), so concurrent runs prepare it once
     and an interrupted one leaves nothing behind; the caches of the folder's earlier contents are deleted then.
-    Costs one content fingerprint of the set per call (a run computed one anyway); nothing else is read once the
-    cache exists.
+    Costs one content fingerprint of the set per call (a run computed one anyway); nothing else is read here once
+    the cache exists (opening it checks its files). A cache there written without checksums is prepared again.
     """
     identity = reader.identity(content=True)
     if not identity.synthetic:
@@ -589,7 +974,9 @@ def prepared_synthetic(
     with _locked(path.parent / ".lock"):
         if not _holds(path, identity.fingerprint):
             if notice:
-                notice(f"preparing the Arrow cache of {reader.root.name} once into {path}")
+                meta = _complete_meta(path)
+                why = " (the one there was written without checksums by an older mtbench)" if meta else ""
+                notice(f"preparing the Arrow cache of {reader.root.name} once into {path}{why}")
             prepare(reader, into=path, identity=identity, progress=progress)
             _drop_stale_synthetic(path, reader.root)
     return path
@@ -617,6 +1004,7 @@ def _complete_meta(path: Path) -> dict[str, Any] | None:
 
 
 def _holds(path: Path, fingerprint: str) -> bool:
-    """Whether ``path`` is a complete cache of the set with ``fingerprint``."""
+    """Whether ``path`` is a complete cache of the set with ``fingerprint``, with checksums (one written without
+    them cannot be verified: it is prepared again; a damaged one is refused when opened, naming its repair)."""
     meta = _complete_meta(path)
-    return meta is not None and meta.get("identity", {}).get("fingerprint") == fingerprint
+    return meta is not None and meta.get("identity", {}).get("fingerprint") == fingerprint and "checksums" in meta
