@@ -77,7 +77,8 @@ def test_damage_is_located_to_its_chunk(tmp_path):
     assert problem.problem.endswith(f"2 of 4 chunk(s) of 4 MiB changed since the cache was written, the first at "
                                     f"bytes {CHUNK_BYTES}..{2 * CHUNK_BYTES - 1}")
     assert compare(tmp_path / "f", record, len(data), crc_chunks(bytes(data)), CHUNK_BYTES) is not None
-    assert compare(tmp_path / "f", {**record, "crc32": crc_chunks(data)}, len(data), crc_chunks(data), CHUNK_BYTES) is None
+    chunks = crc_chunks(data)
+    assert compare(tmp_path / "f", {**record, "crc32": chunks}, len(data), chunks, CHUNK_BYTES) is None
 
 
 def test_the_metadata_is_checked_too(cache):
@@ -114,7 +115,8 @@ def test_a_missing_and_a_stray_file_are_refused(cache):
 def test_a_spawned_worker_checks_the_files_it_maps_again(cache):
     split = ArrowCacheReader(cache)._split("train")
     blob = pickle.dumps(split)
-    assert pickle.loads(blob).verified_bytes == (cache / ARROW).stat().st_size + (cache / "train/state.json").stat().st_size
+    verified = (cache / ARROW).stat().st_size + (cache / "train/state.json").stat().st_size
+    assert pickle.loads(blob).verified_bytes == verified
     _flip(cache / ARROW, at=100, count=1)
     with pytest.raises(CacheIntegrityError, match="changed since the cache was written"):
         pickle.loads(blob)
@@ -248,4 +250,5 @@ def test_a_runs_synthetic_cache_without_checksums_is_prepared_again_and_a_damage
     with pytest.raises(CacheIntegrityError) as caught:
         resolve_data("nyuv2-synth", None, tiny)
     assert caught.value.path == path / ARROW
-    assert "run `mtbench data prepare nyuv2-synth --rebuild` (" in caught.value.fix  # the default cache root: no --cache
+    # the default cache root: no --cache in the fix
+    assert "run `mtbench data prepare nyuv2-synth --rebuild` (" in caught.value.fix
