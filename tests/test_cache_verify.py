@@ -253,3 +253,28 @@ def test_a_runs_synthetic_cache_without_checksums_is_prepared_again_and_a_damage
     assert caught.value.path == path / ARROW
     # the default cache root: no --cache in the fix
     assert "run `mtbench data prepare nyuv2-synth --rebuild` (" in caught.value.fix
+
+
+def test_a_runs_synthetic_cache_with_damaged_metadata_is_refused_not_made_again(cli, tmp_path, monkeypatch):
+    import dataclasses
+
+    from mtbench.presets import budget
+    from mtbench.runner import resolve_data
+
+    monkeypatch.setenv("MTBENCH_HOME", str(tmp_path / "home"))
+    tiny = dataclasses.replace(budget("smoke"), synth_samples=8)
+    _, reader = resolve_data("nyuv2-synth", None, tiny)
+    meta_path = reader.root / CACHE_META
+    for damage in (lambda text: text[: len(text) // 2], lambda text: text.replace('"val"', '"va1"', 1)):
+        original = meta_path.read_text()
+        meta_path.write_text(damage(original))
+        notices: list[str] = []
+        with pytest.raises(CacheIntegrityError, match="damaged cache metadata") as caught:
+            resolve_data("nyuv2-synth", None, tiny, notices.append)
+        assert caught.value.path == meta_path and not any("preparing" in n for n in notices)
+        assert "run `mtbench data prepare nyuv2-synth --rebuild` (" in caught.value.fix
+        code, text = cli("data", "prepare", "nyuv2-synth", "--rebuild")
+        assert code == 0 and f"rebuilding {reader.root}" in text, text
+        assert meta_path.read_text() != damage(original)
+        _, again = resolve_data("nyuv2-synth", None, tiny)
+        assert again.identity().fingerprint == reader.identity().fingerprint

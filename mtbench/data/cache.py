@@ -972,10 +972,15 @@ def prepared_synthetic(
         )
     path = synthetic_cache_path(reader.root, identity.fingerprint)
     with _locked(path.parent / ".lock"):
+        if path.exists():
+            # prepare moves a complete cache in at once: a folder here whose metadata is missing or damaged was
+            # damaged afterwards, and is refused like a damaged data file, not silently made again
+            meta = _load_meta(path)
+            if "checksums" in meta and (problems := _record_problems(path, meta)):
+                raise _integrity_error(problems, rebuild_fix(path, meta))
         if not _holds(path, identity.fingerprint):
             if notice:
-                meta = _complete_meta(path)
-                why = " (the one there was written without checksums by an older mtbench)" if meta else ""
+                why = " (the one there was written without checksums by an older mtbench)" if path.exists() else ""
                 notice(f"preparing the Arrow cache of {reader.root.name} once into {path}{why}")
             prepare(reader, into=path, identity=identity, progress=progress)
             _drop_stale_synthetic(path, reader.root)
