@@ -27,6 +27,7 @@ from mtbench.data.io import atomic_write_json
 from mtbench.errors import ResultFileError, UnsafeNameError
 from mtbench.registry import safe_name
 from mtbench.result import REFERENCE_METHOD, REWRITE_FIX, RunResult, describe_json, read_json
+from mtbench.scoring import ALL_METRICS
 
 __all__ = ["REFERENCE_METHOD", "REWRITE_FIX", "RunResult"]  # re-exported: the store's callers name them from here
 
@@ -320,7 +321,7 @@ class StoredRun:
         if delta is None:
             return None
         score = delta.joint if delta.joint is not None else delta.seen
-        return None if not score else score.get("all-metric average")
+        return None if not score else score.get(ALL_METRICS)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ class UnsavableState(MtbenchError):
     """A method attribute that a checkpoint of tensors and plain data cannot hold."""
 
 
-def _optimizer_state(optimizer: torch.optim.Optimizer, where: str) -> dict[str, Any]:
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     state = optimizer.state_dict()
     groups = []
     for group in state["param_groups"]:
@@ -58,7 +58,7 @@ def state_of(value: Any, where: str) -> Any:
     if isinstance(value, nn.Module):
         return {KIND: "module", "state": value.state_dict()}
     if isinstance(value, torch.optim.Optimizer):
-        return _optimizer_state(value, where)
+        return _optimizer_state(value)
     if isinstance(value, collections.deque):
         items = [state_of(v, f"{where}[{i}]") for i, v in enumerate(value)]
         return {KIND: "deque", "maxlen": value.maxlen, "items": items}

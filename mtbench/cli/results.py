@@ -74,6 +74,7 @@ def results_show(
     Examples: `mtbench results show 20261207-1709`, `mtbench results show results/nyuv2-synth/ew--seed0--….json`
     """
     from mtbench.results import find_stored
+    from mtbench.scoring import ALL_METRICS
 
     run = find_stored(_store(results), which)
     result = run.result
@@ -106,7 +107,7 @@ def results_show(
     console.print(table)
     delta = result.delta_m
     if delta is not None and not delta.unavailable:
-        parts = [f"{name} {score['all-metric average']:+.2f}" for name, score in
+        parts = [f"{name} {score[ALL_METRICS]:+.2f}" for name, score in
                  (("joint", delta.joint), ("seen", delta.seen), ("held-out", delta.unseen)) if score]
         console.print(f"Δm % against {delta.reference_method} ({delta.reference_run}): {', '.join(parts)}",
                       highlight=False)
