@@ -1,12 +1,20 @@
-"""One generic registry used for tasks, data sets, layouts and methods."""
+"""One generic registry used for tasks, task kinds, data sets, layouts and methods.
+
+Where an entry comes from (``builtin``, an entry point, a plugin file) is recorded with it. Code that imports
+a module whose definitions register themselves (a plugin file, an entry point) names the origin once with
+`registering_from`; every registration made meanwhile without an explicit ``source`` records it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import fnmatch
 import re
+import weakref
 from collections.abc import Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from mtbench.errors import DuplicateNameError, UnknownNameError, UnsafeNameError
 
@@ -19,6 +27,38 @@ SAFE_NAME_RULE = (
 )
 # Kinds whose names become file and folder names (runs/, results/, leaderboard/): only safe names register.
 PATH_NAME_KINDS = frozenset({"method", "dataset"})
+BUILTIN = "builtin"
+#: the origin recorded by a registration that names none (see `registering_from`)
+_SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("mtbench_registry_source", default=BUILTIN)
+#: every registry made, so that what one plugin registered can be found (and undone) in all of them
+_REGISTRIES: weakref.WeakSet[Registry[Any]] = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def registering_from(source: str) -> Iterator[None]:
+    """Record ``source`` as the origin of every registration made inside the block without one."""
+    token = _SOURCE.set(source)
+    try:
+        yield
+    finally:
+        _SOURCE.reset(token)
+
+
+def registered_from(source: str) -> dict[str, list[str]]:
+    """What every registry holds from ``source``: registry kind -> names (registries with none left out)."""
+    found: dict[str, list[str]] = {}
+    for registry in list(_REGISTRIES):
+        names = registry.from_source(source)
+        if names:
+            found.setdefault(registry.kind, []).extend(names)
+    return found
+
+
+def unregister_source(source: str) -> None:
+    """Remove everything registered from ``source`` from every registry (a plugin that failed half way)."""
+    for registry in list(_REGISTRIES):
+        for name in registry.from_source(source):
+            registry.unregister(name)
 
 
 def _unsafe_because(name: object) -> str | None:
@@ -85,18 +125,23 @@ class Registry(Generic[T]):
 
     Args:
         kind: what is registered (``"task"``, ``"method"`` ...), used in messages.
+        listing: the ``mtbench ls`` argument that lists them (default: ``kind`` + ``s``).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, listing: str | None = None) -> None:
         self.kind = kind
+        self.listing = listing or f"{kind}s"
         self._items: dict[str, T] = {}
         self._sources: dict[str, str] = {}
+        _REGISTRIES.add(self)
 
-    def register(self, name: str, item: T, *, source: str = "builtin") -> T:
-        """Add ``item`` under ``name``; ``source`` says where it came from.
+    def register(self, name: str, item: T, *, source: str | None = None) -> T:
+        """Add ``item`` under ``name``; ``source`` says where it came from (default: the `registering_from`
+        block's origin, else ``builtin``).
 
         A method or data-set name must be a `safe_name`: it becomes part of run, result and table paths.
         """
+        source = source or _SOURCE.get()
         if self.kind in PATH_NAME_KINDS:
             safe_name(self.kind, name, where=source)
         if name in self._items:
@@ -129,7 +174,7 @@ class Registry(Generic[T]):
         hint = (
             f"did you mean {', '.join(repr(c) for c in close[:5])}?"
             if close
-            else f"`mtbench ls {self.kind}s` lists them"
+            else f"`mtbench ls {self.listing}` lists them"
         )
         return UnknownNameError(
             f"unknown {self.kind} {name!r}",
@@ -142,6 +187,10 @@ class Registry(Generic[T]):
         """Where ``name`` came from (``builtin``, ``entry point ...``, a file path ...)."""
         self.get(name)
         return self._sources[name]
+
+    def from_source(self, source: str) -> list[str]:
+        """Names registered from ``source``, in registration order."""
+        return [name for name, origin in self._sources.items() if origin == source]
 
     def names(self, pattern: str | None = None) -> list[str]:
         """Registered names in registration order, optionally filtered by a glob or substring."""
