@@ -398,32 +398,49 @@ def _logit(p: Tensor) -> Tensor:
 
 def trivial_output(task: TaskSpec, targets: Iterator[Tensor]) -> Tensor | None:
     """The trivial predictor's output for one image (the shape of the head's output, without the batch), from
-    the training targets; None for a task kind that has none."""
-    kind = task.kind.name
-    if kind == "depth":
-        return _per_pixel_mean(targets, lambda t: t <= 0)
-    if kind == "normals":
-        return _per_pixel_mean(targets, lambda t: (t == 0).all(dim=1, keepdim=True).expand_as(t))
-    if kind == "edges":
-        return _logit(_per_pixel_mean(targets, lambda t: torch.zeros_like(t, dtype=torch.bool)))
-    if kind == "segmentation":
-        counts = None
-        for target in targets:  # (B, H, W), -1 = ignore
-            one_hot = torch.zeros((task.out_channels, *target.shape[-2:]), dtype=torch.float64)
-            labelled = target >= 0
-            for c in range(task.out_channels):
-                one_hot[c] = ((target == c) & labelled).sum(0)
-            counts = one_hot if counts is None else counts + one_hot
-        assert counts is not None
-        majority = counts.argmax(0)
-        return torch.nn.functional.one_hot(majority, task.out_channels).permute(2, 0, 1).float()
-    if kind == "binary":
-        positives = total = 0.0
-        for target in targets:
-            positives += float((target.double() > 0.5).sum())
-            total += target.numel()
-        return torch.tensor([1.0 if positives * 2 > total else -1.0])
-    return None
+    the training targets, as the task's kind computes it (`TaskKind.trivial`); None for a kind that has none."""
+    return None if task.kind.trivial is None else task.kind.trivial(task, targets)
+
+
+# --- the trivial predictors of the built-in kinds (named by `mtbench_tasks.kinds`) ---------------------------
+
+
+def trivial_depth(task: TaskSpec, targets: Iterator[Tensor]) -> Tensor:
+    """The per-pixel mean depth over valid pixels (depth > 0)."""
+    return _per_pixel_mean(targets, lambda t: t <= 0)
+
+
+def trivial_normals(task: TaskSpec, targets: Iterator[Tensor]) -> Tensor:
+    """The per-pixel mean normal over valid pixels (not all-zero)."""
+    return _per_pixel_mean(targets, lambda t: (t == 0).all(dim=1, keepdim=True).expand_as(t))
+
+
+def trivial_edges(task: TaskSpec, targets: Iterator[Tensor]) -> Tensor:
+    """The logit of each pixel's edge frequency."""
+    return _logit(_per_pixel_mean(targets, lambda t: torch.zeros_like(t, dtype=torch.bool)))
+
+
+def trivial_segmentation(task: TaskSpec, targets: Iterator[Tensor]) -> Tensor:
+    """One-hot of each pixel's majority class over labelled pixels."""
+    counts = None
+    for target in targets:  # (B, H, W), -1 = ignore
+        one_hot = torch.zeros((task.out_channels, *target.shape[-2:]), dtype=torch.float64)
+        labelled = target >= 0
+        for c in range(task.out_channels):
+            one_hot[c] = ((target == c) & labelled).sum(0)
+        counts = one_hot if counts is None else counts + one_hot
+    assert counts is not None
+    majority = counts.argmax(0)
+    return torch.nn.functional.one_hot(majority, task.out_channels).permute(2, 0, 1).float()
+
+
+def trivial_binary(task: TaskSpec, targets: Iterator[Tensor]) -> Tensor:
+    """The majority class, as a logit of ±1."""
+    positives = total = 0.0
+    for target in targets:
+        positives += float((target.double() > 0.5).sum())
+        total += target.numel()
+    return torch.tensor([1.0 if positives * 2 > total else -1.0])
 
 
 def score_trivial(task: TaskSpec, seen: bool, ctx: TrainContext, load: Load) -> Scores | None:
@@ -515,5 +532,10 @@ __all__ = [
     "score_joint",
     "score_trivial",
     "trained_networks",
+    "trivial_binary",
+    "trivial_depth",
+    "trivial_edges",
+    "trivial_normals",
     "trivial_output",
+    "trivial_segmentation",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -18,6 +18,11 @@ if TYPE_CHECKING:
 
 HeadKind = Literal["dense", "image"]
 Loss = Callable[["Tensor", "Tensor"], "Tensor"]
+#: how a contact sheet draws a target (`mtbench.data.contact`): class colours (ignore black), a colour map (ignore
+#: blank), a unit vector per pixel as RGB, a gray map, or (image-level kinds) its name beside the row when true
+PREVIEW_STYLES = ("labels", "heat", "vector", "gray", "flag")
+#: a drawing of one target of its own: ``preview(value, classes) -> (image for imshow, imshow options)``
+Preview = str | Callable[[Any, "int | None"], tuple[Any, dict[str, Any]]]
 
 _resolve = functools.cache(pkgutil.resolve_name)
 
@@ -64,9 +69,11 @@ class MetricSpec:
 
 @dataclass(frozen=True)
 class TaskKind:
-    """What every task of one kind shares: head shape, loss, evaluator and metrics.
+    """What every task of one kind shares: head shape, loss, evaluator, metrics, and what its targets are.
 
-    A new kind is one `TaskKind` registered with `mtbench.catalog.register_kind`.
+    A new kind is one `TaskKind` registered with `mtbench.catalog.register_kind`; a reader names the kind of each
+    of its targets (`Reader.target_kinds`), and the data layer asks the kind, never the target's name, how the
+    target is typed, cached and drawn.
 
     Attributes:
         name: registry name (``segmentation``, ``depth`` ...).
@@ -75,6 +82,17 @@ class TaskKind:
         evaluator: ``evaluator(task) -> Evaluator``, a fresh metric accumulator (see `mtbench.metrics`).
         metrics: evaluation metrics with directions (names match what the evaluator returns).
         out_channels: head output channels, or None when each task sets them with ``TaskSpec.classes``.
+        dtype: the numpy dtype of a target array as readers give it (``int64`` label maps, else ``float32``);
+            a dense target is ``(C, H, W)`` (a label map ``(H, W)``), an image-level one a scalar.
+        cache_dtype: the type an Arrow cache stores a non-integer target in, when a narrower one holds every value
+            exactly (``uint8`` for 0/1 maps; every row is checked when the cache is written); None: ``dtype``.
+            Integer label maps are stored in the narrowest type holding the reader's declared range.
+        ignore: the value of a pixel without ground truth (in every channel): -1 for label maps, 0 for depth and
+            normals; None where every value counts. Contact sheets leave such pixels blank.
+        preview: how a contact sheet draws a target, one of `PREVIEW_STYLES` or a function (`Preview`).
+        trivial: ``trivial(task, training targets) -> output`` of the trivial predictor that every result is read
+            against (`mtbench.protocol.trivial_output`), or None for a kind that has none. Resizing needs no
+            declaration: images are resized bilinearly and every target by nearest neighbour, keeping its values.
     """
 
     name: str
@@ -83,6 +101,22 @@ class TaskKind:
     evaluator: Callable[[TaskSpec], Evaluator]
     metrics: tuple[MetricSpec, ...]
     out_channels: int | None = None
+    dtype: str = "float32"
+    cache_dtype: str | None = None
+    ignore: float | None = None
+    preview: Preview = "gray"
+    trivial: Callable[[TaskSpec, Iterator[Tensor]], Tensor | None] | None = None
+
+    def __post_init__(self) -> None:
+        flag = self.preview == "flag"
+        if not callable(self.preview) and (self.preview not in PREVIEW_STYLES or flag != (self.head == "image")):
+            raise ConfigError(
+                f"task kind {self.name!r}: preview {self.preview!r} does not fit a {self.head} head",
+                expected="'flag' for an image-level kind; for a dense one 'labels', 'heat', 'vector', 'gray' or a "
+                "function",
+                found=repr(self.preview),
+                fix="name a style that fits the head",
+            )
 
     @property
     def loss_name(self) -> str:
@@ -165,7 +199,9 @@ class DatasetSpec:
         family: task family its samples serve.
         title: human-readable name.
         synthetic: True for procedurally generated stand-ins; results keep them apart from real data.
-        layouts: names of the on-disk layouts its readers understand (first = written by ``synth``).
+        layouts: the on-disk layouts it is documented in; the first is what ``data synth`` and runs write a
+            synthetic set in. Reading uses every layout registered for the family (`mtbench.data.layouts`), so a
+            new reader needs no entry here.
         train_split: split used for (meta-)training and fine-tuning.
         test_split: split used for evaluation (NYU-v2's literature evaluates on ``val``).
         default_tasks: tasks trained when the user names none (the papers' choice).

@@ -1,8 +1,10 @@
-"""The built-in task kinds: head, loss, evaluator and metrics shared by every task of a kind.
+"""The built-in task kinds: head, loss, evaluator and metrics shared by every task of a kind, and what their
+targets are (dtype, cache storage, ignore value, drawing, trivial predictor).
 
-A new kind is one more `register_kind` call (here or in a plugin); its tasks name it with ``kind=``.
-The loss and metric formulas live in mtbench's engine (`mtbench.losses`, `mtbench.metrics`), named
-here with `Deferred` so that loading the catalog does not import torch.
+A new kind is one more `register_kind` call (here or in a plugin); its tasks name it with ``kind=``, and readers
+name it for their targets (`Reader.target_kinds`). The loss and metric formulas live in mtbench's engine
+(`mtbench.losses`, `mtbench.metrics`, `mtbench.protocol`), named here with `Deferred` so that loading the catalog
+does not import torch.
 """
 
 from mtbench.catalog import register_kind
@@ -18,6 +20,10 @@ SEGMENTATION = register_kind(
             MetricSpec("mIoU", True, "mean intersection over union, from a confusion matrix over the split"),
             MetricSpec("pixAcc", True, "pixel accuracy over labelled pixels"),
         ),
+        dtype="int64",
+        ignore=-1,
+        preview="labels",
+        trivial=Deferred("mtbench.protocol:trivial_segmentation"),
     )
 )
 DEPTH = register_kind(
@@ -31,6 +37,9 @@ DEPTH = register_kind(
             MetricSpec("relErr", False, "mean |pred - gt| / gt over valid pixels"),
         ),
         out_channels=1,
+        ignore=0.0,
+        preview="heat",
+        trivial=Deferred("mtbench.protocol:trivial_depth"),
     )
 )
 NORMALS = register_kind(
@@ -47,6 +56,9 @@ NORMALS = register_kind(
             MetricSpec("within30", True, "fraction of valid pixels within 30°"),
         ),
         out_channels=3,
+        ignore=0.0,
+        preview="vector",
+        trivial=Deferred("mtbench.protocol:trivial_normals"),
     )
 )
 EDGES = register_kind(
@@ -64,6 +76,9 @@ EDGES = register_kind(
             ),
         ),
         out_channels=1,
+        cache_dtype="uint8",
+        preview="gray",
+        trivial=Deferred("mtbench.protocol:trivial_edges"),
     )
 )
 BINARY = register_kind(
@@ -83,5 +98,8 @@ BINARY = register_kind(
             MetricSpec("balancedAcc", True, "balanced accuracy (mean recall of both classes)"),
         ),
         out_channels=1,
+        cache_dtype="int8",
+        preview="flag",
+        trivial=Deferred("mtbench.protocol:trivial_binary"),
     )
 )
