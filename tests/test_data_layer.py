@@ -18,7 +18,6 @@ from mtbench.data.cache import (
     ArrowCacheReader,
     CacheValueError,
     MappedSplit,
-    _column_dtype,
     prepare,
 )
 from mtbench.data.celebamask import FACESEG19_TO_3, CelebaOfficialReader, CelebaParquetReader
@@ -250,13 +249,21 @@ def test_a_false_derivation_is_refused(face_official, tmp_path):
         prepare(Lying(face_official), cache_root=tmp_path)
 
 
+def _format_1_dtype(reader: Reader, name: str) -> str:
+    """The column type format 1 stored: 8-bit images as uint8, every label map as int16, other targets as now."""
+    if name == "image":
+        return "uint8" if reader.stores_uint8_images else "float32"
+    kind = reader.kind_of(name)
+    return "int16" if kind.dtype.startswith("int") else kind.cache_dtype or kind.dtype
+
+
 def _write_format_1(reader: Reader, path: Path) -> Path:
     """A cache exactly as format 1 wrote it: label maps int16, every target its own column, no dtypes recorded."""
     import datasets
 
     quiet_datasets()
     targets = reader.targets()
-    columns = {name: _column_dtype(name, reader.stores_uint8_images) for name in ("image", *targets)}
+    columns = {name: _format_1_dtype(reader, name) for name in ("image", *targets)}
 
     def encode(name: str, value: np.ndarray) -> np.ndarray:
         dtype = columns[name]

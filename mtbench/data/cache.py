@@ -10,7 +10,10 @@ reader's declared value range (`Reader.label_values`: uint8 for 0..255, int8 for
 every row is checked and a value that does not fit raises `CacheValueError`), and stores a target the
 reader derives from another target (`Reader.derived_targets`, e.g. CelebAMask-HQ's faceseg3 from faceseg19)
 only as its source, rebuilding it on read. ``mtbench-cache.json`` records each stored column's type
-(``columns``), each target's canonical dtype (``canonical``) and the derivations (``derived``). Caches of
+(``columns``), each target's canonical dtype (``canonical``) and the derivations (``derived``). A target that
+is not a label map is stored as its task kind says (`TaskKind.cache_dtype`: 0/1 edge maps as uint8, binary
+attributes as int8, every row checked to be held exactly); each target's kind and the label ranges are recorded
+too (``kinds``, ``label_values``; caches written before read them from their source layout's reader). Caches of
 format 1 (label maps as int16, every target a column) are still read.
 
 Every file of a cache is checksummed when the cache is written (`mtbench.data.checksums`: size and a CRC-32 per
@@ -58,7 +61,7 @@ from mtbench.data.checksums import (
     record_files,
 )
 from mtbench.data.io import atomic_write_json, quiet_datasets
-from mtbench.data.reader import DERIVATIONS, SYNTH_MANIFEST, DatasetIdentity, Reader, derive
+from mtbench.data.reader import DERIVATIONS, LAYOUTS, SYNTH_MANIFEST, DatasetIdentity, Reader, derive, register_layout
 from mtbench.errors import ConfigError, DataFormatError, DatasetNotFoundError, MtbenchError
 
 CACHE_META = "mtbench-cache.json"
@@ -78,19 +81,6 @@ def mtbench_home() -> Path:
     return Path(os.environ.get("MTBENCH_HOME", Path.home() / ".cache" / "mtbench")).expanduser()
 
 
-def _column_dtype(target: str, stores_uint8_images: bool) -> str:
-    """Format 1's stored type of a column (format 2 keeps it for images and float targets)."""
-    if target == "image":
-        return "uint8" if stores_uint8_images else "float32"
-    if target.startswith("semantic") or target.startswith("faceseg"):
-        return "int16"
-    if target == "edge":
-        return "uint8"
-    if target.startswith("attr:"):
-        return "int8"
-    return "float32"
-
-
 def _label_type(low: int, high: int) -> str:
     """The narrowest integer type holding every value in ``low..high``."""
     for name in _LABEL_TYPES:
@@ -107,7 +97,8 @@ def _stored_dtype(target: str, value: np.ndarray, reader: Reader) -> str:
     if value.dtype.kind in "iu":  # a label map: the narrowest type of its declared range
         declared = reader.label_values.get(target)
         return _label_type(*declared) if declared is not None else _UNDECLARED_LABEL_TYPE
-    return _column_dtype(target, reader.stores_uint8_images)
+    kind = reader.kind_of(target)
+    return kind.cache_dtype or kind.dtype
 
 
 def _encode(target: str, value: np.ndarray, dtype: str) -> np.ndarray:
@@ -141,9 +132,10 @@ def _check_fits(reader: Reader, split: str, index: int, target: str, value: np.n
     )
 
 
-def _canonical_v1(target: str) -> str:
-    """Format 1's canonical dtype of a column (format 2 records it)."""
-    return "int64" if target.startswith("semantic") or target.startswith("faceseg") else "float32"
+def _canonical_v1(stored: str) -> str:
+    """Format 1's canonical dtype of a column of ``stored`` type (format 2 records it): format 1 stored label
+    maps, and nothing else, as int16."""
+    return "int64" if stored == _UNDECLARED_LABEL_TYPE else "float32"
 
 
 def _decode(name: str, value: np.ndarray, stored: str, canonical: str) -> np.ndarray:
@@ -321,6 +313,7 @@ class MappedSplit:
         }
 
 
+@register_layout
 class ArrowCacheReader(Reader):
     """Reads a prepared Arrow cache; same canonical samples as the reader it was prepared from."""
 
@@ -350,7 +343,20 @@ class ArrowCacheReader(Reader):
         self.required_splits = tuple(self.meta.get("required_splits", self.meta["split_order"]))  # type: ignore[misc]
         #: stored column -> its stored type; every name (image and targets) -> its canonical dtype
         self.stored: dict[str, str] = dict(self.meta["columns"])
-        self.canonical: dict[str, str] = dict(self.meta.get("canonical") or {n: _canonical_v1(n) for n in self.stored})
+        self.canonical: dict[str, str] = dict(
+            self.meta.get("canonical") or {n: _canonical_v1(t) for n, t in self.stored.items()}
+        )
+        layout = self.meta["identity"]["layout"]  # its source's reader: for caches that record no kinds or ranges
+        source_layout = LAYOUTS.get(layout) if layout in LAYOUTS else None
+        self.target_kinds = dict(  # type: ignore[misc]
+            self.meta.get("kinds") or (source_layout.target_kinds if source_layout else {})
+        )
+        recorded = self.meta.get("label_values")
+        self.label_values = (  # type: ignore[misc]
+            {t: (int(low), int(high)) for t, (low, high) in recorded.items()}
+            if recorded is not None
+            else dict(source_layout.label_values if source_layout else {})
+        )
         #: what repairs this cache (named by each integrity error)
         self.fix = rebuild_fix(self.root, self.meta)
         #: every file's checksums; None: a cache written before they were recorded (read, but it gives no identity)
@@ -391,7 +397,7 @@ class ArrowCacheReader(Reader):
         return (root / CACHE_META).is_file()
 
     @classmethod
-    def family_of(cls, root: Path) -> str:
+    def family_at(cls, root: Path) -> str:
         return _load_meta(root)["identity"]["family"]
 
     @classmethod
@@ -871,6 +877,8 @@ def prepare(
             "source": str(reader.root.resolve()),
             "target_sources": reader.target_sources,
             "targets": list(targets),
+            "kinds": {t: reader.kind_of(t).name for t in targets},
+            "label_values": {t: list(reader.label_values[t]) for t in targets if t in reader.label_values},
             "columns": columns,
             "canonical": canonical,
             "derived": {name: _derivation_record(how, source) for name, (source, how) in derived.items()},

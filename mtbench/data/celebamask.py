@@ -38,7 +38,7 @@ from mtbench.data.io import (
     require_file,
 )
 from mtbench.data.parquet import ParquetReader, parquet_split_files
-from mtbench.data.reader import Reader, to_chw_image
+from mtbench.data.reader import Reader, register_layout, to_chw_image
 from mtbench.errors import DataFormatError, SplitError
 
 IMAGES = "CelebA-HQ-img"
@@ -61,6 +61,12 @@ ATTRIBUTE_TARGETS = {f"attr:{name}": name for name in CELEBA_ATTRIBUTES}
 FACE_LABEL_VALUES = {"faceseg19": (0, len(CELEBA_PARTS)), "faceseg3": (0, len(FACE3_CLASSES) - 1)}
 #: faceseg3 is FACESEG19_TO_3[faceseg19]: a cache stores faceseg19 only
 FACE_DERIVED: dict[str, tuple[str, np.ndarray | str]] = {"faceseg3": ("faceseg19", FACESEG19_TO_3)}
+#: the task kind of every CelebAMask-HQ target (`Reader.target_kinds`)
+FACE_TARGET_KINDS = {
+    "faceseg19": "segmentation",
+    "faceseg3": "segmentation",
+    **dict.fromkeys(ATTRIBUTE_TARGETS, "binary"),
+}
 
 
 def _split_of(orig_idx: int) -> str:
@@ -139,6 +145,7 @@ def _resize(array: np.ndarray, size: int, nearest: bool) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize((size, size), resample))
 
 
+@register_layout
 class CelebaOfficialReader(Reader):
     """The official CelebAMask-HQ release (see the module docstring)."""
 
@@ -151,6 +158,7 @@ class CelebaOfficialReader(Reader):
         "faceseg3": "masks",
         **{target: f"attribute {name}" for target, name in ATTRIBUTE_TARGETS.items()},
     }
+    target_kinds: ClassVar[dict[str, str]] = FACE_TARGET_KINDS
     label_values: ClassVar[dict[str, tuple[int, int]]] = FACE_LABEL_VALUES
     derived_targets: ClassVar[dict[str, tuple[str, np.ndarray | str]]] = FACE_DERIVED
 
@@ -375,6 +383,7 @@ class CelebaOfficialReader(Reader):
             yield from parts.values()
 
 
+@register_layout
 class CelebaParquetReader(ParquetReader):
     """Hugging Face mirror ``eurecom-ds/celeba_hq_mask`` as local parquet shards
     (``data/{train,validation,test}-*.parquet``, columns ``image`` and ``mask``: 512² images, the mask
@@ -385,6 +394,7 @@ class CelebaParquetReader(ParquetReader):
     title: ClassVar[str] = "CelebAMask-HQ parquet mirror (eurecom-ds/celeba_hq_mask)"
     stores_uint8_images: ClassVar[bool] = True
     target_sources: ClassVar[dict[str, str]] = {"faceseg19": "mask", "faceseg3": "mask"}
+    target_kinds: ClassVar[dict[str, str]] = FACE_TARGET_KINDS
     label_values: ClassVar[dict[str, tuple[int, int]]] = FACE_LABEL_VALUES
     derived_targets: ClassVar[dict[str, tuple[str, np.ndarray | str]]] = FACE_DERIVED
     SHARD_NAMES: ClassVar[dict[str, str]] = {"val": "validation"}

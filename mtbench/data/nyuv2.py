@@ -28,11 +28,19 @@ from mtbench.data.io import (
     save_npy,
 )
 from mtbench.data.parquet import ParquetReader, parquet_split_files
-from mtbench.data.reader import Reader, label_edges, to_chw_image
+from mtbench.data.reader import Reader, label_edges, register_layout, to_chw_image
 from mtbench.errors import DataFormatError
 
 #: Sample as the writers take it (HWC, as the MTAN files store it).
 RawNyuSample = Mapping[str, np.ndarray]
+#: the task kind of every NYU-v2 target (`Reader.target_kinds`)
+NYU_TARGET_KINDS = {
+    "semantic13": "segmentation",
+    "semantic40": "segmentation",
+    "depth": "depth",
+    "normal": "normals",
+    "edge": "edges",
+}
 
 NORMAL_TOLERANCE = 0.1  # valid normals must have |‖n‖ − 1| ≤ this
 
@@ -63,6 +71,7 @@ def _labels_to_int(labels: np.ndarray, path: Path | str, what: str) -> np.ndarra
     return labels.astype(np.int64)
 
 
+@register_layout
 class MtanReader(Reader):
     """MTAN layout: ``{train,val}/{image,label,depth,normal}/{i}.npy`` (HWC; 13 classes; no edges).
 
@@ -79,6 +88,7 @@ class MtanReader(Reader):
         "normal": "normal",
         "edge": "label",
     }
+    target_kinds: ClassVar[dict[str, str]] = NYU_TARGET_KINDS
     label_values: ClassVar[dict[str, tuple[int, int]]] = {"semantic13": (-1, len(NYU13_CLASSES) - 1)}
     derived_targets: ClassVar[dict[str, tuple[str, np.ndarray | str]]] = {"edge": ("semantic13", "label_edges")}
     SPLITS: ClassVar[tuple[str, ...]] = ("train", "val")
@@ -162,6 +172,7 @@ class MtanReader(Reader):
                 yield from (self.root / split / folder).glob("*.npy")
 
 
+@register_layout
 class NyudMtReader(Reader):
     """NYUD-MT layout (Vandenhende et al.): ``images/{id}.jpg``, ``segmentation/{id}.png`` (40 classes),
     ``depth/``, ``normals/``, ``edge/`` as ``{id}.npy``, split lists ``gt_sets/{train,val}.txt``.
@@ -180,6 +191,7 @@ class NyudMtReader(Reader):
         "normal": "normals",
         "edge": "edge",
     }
+    target_kinds: ClassVar[dict[str, str]] = NYU_TARGET_KINDS
     label_values: ClassVar[dict[str, tuple[int, int]]] = {"semantic40": (-1, len(NYU40_CLASSES) - 1)}
     SPLITS: ClassVar[tuple[str, ...]] = ("train", "val")
     required_splits: ClassVar[tuple[str, ...]] = SPLITS
@@ -288,6 +300,7 @@ class NyudMtReader(Reader):
             yield from (self.root / folder).glob(f"*.{suffix}")
 
 
+@register_layout
 class NyuParquetReader(ParquetReader):
     """Hugging Face mirror ``tanganke/nyuv2`` as local parquet shards (``data/{train,val}-*.parquet``):
     columns ``image`` (3×H×W float32), ``segmentation`` (H×W int, 13 classes, -1 ignore), ``depth``
@@ -302,6 +315,7 @@ class NyuParquetReader(ParquetReader):
         "normal": "normal",
         "edge": "segmentation",
     }
+    target_kinds: ClassVar[dict[str, str]] = NYU_TARGET_KINDS
     label_values: ClassVar[dict[str, tuple[int, int]]] = {"semantic13": (-1, len(NYU13_CLASSES) - 1)}
     derived_targets: ClassVar[dict[str, tuple[str, np.ndarray | str]]] = {"edge": ("semantic13", "label_edges")}
 

@@ -1,4 +1,9 @@
-"""The reader interface every on-disk layout implements, and data-set identity."""
+"""The reader interface every on-disk layout implements, the registry of layouts, and data-set identity.
+
+A reader registers itself: ``@register_layout`` on its class (in its own module) adds it to `LAYOUTS` under its
+``layout`` name. `mtbench.data.layouts` imports the built-in reader modules, readers of installed packages
+(entry-point group ``mtbench.layouts``) and detects a folder's layout.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,17 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
+from mtbench import catalog
 from mtbench.data.io import fingerprint_files, stored_size
-from mtbench.errors import DataFormatError, DatasetNotFoundError, PluginError, SplitError
+from mtbench.errors import DataFormatError, DatasetNotFoundError, PluginError, SplitError, UnknownNameError
+from mtbench.registry import Registry
+
+if TYPE_CHECKING:
+    from mtbench.specs import TaskKind
 
 #: Written at the top of every synthetic data set; readers use it to tag samples as synthetic.
 SYNTH_MANIFEST = "mtbench-synthetic.json"
@@ -42,15 +52,16 @@ class DatasetIdentity:
 class Reader(ABC):
     """Reads one on-disk layout of a data family into canonical samples.
 
-    Canonical sample arrays (whatever the layout stores):
+    Canonical sample arrays (whatever the layout stores), each target as its task kind declares (`kind_of`):
         ``image``: float32 (3, H, W) in [0, 1];
-        label maps: int64 (H, W), -1 = ignore;
+        label maps (kind ``segmentation``): int64 (H, W), -1 = ignore;
         ``depth``: float32 (1, H, W), 0 = invalid; ``normal``: float32 (3, H, W), all-zero = invalid;
-        ``edge``: float32 (1, H, W) in {0, 1}; ``attr:<Name>``: float32 scalar in {0, 1}.
+        ``edge``: float32 (1, H, W) in {0, 1}; ``attr:<Name>`` (kind ``binary``): float32 scalar in {0, 1}.
 
     Only the targets a caller asks for are read: a held-out task's files are never opened.
     Subclasses set the class attributes, implement the abstract methods and call `check_splits` at the
-    end of their constructor, so a data set with a missing or empty split cannot be opened.
+    end of their constructor, so a data set with a missing or empty split cannot be opened. A concrete reader
+    registers itself with ``@register_layout``.
     """
 
     layout: ClassVar[str]
@@ -58,6 +69,9 @@ class Reader(ABC):
     title: ClassVar[str]
     #: target name -> the kind of file it is read from (two targets sharing a source leak each other)
     target_sources: ClassVar[dict[str, str]]
+    #: target name -> the name of its task kind (`mtbench.catalog.kind`), which says how the target is typed,
+    #: cached and drawn (`kind_of`); one entry per target of ``target_sources`` (checked by `register_layout`)
+    target_kinds: ClassVar[dict[str, str]] = {}
     #: images are 8-bit on disk (JPEG/PNG), so a cache may store them as uint8 without loss
     stores_uint8_images: ClassVar[bool] = False
     #: splits the layout must hold, each with at least one sample (checked when the data set is opened)
@@ -111,6 +125,12 @@ class Reader(ABC):
         """Whether ``root`` looks like this layout (cheap: folder names only)."""
 
     @classmethod
+    def family_at(cls, root: Path) -> str:
+        """The data family of the folder ``root`` (which `detect` accepted): the class's ``family``, or for a
+        layout that serves every family (``family = "*"``) the one the folder holds."""
+        return cls.family
+
+    @classmethod
     @abstractmethod
     def describe(cls) -> str:
         """One line describing the expected folder structure."""
@@ -153,6 +173,26 @@ class Reader(ABC):
     # --- shared behaviour --------------------------------------------------------------------
     def targets(self) -> tuple[str, ...]:
         return tuple(self.target_sources)
+
+    def kind_of(self, target: str) -> TaskKind:
+        """The registered task kind of ``target`` (`target_kinds`): its dtype, cache storage, ignore value and
+        drawing."""
+        self.require_targets((target,), f"the {self.title} layout")
+        name = self.target_kinds.get(target)
+        if name is None:
+            raise PluginError(
+                f"reader {type(self).__name__} ({self.layout}) declares no kind for its target {target!r}",
+                expected="an entry per target in target_kinds, e.g. {'depth': 'depth'}",
+                found=", ".join(sorted(self.target_kinds)) or "no target_kinds",
+                fix=f"add {target!r} to {type(self).__name__}.target_kinds",
+            )
+        try:
+            return catalog.kind(name)
+        except UnknownNameError as error:
+            raise UnknownNameError(
+                f"reader {type(self).__name__} ({self.layout}) names the unknown task kind {name!r} for {target!r}",
+                **error.details(),
+            ) from None
 
     def num_samples(self, split: str) -> int:
         return len(self.sample_ids(split))
@@ -360,6 +400,48 @@ class Reader(ABC):
             fingerprint=fingerprint or self.fingerprint(content=content),
             fingerprint_kind=kind,
         )
+
+
+#: every registered on-disk layout: layout name -> reader class (`register_layout`; read through
+#: `mtbench.data.layouts.layouts`, which loads the built-in and installed readers first)
+LAYOUTS: Registry[type[Reader]] = Registry("layout")
+R = TypeVar("R", bound=type[Reader])
+
+
+def register_layout(cls: R) -> R:
+    """Class decorator: register a concrete reader under its ``layout`` name.
+
+    Checked here, when the class is defined: it is a concrete `Reader` with ``layout``, ``family`` and ``title``,
+    and a class that lists its targets (``target_sources``) names the kind of every one (``target_kinds``).
+    A name registered twice is a `DuplicateNameError`.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Reader)):
+        raise PluginError(
+            f"@register_layout on {cls!r}, which is not a reader class",
+            expected="a subclass of mtbench.data.reader.Reader",
+            found=type(cls).__name__,
+        )
+    missing = [a for a in ("layout", "family", "title") if not isinstance(getattr(cls, a, None), str)]
+    if missing or inspect.isabstract(cls):
+        abstract = sorted(getattr(cls, "__abstractmethods__", ()))
+        raise PluginError(
+            f"reader {cls.__qualname__} cannot be registered as a layout",
+            expected="class attributes layout, family and title (strings) and every abstract method implemented",
+            found=", ".join([f"no {a}" for a in missing] + [f"abstract {m}" for m in abstract]),
+            fix="set the attributes and implement the methods Reader declares abstract",
+        )
+    sources = getattr(cls, "target_sources", None)
+    if isinstance(sources, dict):
+        undeclared = [t for t in sources if t not in cls.target_kinds]
+        if undeclared:
+            raise PluginError(
+                f"reader {cls.__qualname__} ({cls.layout}) declares no kind for {', '.join(map(repr, undeclared))}",
+                expected="target_kinds naming the task kind of every target of target_sources",
+                found=", ".join(f"{t}: {k}" for t, k in cls.target_kinds.items()) or "no target_kinds",
+                fix="add the targets to target_kinds (`mtbench ls kinds` lists the kinds)",
+            )
+    LAYOUTS.register(cls.layout, cls)
+    return cls
 
 
 #: derivations a reader may name in `Reader.derived_targets` (a cache records the name and calls the same function)
