@@ -1,4 +1,4 @@
-"""Budgets (``--budget smoke|quick|paper``): network size, data size and step counts of a run.
+"""Budgets (``--budget``, see `budget_help`): network size, data size and step counts of a run.
 
 Every method runs the same budget, so numbers in one table are comparable: the same number of
 outer updates (training steps, or meta-iterations for the meta-learning methods), the same batch
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
 from mtbench.errors import ConfigError
 from mtbench.models import ArchSpec
@@ -24,6 +25,9 @@ class Budget:
             over-parameterised regime where parsimony should pay) or ``paper`` (GPU).
         arch: the network.
         synth_samples: size of the synthetic set generated when a run uses a synthetic stand-in.
+        summary: one line for ``--budget``'s help (`budget_help`).
+        device: what a sweep reserves for each run of the budget: ``cpu``, or ``gpu`` (one GPU per cell).
+            Neither this nor ``summary`` changes what a run trains or measures.
         synth_options: generator size options per synthetic data set (overrides its defaults).
         resolution: resize inputs and dense targets to ``(H, W)``; None keeps the data's size.
         max_train_samples / max_test_samples: caps on the splits (None = all).
@@ -42,6 +46,8 @@ class Budget:
     name: str
     arch: ArchSpec
     synth_samples: int
+    summary: str
+    device: Literal["cpu", "gpu"] = "cpu"
     synth_options: dict[str, dict[str, int]] = field(default_factory=dict)
     resolution: tuple[int, int] | None = None
     max_train_samples: int | None = None
@@ -57,10 +63,20 @@ class Budget:
     validation_samples: int = 250
     bn_recalibration_batches: int = 40
 
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "gpu"):
+            raise ConfigError(
+                f"budget {self.name!r}: unknown device {self.device!r}",
+                expected="cpu | gpu",
+                found=repr(self.device),
+                fix="device='gpu' for a budget that needs a GPU per run, else 'cpu'",
+            )
+
 
 BUDGETS: dict[str, Budget] = {
     "smoke": Budget(
         name="smoke",
+        summary="seconds, for tests",
         arch=ArchSpec("small", widths=(8, 8, 16), blocks=1, norm="batch", head_hidden=8),
         synth_samples=32,
         synth_options={
@@ -80,6 +96,7 @@ BUDGETS: dict[str, Budget] = {
     ),
     "quick": Budget(
         name="quick",
+        summary="minutes on a laptop CPU, the default",
         arch=ArchSpec("small", widths=(16, 32, 64), blocks=1, norm="batch", head_hidden=32),
         # 1,000 test images (a binary accuracy's standard error ≤ 0.016); of the rest, the training split,
         # validation_samples are held out for validation and the others trained on: 750 for nyuv2-synth (as
@@ -97,6 +114,8 @@ BUDGETS: dict[str, Budget] = {
     ),
     "paper": Budget(
         name="paper",
+        summary="the paper's dilated ResNet-50, for a GPU",
+        device="gpu",
         arch=ArchSpec("resnet50", norm="batch"),
         synth_samples=2000,
         resolution=(256, 256),
@@ -117,22 +136,17 @@ BUDGETS: dict[str, Budget] = {
 # Protocols for the sparsity question (see README "Which protocol answers which question"): the quick
 # network and data, trained 3× longer (sparse models recover), or on 128 training samples (the
 # over-parameterised regime where parsimony should pay).
-BUDGETS["plateau"] = dataclasses.replace(BUDGETS["quick"], name="plateau", steps=1800, log_every=30)
-BUDGETS["scarce"] = dataclasses.replace(BUDGETS["quick"], name="scarce", max_train_samples=128)
-
-#: one line per budget for `--budget`'s help (a test checks that every budget has one)
-BUDGET_SUMMARIES = {
-    "smoke": "seconds, for tests",
-    "quick": "minutes on a laptop CPU, the default",
-    "plateau": "quick with 3× the steps",
-    "scarce": "quick on 128 training images",
-    "paper": "the paper's dilated ResNet-50, for a GPU",
-}
+BUDGETS["plateau"] = dataclasses.replace(
+    BUDGETS["quick"], name="plateau", summary="quick with 3× the steps", steps=1800, log_every=30
+)
+BUDGETS["scarce"] = dataclasses.replace(
+    BUDGETS["quick"], name="scarce", summary="quick on 128 training images", max_train_samples=128
+)
 
 
 def budget_help() -> str:
-    """``--budget``'s help, from `BUDGETS` and `BUDGET_SUMMARIES`."""
-    return "; ".join(f"{name} ({BUDGET_SUMMARIES.get(name, 'see mtbench/presets.py')})" for name in BUDGETS) + "."
+    """``--budget``'s help: every budget of `BUDGETS` with its summary."""
+    return "; ".join(f"{b.name} ({b.summary})" for b in BUDGETS.values()) + "."
 
 
 def budget(name: str) -> Budget:
