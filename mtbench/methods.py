@@ -1,4 +1,5 @@
-"""Method plugins: the method interface and the registry of built-in and third-party methods.
+"""Method plugins: the method interface, the registry of built-in and third-party methods, and the loader of
+plugin files.
 
 Methods come from three places, and every result records which:
 
@@ -8,7 +9,11 @@ Methods come from three places, and every result records which:
 * files or folders named explicitly with ``--plugins PATH`` (never an implicit scan of the
   working directory).
 
-A plugin module defines ``METHOD = MethodInfo(...)`` (or ``METHODS = [...]``).
+A plugin module defines ``METHOD = MethodInfo(...)`` (or ``METHODS = [...]``). The same file may also define
+readers (``@register_layout``), task kinds, tasks and data sets (``mtbench.catalog.register_kind`` ...):
+`load_plugin_path` registers everything a file defines, each entry recording the file as its source, or, when
+one registration fails, nothing of it. Readers, kinds and tasks of installed packages have their own
+entry-point groups (``mtbench.layouts``, ``mtbench.tasks``).
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from mtbench.errors import PluginError
-from mtbench.registry import Registry
+from mtbench.errors import MtbenchError, PluginError
+from mtbench.registry import Registry, registered_from, registering_from, unregister_source
 
 ENTRY_POINT_GROUP = "mtbench.methods"
 
@@ -65,7 +70,8 @@ class MethodInfo:
 
 METHODS: Registry[MethodInfo] = Registry("method")
 _loaded_builtins = False
-_loaded_files: dict[tuple[Path, str], list[str]] = {}  # (file, sha256) -> method names: loading twice is a no-op
+#: (file, sha256) -> its source and what it registered (registry kind -> names): loading it twice is a no-op
+_loaded_files: dict[tuple[Path, str], tuple[str, dict[str, list[str]]]] = {}
 
 
 def _checked(infos: list[Any], where: str) -> list[MethodInfo]:
@@ -113,8 +119,29 @@ def load_builtins() -> None:
         _register_all(_checked(infos, f"entry point {entry.name!r}"), f"entry point {entry.name} ({dist})")
 
 
+def _load_all_builtins() -> None:
+    """Register every built-in (and installed) method, reader, kind, task and data set, so that a plugin that
+    imports a built-in module first is not taken for its origin, and a plugin's duplicate names are refused."""
+    from mtbench import catalog
+    from mtbench.data.layouts import load_builtins as load_layouts
+
+    catalog.load_builtins()
+    load_layouts()
+    load_builtins()
+
+
+def _still_registered(registered: dict[str, list[str]], source: str) -> bool:
+    """Whether everything a file registered is still there (a test may have emptied a registry since)."""
+    now = registered_from(source)
+    return all(set(names) <= set(now.get(kind, ())) for kind, names in registered.items())
+
+
 def load_plugin_path(path: str | Path) -> list[str]:
-    """Load method plugins from one ``.py`` file or every ``.py`` file of a folder; returns their names."""
+    """Load plugins from one ``.py`` file or every ``.py`` file of a folder; returns the names of their methods.
+
+    A file may define methods (``METHOD``/``METHODS``) and register readers, task kinds, tasks and data sets as it
+    is imported; `mtbench.registry.registered_from` lists them (by the source ``file PATH (sha256 ...)``).
+    """
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise PluginError(
@@ -128,35 +155,54 @@ def load_plugin_path(path: str | Path) -> list[str]:
         raise PluginError(
             f"plugin {path} is not a Python file", expected="a .py file", found=path.suffix or "no suffix"
         )
+    _load_all_builtins()
     names: list[str] = []
     for file in files:
         digest = hashlib.sha256(file.read_bytes()).hexdigest()
-        if (file, digest) in _loaded_files and all(n in METHODS for n in _loaded_files[(file, digest)]):
-            names += _loaded_files[(file, digest)]
+        loaded = _loaded_files.get((file, digest))
+        if loaded is not None and _still_registered(loaded[1], loaded[0]):
+            names += loaded[1].get(METHODS.kind, [])
             continue
-        module_name = f"mtbench_plugin_{file.stem}_{digest[:8]}"
-        spec = importlib.util.spec_from_file_location(module_name, file)
-        if spec is None or spec.loader is None:
-            raise PluginError(f"cannot import plugin {file}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            sys.modules.pop(module_name, None)
-            raise PluginError(
-                f"plugin {file} failed to import: {exc}", fix="run it with python to see the traceback"
-            ) from exc
-        infos = _infos_of(module)
-        if not infos:
-            raise PluginError(
-                f"plugin {file} defines no method",
-                expected="METHOD = MethodInfo(...)",
-                found="neither METHOD nor METHODS",
-            )
-        _loaded_files[(file, digest)] = _register_all(infos, f"file {file} (sha256 {digest[:12]})")
-        names += _loaded_files[(file, digest)]
+        source = f"file {file} (sha256 {digest[:12]})"
+        registered = _load_plugin_file(file, digest, source)
+        _loaded_files[(file, digest)] = (source, registered)
+        names += registered.get(METHODS.kind, [])
     return names
+
+
+def _load_plugin_file(file: Path, digest: str, source: str) -> dict[str, list[str]]:
+    """Import one plugin file with ``source`` as the origin of what it registers; on any failure, unregister
+    everything it registered and raise. Returns registry kind -> names registered."""
+    module_name = f"mtbench_plugin_{file.stem}_{digest[:8]}"
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"cannot import plugin {file}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        with registering_from(source):
+            try:
+                spec.loader.exec_module(module)
+            except MtbenchError:  # a typed error of a registration (a duplicate name ...): as it is
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {file} failed to import: {exc}", fix="run it with python to see the traceback"
+                ) from exc
+            _register_all(_infos_of(module), source)
+        registered = registered_from(source)
+        if not registered:
+            raise PluginError(
+                f"plugin {file} defines no method, reader, task kind, task or data set",
+                expected="METHOD = MethodInfo(...), a @register_layout reader, or register_kind / register_task / "
+                "register_dataset calls",
+                found="neither METHOD nor METHODS, and nothing registered on import",
+            )
+    except BaseException:
+        unregister_source(source)
+        sys.modules.pop(module_name, None)
+        raise
+    return registered
 
 
 def methods(plugins: Iterable[str | Path] = ()) -> Registry[MethodInfo]:

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from mtbench import catalog
+from mtbench.bench_memory import default_cases
 from mtbench.cli.common import LayoutOption, open_dataset, reports_errors
 from mtbench.cli.progress import progress_bar
 from mtbench.cli.render import console, inference_table, loader_table
@@ -19,10 +20,17 @@ from mtbench.presets import budget_help
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Benchmarks that print measured ratios.")
 
 
+def _synthetic() -> list[str]:
+    """The registered synthetic data sets."""
+    return [name for name, spec in catalog.datasets().items() if spec.synthetic]
+
+
 @app.command("data")
 @reports_errors
 def bench_data(
-    dataset: Annotated[str, typer.Argument(help="Data set name.")] = "nyuv2-synth",
+    dataset: Annotated[str, typer.Argument(help=f"Data set name: {', '.join(catalog.datasets().names())}.")] = (
+        "nyuv2-synth"
+    ),
     root: Annotated[Path | None, typer.Option(help="Existing folder; default: a fresh synthetic set.")] = None,
     n: Annotated[int, typer.Option("--n", help="Samples to read per loader.")] = 200,
     layout: LayoutOption = None,
@@ -99,7 +107,7 @@ def bench_memory(
     case: Annotated[
         list[str] | None,
         typer.Option(
-            help="Layout to measure (repeatable): celebamask-official, nyuv2-mtan, nyuv2-nyudmt (default: all)."
+            help=f"Layout to measure (repeatable): {', '.join(c.layout for c in default_cases())} (default: all)."
         ),
     ] = None,
     stream: Annotated[
@@ -157,7 +165,7 @@ def bench_train_command(
             "meta-sparsity:first_order=false. Default: ew fixed-lambda meta-sparsity."
         ),
     ] = None,
-    dataset: Annotated[str, typer.Option(help="Synthetic data set: nyuv2-synth or celebamask-synth.")] = "nyuv2-synth",
+    dataset: Annotated[str, typer.Option(help=f"Synthetic data set: {' or '.join(_synthetic())}.")] = "nyuv2-synth",
     budget: Annotated[str, typer.Option(help=f"Network, resolution and batch of a budget: {budget_help()}")] = "quick",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     deterministic: Annotated[

@@ -20,12 +20,27 @@ INTERRUPTED = (
     "from its last checkpoint when the same command is run again (--fresh starts over)"
 )
 
+
+def _layout_names() -> str:
+    from mtbench.data.layouts import layouts
+
+    return ", ".join(layouts().names())
+
+
 PluginsOption = Annotated[
     list[Path] | None,
-    typer.Option("--plugins", help="A .py file or folder of method plugins to load (repeatable). Never implicit."),
+    typer.Option(
+        "--plugins",
+        help="A .py file or folder of plugins to load (repeatable): methods, readers, task kinds, tasks, data sets. "
+        "Never implicit.",
+    ),
 ]
-DatasetArg = Annotated[str, typer.Argument(help="Data set name (`mtbench ls datasets`).")]
-LayoutOption = Annotated[str | None, typer.Option(help="On-disk layout; detected when omitted.")]
+DatasetArg = Annotated[
+    str, typer.Argument(help=f"Data set name: {', '.join(catalog.datasets().names())} (`mtbench ls datasets`).")
+]
+LayoutOption = Annotated[
+    str | None, typer.Option(help=f"On-disk layout, one of {_layout_names()}; detected when omitted.")
+]
 
 
 def reports_errors(command: F) -> F:

@@ -1,4 +1,4 @@
-"""``mtbench ls``: list tasks, data sets or methods."""
+"""``mtbench ls``: list tasks, task kinds, data sets, layouts or methods."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from mtbench.cli.render import console
 
 class Listing(str, Enum):
     tasks = "tasks"
+    kinds = "kinds"
     datasets = "datasets"
+    layouts = "layouts"
     methods = "methods"
 
 
@@ -25,25 +27,35 @@ def ls(
     pattern: Annotated[str | None, typer.Argument(help="Glob or substring filter on names.")] = None,
     plugins: PluginsOption = None,
 ) -> None:
-    """List tasks, data sets or methods.
+    """List tasks, task kinds, data sets, on-disk layouts or methods (built-in, installed, and from --plugins).
 
-    Examples: `mtbench ls tasks`, `mtbench ls tasks depth`, `mtbench ls methods --plugins my_method.py`
+    Examples: `mtbench ls tasks`, `mtbench ls tasks depth`, `mtbench ls layouts nyuv2`,
+    `mtbench ls methods --plugins my_method.py`
     """
+    from mtbench.methods import methods
+
+    if plugins or kind is Listing.methods:  # a plugin file may register any of the listed things
+        methods(plugins or ())
     if kind is Listing.tasks:
         from mtbench.registry import matches
 
         specs = [s for _, s in catalog.tasks().items() if matches(s.key, pattern) or matches(s.name, pattern)]
         table = render.tasks_table(specs)
+    elif kind is Listing.kinds:
+        kinds = catalog.kinds()
+        table = render.kinds_table(kinds, kinds.names(pattern))
     elif kind is Listing.datasets:
         from mtbench.data.cache import find_prepared
 
-        registry = catalog.datasets()
-        names = registry.names(pattern)
-        table = render.datasets_table([registry.get(n) for n in names], {n: find_prepared(n) for n in names})
-    else:
-        from mtbench.methods import methods
+        datasets = catalog.datasets()
+        names = datasets.names(pattern)
+        table = render.datasets_table([datasets.get(n) for n in names], {n: find_prepared(n) for n in names})
+    elif kind is Listing.layouts:
+        from mtbench.data.layouts import layouts
 
-        registry = methods(plugins or ())
+        table = render.layouts_table(layouts(), layouts().names(pattern))
+    else:
+        registry = methods()
         table = render.methods_table(registry, registry.names(pattern))
     console.print(table)
     if not table.row_count:

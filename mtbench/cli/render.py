@@ -56,8 +56,50 @@ def tasks_table(specs: Iterable[Any]) -> Table:
     return table
 
 
+def kinds_table(registry: Any, names: Iterable[str]) -> Table:
+    """One row a task kind: its head, loss, metrics and what its targets are."""
+    table = Table(title="Task kinds", title_justify="left")
+    for column in ("kind", "head", "loss", "metrics", "target dtype (cached)", "ignore", "drawn as", "source"):
+        table.add_column(column, no_wrap=column in ("kind", "head"))
+    for name in names:
+        kind = registry.get(name)
+        table.add_row(
+            name,
+            f"{kind.head}×{kind.out_channels or 'classes'}",
+            kind.loss_name,
+            ", ".join(f"{m.name} {m.arrow}" for m in kind.metrics),
+            kind.dtype + (f" ({kind.cache_dtype})" if kind.cache_dtype else ""),
+            "—" if kind.ignore is None else f"{kind.ignore:g}",
+            kind.preview if isinstance(kind.preview, str) else getattr(kind.preview, "__name__", "a function"),
+            _short_source(registry.source(name)),
+        )
+    return table
+
+
+def layouts_table(registry: Any, names: Iterable[str]) -> Table:
+    """One row an on-disk layout: its family, what it holds and where its reader comes from."""
+    table = Table(title="On-disk layouts (detected in this order within a family)", title_justify="left")
+    for column in ("layout", "family", "title", "expected files", "targets", "source"):
+        table.add_column(column, no_wrap=column in ("layout", "family"))
+    for name in names:
+        reader = registry.get(name)
+        targets = list(reader.target_sources)
+        shown = ", ".join(targets[:6]) + (f" … ({len(targets)})" if len(targets) > 6 else "")
+        table.add_row(
+            name,
+            "every" if reader.family == "*" else reader.family,
+            reader.title,
+            reader.describe(),
+            shown or "those of its source",
+            _short_source(registry.source(name)),
+        )
+    return table
+
+
 def datasets_table(specs: Iterable[Any], prepared: dict[str, Path | None]) -> Table:
     """One row a data set; ``prepared`` maps its name to its prepared cache, if any."""
+    from mtbench.data.layouts import layouts_of
+
     table = Table(title="Data sets", title_justify="left")
     for column in ("dataset", "kind", "tasks (default first)", "layouts", "splits train/test", "prepared cache"):
         table.add_column(column)
@@ -68,7 +110,7 @@ def datasets_table(specs: Iterable[Any], prepared: dict[str, Path | None]) -> Ta
             spec.name,
             "[yellow]synthetic[/]" if spec.synthetic else "real",
             ", ".join(spec.default_tasks) + (" | " + ", ".join(others) if others else ""),
-            "\n".join(spec.layouts),
+            "\n".join(c.layout for c in layouts_of(spec.family) if c.family == spec.family),
             f"{spec.train_split}/{spec.test_split}",
             str(cache) if cache else "—",
         )
