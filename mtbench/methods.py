@@ -131,9 +131,14 @@ def _load_all_builtins() -> None:
 
 
 def _still_registered(registered: dict[str, list[str]], source: str) -> bool:
-    """Whether everything a file registered is still there (a test may have emptied a registry since)."""
+    """Whether everything a file registered is still there (a test may have emptied a registry since, or put a
+    fresh method registry in place of the one that holds its methods)."""
     now = registered_from(source)
-    return all(set(names) <= set(now.get(kind, ())) for kind, names in registered.items())
+    methods_now = METHODS.from_source(source)
+    return all(
+        set(names) <= set(methods_now if kind == METHODS.kind else now.get(kind, ()))
+        for kind, names in registered.items()
+    )
 
 
 def load_plugin_path(path: str | Path) -> list[str]:
@@ -190,7 +195,9 @@ def _load_plugin_file(file: Path, digest: str, source: str) -> dict[str, list[st
                     f"plugin {file} failed to import: {exc}", fix="run it with python to see the traceback"
                 ) from exc
             _register_all(_infos_of(module), source)
-        registered = registered_from(source)
+        registered = {kind: names for kind, names in registered_from(source).items() if kind != METHODS.kind}
+        if METHODS.from_source(source):  # the registry in use (a test may keep another one alive)
+            registered[METHODS.kind] = METHODS.from_source(source)
         if not registered:
             raise PluginError(
                 f"plugin {file} defines no method, reader, task kind, task or data set",

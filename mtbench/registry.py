@@ -50,7 +50,7 @@ def registered_from(source: str) -> dict[str, list[str]]:
     for registry in list(_REGISTRIES):
         names = registry.from_source(source)
         if names:
-            found.setdefault(registry.kind, []).extend(names)
+            found.setdefault(registry.kind, []).extend(n for n in names if n not in found.get(registry.kind, ()))
     return found
 
 

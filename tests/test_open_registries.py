@@ -22,7 +22,7 @@ from mtbench.data.nyuv2 import MtanReader
 from mtbench.data.reader import LAYOUTS, Reader, register_layout
 from mtbench.errors import ConfigError, DuplicateNameError, PluginError
 from mtbench.presets import BUDGETS, Budget, budget_help
-from mtbench.registry import registered_from, unregister_source
+from mtbench.registry import Registry, registered_from, unregister_source
 from mtbench.specs import Deferred, MetricSpec, TaskKind, TaskSpec
 
 #: a plugin file defining a reader for nyuv2, a task kind and a task of that kind (no method)
@@ -313,3 +313,19 @@ def test_a_budgets_summary_and_device_are_not_part_of_the_protocol():
 
     settings = Protocol.of(BUDGETS["paper"], [], []).settings
     assert "summary" not in settings and "device" not in settings
+
+
+def test_a_plugin_file_loaded_again_into_a_fresh_method_registry_registers_again(tmp_path, monkeypatch):
+    """What a file registered counts as loaded only while the registries in use hold it."""
+    plugin = tmp_path / "again.py"
+    plugin.write_text(
+        "from dataclasses import dataclass\nfrom mtbench.methods import MethodInfo\n\n@dataclass\nclass Config:\n"
+        "    lr: float = 0.1\n\nMETHOD = MethodInfo(name='again', summary='x', method=object, config=Config)\n"
+    )
+    first, second = Registry("method"), Registry("method")
+    monkeypatch.setattr(methods_module, "_loaded_builtins", False)
+    monkeypatch.setattr(methods_module, "METHODS", first)
+    assert methods_module.load_plugin_path(plugin) == ["again"]
+    monkeypatch.setattr(methods_module, "_loaded_builtins", False)
+    monkeypatch.setattr(methods_module, "METHODS", second)
+    assert methods_module.load_plugin_path(plugin) == ["again"] and "again" in second and "again" in first
