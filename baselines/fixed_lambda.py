@@ -44,6 +44,7 @@ class FixedLambda(MTLMethod):
 
 METHOD = MethodInfo(
     name="fixed-lambda",
+    family="front",
     summary="group-lasso sparsity of the shared convs with a fixed, hand-tuned λ (proximal Adam)",
     method=FixedLambda,
     config=FixedLambdaConfig,

@@ -27,6 +27,7 @@ class MetaSparsity(EpisodicMetaLearner):
 
 METHOD = MethodInfo(
     name="meta-sparsity",
+    family="sparse",
     summary="MAML over task episodes that learns λ and prunes shared channel groups",
     method=MetaSparsity,
     config=MetaSparsityConfig,

@@ -48,6 +48,7 @@ class Prune(MTLMethod):
 
 METHOD = MethodInfo(
     name="prune",
+    family="sparse",
     summary="dense training, then lowest-norm channel-group pruning to a target sparsity, then fine-tuning",
     method=Prune,
     config=PruneConfig,

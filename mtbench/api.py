@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from mtbench.request import RunPlan, RunRequest
 from mtbench.result import RunResult
-from mtbench.runner import RunPlan, RunRequest, execute_plan
+from mtbench.runner import execute_plan
 from mtbench.runner import plan as _plan
 
 

@@ -1,7 +1,7 @@
 """``mtbench bench train``: training-step throughput of several methods, measured side by side in one process.
 
-Every method's training context is built as `mtbench.runner.run` builds it (`runner.plan` resolves method,
-config, budget, tasks and device; `runner.open_data` the data set; `runner.apply_determinism` the kernel
+Every method's training context is built as `mtbench.recipe.run` builds it (`runner.plan` resolves method,
+config, budget, tasks and device; `recipe.open_data` the data set; `environment.apply_determinism` the kernel
 choice; the same `TrainContext` with channels-last and bf16 autocast on CUDA), then:
 
 1. ``warmup`` steps of every method (first-call allocations, cuDNN autotuning, `torch.compile`);
@@ -25,7 +25,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -184,8 +184,11 @@ def bench_train(
     progress: Callable[[int, int], None] | None = None,
 ) -> TrainBenchReport:
     """Time ``steps`` training steps of every variant, round-robin, ``repeats`` times (see the module docstring)."""
+    from mtbench.data.resolve import split_name
+    from mtbench.environment import apply_determinism
     from mtbench.episodes import TaskView
-    from mtbench.runner import RunRequest, _split_name, apply_determinism, open_data, plan
+    from mtbench.recipe import open_data
+    from mtbench.runner import RunRequest, plan
     from mtbench.training import TensorSet, TrainContext
 
     if not variants:
@@ -207,11 +210,13 @@ def bench_train(
     the_device = first.device
     on_cuda = the_device.type == "cuda"
     compiling = any(p.request.compile for p in plans)  # TorchInductor's own determinism option then matters
-    is_deterministic = apply_determinism(replace(first.request, compile=compiling), the_device)
+    is_deterministic = apply_determinism(
+        first.request.resolved_deterministic(the_device), the_device, compiling=compiling
+    )
     opened = open_data(first, notice)
     spec, reader = opened.spec, opened.reader
     seen = list(first.seen)
-    view = TaskView(reader, _split_name(reader, spec.train_split), seen, [])
+    view = TaskView(reader, split_name(reader, spec.train_split), seen, [])
     b = first.budget
     count = len(view) if b.max_train_samples is None else min(len(view), b.max_train_samples)
     train_data = TensorSet.load(view.read, count, [t.target for t in seen], b.resolution)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,7 @@ def _input_size(result: RunResult) -> tuple[int, int]:
 def load_run(run_dir: Path, result: RunResult | None = None) -> RunModel:
     """Rebuild the trained network(s) of ``run_dir`` (``result.json`` + ``checkpoint.pt``, no pickled code).
 
-    ``result``: the run's result when the caller holds it already (`mtbench run`, before it writes
-    ``result.json``); then only ``checkpoint.pt`` is read.
+    ``result``: the run's result when the caller holds it already; then only ``checkpoint.pt`` is read.
     """
     run_dir = Path(run_dir)
     result_file, checkpoint = run_dir / "result.json", run_dir / "checkpoint.pt"
@@ -76,11 +76,16 @@ def load_run(run_dir: Path, result: RunResult | None = None) -> RunModel:
             )
     if result is None:
         result = RunResult.read(result_file)
+    return run_model(result, torch.load(checkpoint, map_location="cpu", weights_only=True))
+
+
+def run_model(result: RunResult, state: Mapping[str, Any]) -> RunModel:
+    """The network(s) of a run rebuilt from its method's ``state_dict`` (read from ``checkpoint.pt``, or held in
+    memory by the run that trained them)."""
     arch_fields = dict(result.protocol.settings["arch"])
     arch_fields["widths"] = tuple(arch_fields["widths"])
     arch = ArchSpec(**arch_fields)
     family = result.dataset.family
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if "model" in state:
         parts = [(list(result.protocol.seen), state["model"])]
     else:  # one network per seen task (stl), in the protocol's task order
@@ -91,6 +96,29 @@ def load_run(run_dir: Path, result: RunResult | None = None) -> RunModel:
         model.load_state_dict(weights)
         networks.append(Network(tasks, model.eval()))
     return RunModel(result, networks, _input_size(result))
+
+
+def account(run: RunModel) -> dict[str, Any]:
+    """Parameters and FLOPs of a run's network(s), dense-with-zeros against compact (summed over networks).
+
+    The compact network is the one `mtbench export` writes (zeroed channels physically removed).
+    """
+    dense = [network.model for network in run.networks]
+    plain = [compact(model, fold_bn=False) for model in dense]
+    flops_image = torch.rand(1, 3, *run.input_size)
+    return {
+        "input_size": list(run.input_size),
+        "tasks": run.tasks,
+        "networks": len(run.networks),
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
+        "params": {"dense": sum(map(count_params, dense)), "compact": sum(map(count_params, plain))},
+        "flops": {
+            kind: sum(count_flops(model, flops_image, network.tasks) for model, network in zip(models, run.networks))
+            for kind, models in (("dense", dense), ("compact", plain))
+        },
+        "latency_ms": {},
+    }
 
 
 def export_run(run_dir: Path, out: Path, *, fold_bn: bool = False, seed: int = 0) -> dict[str, Any]:
@@ -143,24 +171,11 @@ def bench_inference(
     run = load_run(run_dir, result)
     if threads:
         torch.set_num_threads(threads)
+    report = account(run)
     dense = [network.model for network in run.networks]
     plain = [compact(model, fold_bn=False) for model in dense]
     folded = [compact(model, fold_bn=True) for model in dense]
     task_lists = [network.tasks for network in run.networks]
-    report: dict[str, Any] = {
-        "input_size": list(run.input_size),
-        "tasks": run.tasks,
-        "networks": len(run.networks),
-        "threads": torch.get_num_threads(),
-        "device": "cpu",
-        "params": {"dense": sum(map(count_params, dense)), "compact": sum(map(count_params, plain))},
-    }
-    flops_image = torch.rand(1, 3, *run.input_size)
-    report["flops"] = {
-        kind: sum(count_flops(model, flops_image, tasks) for model, tasks in zip(models, task_lists))
-        for kind, models in (("dense", dense), ("compact", plain))
-    }
-    report["latency_ms"] = {}
     for batch in batch_sizes:  # empty: parameters and FLOPs only (fast, no timing)
         images = torch.rand(batch, 3, *run.input_size)
         report["latency_ms"][str(batch)] = {

@@ -23,6 +23,7 @@ import hashlib
 import importlib
 import importlib.util
 import pkgutil
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from mtbench.errors import MtbenchError, PluginError
 from mtbench.registry import Registry, registered_from, registering_from, unregister_source
 
 ENTRY_POINT_GROUP = "mtbench.methods"
+#: what `MethodInfo.family` may say, and what the leaderboard does with each
+FAMILIES = ("dense", "sparse", "front")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class MethodInfo:
         paper: citation of the paper it reproduces ("" for our own variants).
         link: where the paper is.
         deviations: where mtbench's implementation differs from the paper, in plain words.
+        family: how the leaderboard treats it (`FAMILIES`): ``dense`` (one dense network), ``sparse`` (learns
+            or imposes channel sparsity; compared with the front at its own cost) or ``front`` (its variants over
+            one option trace the cost–Δm front that the others are compared with; fixed-λ).
     """
 
     name: str
@@ -58,8 +64,16 @@ class MethodInfo:
     paper: str = ""
     link: str = ""
     deviations: str = ""
+    family: str = "dense"
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise PluginError(
+                f"method {self.name!r}: unknown family {self.family!r}",
+                expected=" | ".join(FAMILIES),
+                found=repr(self.family),
+                fix="family='sparse' for a method that zeroes channels, 'dense' otherwise",
+            )
         if not dataclasses.is_dataclass(self.config):
             raise PluginError(
                 f"method {self.name!r}: config must be a dataclass",
@@ -212,9 +226,41 @@ def _load_plugin_file(file: Path, digest: str, source: str) -> dict[str, list[st
     return registered
 
 
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def load_plugin(plugin: str | Path) -> list[str]:
+    """Load one plugin: a ``.py`` file or a folder of them (`load_plugin_path`), or an importable module named by
+    its dotted name (``mypackage.methods``) defining ``METHOD`` or ``METHODS``; returns the method names."""
+    text = str(plugin)
+    if isinstance(plugin, Path) or "/" in text or text.endswith(".py") or Path(text).expanduser().exists():
+        return load_plugin_path(plugin)
+    if not _MODULE_NAME.fullmatch(text):
+        raise PluginError(
+            f"plugin {text!r} is neither a path nor a module name",
+            expected="a .py file, a folder of them, or a dotted module name (mypackage.methods)",
+            found=text,
+        )
+    try:
+        module = importlib.import_module(text)
+    except ImportError as exc:
+        raise PluginError(
+            f"plugin module {text!r} cannot be imported: {exc}",
+            expected="an installed module (pip install the package providing it)",
+            found="no such module" if isinstance(exc, ModuleNotFoundError) else type(exc).__name__,
+            fix="install the package, or name the plugin's file by its path",
+        ) from exc
+    infos = _infos_of(module)
+    if not infos:
+        raise PluginError(f"plugin module {text} defines no method", expected="METHOD = MethodInfo(...)",
+                          found="neither METHOD nor METHODS")
+    new = [info for info in infos if not (info.name in METHODS and METHODS.get(info.name) is info)]  # imported once
+    return _register_all(new, f"module {text}") + [info.name for info in infos if info not in new]
+
+
 def methods(plugins: Iterable[str | Path] = ()) -> Registry[MethodInfo]:
-    """The method registry with built-ins, entry points and the named plugin paths loaded."""
+    """The method registry with built-ins, entry points and the named plugins (paths or modules) loaded."""
     load_builtins()
-    for path in plugins:
-        load_plugin_path(path)
+    for plugin in plugins:
+        load_plugin(plugin)
     return METHODS

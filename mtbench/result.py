@@ -44,8 +44,10 @@ REFERENCE_METHOD = "stl"  #: the method every Δm is measured against (single-ta
 
 #: Budget fields that are not part of the protocol, and why: the budget's name is ``protocol.budget``; the
 #: synthetic set's size is part of the data set's fingerprint; the evaluation batch and the logging interval
-#: change neither what is trained nor what is measured.
-PROTOCOL_EXCLUDED: frozenset[str] = frozenset({"name", "synth_samples", "synth_options", "eval_batch", "log_every"})
+#: change neither what is trained nor what is measured; nor do the budget's help line and the device a sweep reserves.
+PROTOCOL_EXCLUDED: frozenset[str] = frozenset(
+    {"name", "synth_samples", "synth_options", "eval_batch", "log_every", "summary", "device"}
+)
 #: Budget fields that schema 3 added to the protocol (`mtbench.protocol`): no older result has them, so no older
 #: result shares a protocol signature, a table or a reference with a result of schema 3.
 EVALUATION_FIELDS: tuple[str, ...] = ("validation_samples", "bn_recalibration_batches")
@@ -114,6 +116,8 @@ class MethodRecord:
     link: str | None = None
     deviations: str | None = None
     kind: str = "mtl"
+    #: ``dense``, ``sparse`` or ``front`` (`mtbench.methods.FAMILIES`); None in results written before it was recorded
+    family: str | None = None
 
 
 @dataclass(frozen=True)

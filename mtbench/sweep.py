@@ -22,20 +22,27 @@ A *sweep spec* is a TOML file (read with `tomllib`)::
     [[methods.meta-sparsity]]
     hypergradient = "online"
 
+    # plugins = ["my_methods.py", "mypackage.methods"]  # optional: method plugins (files relative to the spec,
+    #                                                   #   or installed modules), loaded before the names are checked
+
 Every name is checked before anything runs: methods against the registry, option names and values against the
 method's config dataclass (`mtbench.runner.build_config`, the same parser as ``--set``), data sets and tasks
 against the catalog, budgets against `mtbench.presets.BUDGETS`. A problem raises `SweepSpecError` naming the file
 and the key.
 
-Each *cell* is one ``mtbench run`` subprocess inside one Ray task, with private temporary ``--results`` and
-``--out`` folders on the worker; the task returns the result JSON text and the log tail, and the driver writes
-the result into the one results store (atomically, with `mtbench.results.store`), so no shared file system is
-needed and a killed driver never leaves a half-written result. The stl reference of each (data set, held-out
+Each *cell* is a run request (`mtbench.runner.RunRequest`, sent as JSON), executed through the library
+(`mtbench.runner.execute`) inside one Ray task in a fresh worker process, with private temporary results and run
+folders on the worker; the task returns the results it stored (their versioned JSON form, read back into typed
+`RunResult` objects by the driver) and its notices, and the driver writes each result into the one results store
+(atomically, with `mtbench.results.store`), so no shared file system is needed and a killed driver never leaves a
+half-written result. Plugin files must be readable at the same path on every worker (or be installed there as
+a package and named by module). The stl reference of each (data set, held-out
 tasks, budget, seed) is a cell of its own, scheduled first; the cells that need it wait for it and receive it in
 their private store, so no run trains it again.
 
 A cell is *done*, and skipped, when the store holds a result with the same method name, resolved config
-(``dataclasses.asdict(build_config(...))``), seed, data set name and protocol (`mtbench.result.Protocol`:
+(``dataclasses.asdict(build_config(...))``, resolved by `mtbench.runner.resolve` as a run resolves it), seed,
+data set name and protocol (`mtbench.result.Protocol`:
 budget, seen and held-out tasks and their versions, steps, network …). The data set's fingerprint is not
 compared (the driver may not have the data): a store made from another copy of a data set of the same name
 counts as done. So a killed or failed sweep, run again, runs only what is missing.
@@ -43,34 +50,40 @@ counts as done. So a killed or failed sweep, run again, runs only what is missin
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import itertools
 import json
 import logging
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mtbench import catalog
-from mtbench.errors import ConfigError, MtbenchError, ResultFileError, SweepSpecError, UnknownNameError
-from mtbench.methods import methods
+from mtbench.data.resolve import resolve_data
+from mtbench.errors import (
+    ConfigError,
+    MtbenchError,
+    PluginError,
+    ResultFileError,
+    SweepSpecError,
+    UnknownNameError,
+)
+from mtbench.methods import load_plugin, methods
+from mtbench.overrides import build_config, parse_set
+from mtbench.preflight import SEED_LIMIT, check_output_dir, task_of
 from mtbench.presets import BUDGETS
 from mtbench.presets import budget as get_budget
-from mtbench.result import REFERENCE_METHOD, Protocol, RunResult
+from mtbench.result import REFERENCE_METHOD, RunResult
 from mtbench.results import load_results, store
-from mtbench.runner import SEED_LIMIT, build_config, parse_set, resolve_data, task_of
+from mtbench.runner import RunRequest, execute, resolve
 from mtbench.streaming import DATA_MODES, check_data_options
 
 if sys.version_info >= (3, 11):
@@ -80,9 +93,8 @@ else:  # Python 3.10: the same parser, published as tomli (installed with pytest
 
 SWEEP_SCHEMA_VERSIONS: frozenset[int] = frozenset({1})
 TOP_KEYS = ("schema_version", "budgets", "seeds", "datasets", "methods")
+OPTIONAL_TOP_KEYS = ("plugins",)
 DATASET_KEYS = ("name", "unseen", "data_root", "data", "memory_budget", "workers")
-#: Budgets whose cells ask Ray for a GPU each (unless ``--gpus-per-cell`` says otherwise).
-GPU_BUDGETS = frozenset({"paper"})
 #: Characters of a cell's log the Ray task sends back.
 LOG_CHARS = 200_000
 
@@ -120,6 +132,8 @@ class SweepSpec:
     seeds: tuple[int, ...]
     datasets: tuple[DatasetEntry, ...]
     methods: tuple[MethodEntry, ...]
+    #: method plugins every cell loads: absolute paths of files or folders, or installed modules' dotted names
+    plugins: tuple[str, ...] = ()
 
 
 def _kind(value: Any) -> str:
@@ -329,7 +343,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise check.fail("schema_version", "unknown sweep spec version",
                          expected=" or ".join(map(str, sorted(SWEEP_SCHEMA_VERSIONS))), found=_kind(version),
                          fix="write the spec for this mtbench's schema, or use a matching mtbench")
-    check.keys(data, TOP_KEYS, "")
+    check.keys(data, TOP_KEYS + OPTIONAL_TOP_KEYS, "")
     for key in TOP_KEYS[1:]:
         if key not in data:
             raise check.fail(key, "missing", expected=f"a {key!r} entry (see `mtbench sweep --help`)", found="nothing")
@@ -363,6 +377,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     if not isinstance(table, dict) or not table:
         raise check.fail("methods", "not a table of methods", expected="one or more [methods.NAME] tables",
                          found=_kind(table))
+    plugins = _plugins(check, data.get("plugins", []))
     registry = methods()
     entries = []
     for name, body in table.items():
@@ -373,7 +388,23 @@ def load_spec(path: str | Path) -> SweepSpec:
                              expected=f"one of {', '.join(registry.names())}", found=error.found,
                              fix=f"{error.fix} (`mtbench ls methods` lists them)") from None
         entries.append(MethodEntry(name=name, variants=tuple(_method_variants(check, name, body, info))))
-    return SweepSpec(path, version, tuple(budgets), tuple(seeds), tuple(datasets), tuple(entries))
+    return SweepSpec(path, version, tuple(budgets), tuple(seeds), tuple(datasets), tuple(entries), plugins)
+
+
+def _plugins(check: _Checker, value: Any) -> tuple[str, ...]:
+    """The spec's plugins, loaded now (so that their methods' names and options are checked like built-ins'):
+    a path (relative to the spec's folder) becomes absolute; a dotted name is an installed module."""
+    plugins = []
+    for index, plugin in enumerate(check.strings(value, "plugins", "plugin paths or module names", empty=True)):
+        candidate = Path(plugin).expanduser()
+        candidate = candidate if candidate.is_absolute() else (check.path.parent / candidate).absolute()
+        text = str(candidate) if "/" in plugin or plugin.endswith(".py") or candidate.exists() else plugin
+        try:
+            load_plugin(text)
+        except PluginError as error:
+            raise check.fail(f"plugins[{index}]", error.problem, **error.details()) from None
+        plugins.append(text)
+    return tuple(plugins)
 
 
 # --- cells ----------------------------------------------------------------------------------------------
@@ -383,20 +414,36 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+CellKey = tuple[str, str, int, str, str]
+
+
 @dataclass(frozen=True)
 class Cell:
-    """One run of the grid."""
+    """One run of the grid: the run request a worker executes, and what its stored result is keyed by."""
 
-    method: str
-    overrides: tuple[tuple[str, str], ...]
-    config: str  #: the resolved config, canonical JSON
+    request: RunRequest
     dataset: DatasetEntry
-    budget: str
-    seed: int
+    config: str  #: the resolved config, canonical JSON
     protocol: str  #: `Protocol.to_json` of the run, canonical JSON
 
     @property
-    def key(self) -> tuple[str, str, int, str, str]:
+    def method(self) -> str:
+        return self.request.method
+
+    @property
+    def overrides(self) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted(self.request.overrides.items()))
+
+    @property
+    def budget(self) -> str:
+        return self.request.budget
+
+    @property
+    def seed(self) -> int:
+        return self.request.seed
+
+    @property
+    def key(self) -> CellKey:
         """What makes a stored result this cell's (see the module docstring)."""
         return (self.method, self.config, self.seed, self.dataset.name, self.protocol)
 
@@ -411,7 +458,7 @@ class Cell:
 
     @property
     def needs_reference(self) -> bool:
-        return self.method != REFERENCE_METHOD  # as `mtbench.runner.execute` decides
+        return self.method != REFERENCE_METHOD  # as `mtbench.runner.plan` decides
 
     @property
     def label(self) -> str:
@@ -419,57 +466,50 @@ class Cell:
         unseen = "+".join(self.dataset.unseen) or "none"
         return f"{self.dataset.name}/{self.budget}/unseen-{unseen}/{self.method}{options}/seed{self.seed}"
 
-    def argv(self) -> list[str]:
-        """The arguments of ``mtbench run`` (without ``--results`` and ``--out``)."""
-        args = [self.method, "--dataset", self.dataset.name, "--seed", str(self.seed), "--budget", self.budget]
-        if self.dataset.data_root is not None:
-            args += ["--data-root", str(self.dataset.data_root)]
-        for task in self.dataset.unseen:
-            args += ["--unseen", task]
-        if self.dataset.data is not None:
-            args += ["--data", self.dataset.data]
-        if self.dataset.memory_budget is not None:
-            args += ["--memory-budget", repr(self.dataset.memory_budget)]
-        if self.dataset.workers is not None:
-            args += ["--workers", str(self.dataset.workers)]
-        for key, value in self.overrides:
-            args += ["--set", f"{key}={value}"]
-        return args
 
-
-def _protocol(entry: DatasetEntry, budget_name: str) -> str:
-    """The protocol a run of ``entry`` at ``budget_name`` records (seen = the data set's default tasks − held out)."""
-    spec = catalog.dataset(entry.name)
-    held_out = [task_of(spec.family, name) for name in entry.unseen]
-    seen = [task_of(spec.family, name) for name in spec.default_tasks if name not in entry.unseen]
-    return _canonical(Protocol.of(get_budget(budget_name), seen, held_out).to_json())
+def cell_request(
+    spec: SweepSpec, entry: DatasetEntry, budget: str, seed: int, method: str, overrides: tuple[tuple[str, str], ...]
+) -> RunRequest:
+    """The run request of one cell (its results and run folders are the worker's, set there)."""
+    return RunRequest(
+        method=method, dataset=entry.name, data_root=entry.data_root, unseen=entry.unseen, seed=seed, budget=budget,
+        overrides=dict(overrides), plugins=spec.plugins, data_mode=entry.data or "auto",
+        memory_budget_gib=entry.memory_budget, loader_workers=entry.workers,
+    )
 
 
 def expand(spec: SweepSpec) -> list[Cell]:
-    """Every cell of the spec, stl references first (one per data set entry, budget and seed), duplicates removed."""
-    registry = methods()
-    reference_config = _canonical(dataclasses.asdict(registry.get(REFERENCE_METHOD).config()))
-    references: dict[tuple[str, str, int, str, str], Cell] = {}
-    others: dict[tuple[str, str, int, str, str], Cell] = {}
+    """Every cell of the spec, stl references first (one per data set entry, budget and seed), duplicates removed.
+
+    Each cell's config and protocol come from `mtbench.runner.resolve`, as the run itself resolves them.
+    """
+    known: dict[str, tuple[str, str]] = {}  # the request without its seed -> (config, protocol)
+
+    def cell(request: RunRequest, entry: DatasetEntry) -> Cell:
+        memo = _canonical({**request.to_json(), "seed": None})
+        if memo not in known:
+            resolved = resolve(request, locate_data=False)
+            known[memo] = (_canonical(dataclasses.asdict(resolved.config)), _canonical(resolved.protocol.to_json()))
+        return Cell(request, entry, *known[memo])
+
+    references: dict[CellKey, Cell] = {}
+    others: dict[CellKey, Cell] = {}
     for budget_name in spec.budgets:
         for entry in spec.datasets:
-            protocol = _protocol(entry, budget_name)
             for seed in spec.seeds:
+                reference = cell(cell_request(spec, entry, budget_name, seed, REFERENCE_METHOD, ()), entry)
                 for method in spec.methods:
-                    info = registry.get(method.name)
                     for overrides in method.variants:
-                        config = _canonical(dataclasses.asdict(build_config(info.config, dict(overrides))))
-                        cell = Cell(method.name, overrides, config, entry, budget_name, seed, protocol)
-                        if method.name == REFERENCE_METHOD and config == reference_config:
-                            cell = dataclasses.replace(cell, overrides=())
-                        if cell.needs_reference:
-                            reference = Cell(REFERENCE_METHOD, (), reference_config, entry, budget_name, seed, protocol)
+                        one = cell(cell_request(spec, entry, budget_name, seed, method.name, overrides), entry)
+                        if one.method == REFERENCE_METHOD and one.config == reference.config:
+                            one = reference  # stl with its defaults spelled out is the reference itself
+                        if one.needs_reference:
                             references.setdefault(reference.key, reference)
-                        (references if cell.is_reference else others).setdefault(cell.key, cell)
+                        (references if one.is_reference else others).setdefault(one.key, one)
     return list(references.values()) + [c for k, c in others.items() if k not in references]
 
 
-def stored_index(results_dir: Path) -> dict[tuple[str, str, int, str, str], tuple[Path, RunResult]]:
+def stored_index(results_dir: Path) -> dict[CellKey, tuple[Path, RunResult]]:
     """The results in the store by cell key (unreadable files are ignored here: their cells run again)."""
     index = {}
     for path, result in load_results(results_dir, strict=False):
@@ -487,77 +527,58 @@ def stored_index(results_dir: Path) -> dict[tuple[str, str, int, str, str], tupl
 # --- one cell, inside a Ray task --------------------------------------------------------------------------
 
 
-def _parent_death_hook() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has the child killed when the Ray worker that started it dies (Linux), else None.
+@dataclass(frozen=True)
+class CellAnswer:
+    """What a worker sends back for one cell.
 
-    The C function is looked up here, in the parent: the hook runs between fork and exec and must do little.
+    Attributes:
+        results: the versioned JSON form (`RunResult.to_json`) of every result the run stored: its own, and an stl
+            reference only if it had to train one; empty when it failed. The driver reads them with
+            `RunResult.from_json`, so a worker of another mtbench version is caught there.
+        log: the run's notices (and, when it failed, the error or traceback), at most `LOG_CHARS` characters.
+        error: why the run failed (the typed error's text, or the exception), None when it succeeded.
     """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    kill = int(signal.SIGKILL)
 
-    def hook() -> None:
-        prctl(1, kill, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-    return hook
+    results: tuple[dict[str, Any], ...]
+    log: str
+    seconds: float
+    host: str
+    error: str | None = None
 
 
-def run_cell(argv: list[str], reference: tuple[str, str] | None, threads: int) -> dict[str, Any]:
-    """Run ``mtbench run ARGV`` in private temporary folders; return its result files' text and its log tail.
+def run_cell(request: dict[str, Any], reference: tuple[str, str] | None) -> CellAnswer:
+    """Execute one cell's run request through the library, in private temporary folders.
 
     Args:
-        argv: the ``mtbench run`` arguments (`Cell.argv`).
+        request: the cell's `RunRequest` as JSON (`RunRequest.to_json`); its ``results`` and ``out`` are set here.
         reference: (path relative to a results store, JSON text) of the stl reference, copied into the private
             store first so the run finds it and never trains it; None for an stl cell.
-        threads: ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` of the run (torch uses that many threads).
-
-    Returns:
-        ``{"returncode", "results": [JSON text, ...], "log", "seconds", "host"}``; ``results`` holds every result
-        the run stored (its own; an stl reference only if it had to train one), empty when it failed.
     """
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="mtbench-cell-"))
-    results, log_path = work / "results", work / "run.log"
+    results, lines = work / "results", []
     copied = None
     try:
         if reference is not None:
             copied = results / reference[0]
             copied.parent.mkdir(parents=True, exist_ok=True)
             copied.write_text(reference[1], encoding="utf-8")
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": str(threads),
-            "MKL_NUM_THREADS": str(threads),
-            "PYTHONUNBUFFERED": "1",
-            "COLUMNS": "160",
-        }
-        command = [sys.executable, "-m", "mtbench", "run", *argv, "--results", str(results), "--out", str(work / "out")]
-        with open(log_path, "wb") as log:
-            child = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=work,
-                preexec_fn=_parent_death_hook(),
-            )
-            try:
-                code = child.wait()
-            finally:  # a cancelled task takes its run with it
-                if child.poll() is None:
-                    child.kill()
-                    child.wait()
-        texts = []
-        if code == 0 and results.is_dir():
-            texts = [p.read_text(encoding="utf-8") for p in sorted(results.rglob("*.json")) if p != copied]
-        log_text = log_path.read_bytes()[-LOG_CHARS:].decode("utf-8", errors="replace")
-        return {
-            "returncode": code,
-            "results": texts,
-            "log": log_text,
-            "seconds": time.monotonic() - started,
-            "host": socket.gethostname(),
-        }
+        the_request = RunRequest.from_json({**request, "results": str(results), "out": str(work / "out")})
+        error = None
+        try:
+            execute(the_request, notice=lines.append)
+        except MtbenchError as failure:  # a typed error says what was expected and what to do
+            error = f"{type(failure).__name__}: {failure}"
+        except Exception as failure:  # a bug: the traceback goes into the cell's log
+            error = f"{type(failure).__name__}: {failure}"
+            lines.append(traceback.format_exc())
+        if error is not None:
+            lines.append(error)
+        payloads = () if error is not None or not results.is_dir() else tuple(
+            json.loads(p.read_text(encoding="utf-8")) for p in sorted(results.rglob("*.json")) if p != copied
+        )
+        return CellAnswer(payloads, "\n".join(lines)[-LOG_CHARS:], time.monotonic() - started, socket.gethostname(),
+                          error)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -572,12 +593,21 @@ class CellOutcome:
     cell: Cell
     status: str
     seconds: float | None = None
-    delta_seen: float | None = None
+    result: RunResult | None = None
     stored: Path | None = None
     reason: str = ""
     log_tail: str = ""
     log_file: Path | None = None
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def delta_seen(self) -> float | None:
+        """Δm on the seen tasks (all-metric average, % vs stl) of the cell's result, if it has one."""
+        from mtbench.scoring import ALL_METRICS
+
+        delta = self.result.delta_m if self.result is not None else None
+        value = delta.seen.get(ALL_METRICS) if delta is not None and delta.seen else None
+        return value if isinstance(value, (int, float)) else None
 
 
 @dataclass
@@ -601,17 +631,33 @@ class SweepReport:
         )
 
 
-def _delta_seen(result: RunResult) -> float | None:
-    from mtbench.scoring import ALL_METRICS
+@dataclass(frozen=True)
+class Counts:
+    """Where a sweep stands: cells to run in all, and how many are done, failed, running; skipped (stored)."""
 
-    seen = result.delta_m.seen if result.delta_m is not None else None
-    value = seen.get(ALL_METRICS) if seen else None
-    return value if isinstance(value, (int, float)) else None
+    total: int
+    skipped: int
+    done: int = 0
+    failed: int = 0
+    running: int = 0
 
 
-def _resources(cell: Cell, cpus_per_cell: float, gpus_per_cell: float | None) -> tuple[float, float]:
-    gpus = gpus_per_cell if gpus_per_cell is not None else (1.0 if cell.budget in GPU_BUDGETS else 0.0)
-    return cpus_per_cell, gpus
+class SweepObserver(Protocol):
+    """What a sweep tells its caller as it goes (the CLI draws it; `None` observes nothing)."""
+
+    def started(self, counts: Counts) -> None: ...
+
+    def updated(self, counts: Counts) -> None: ...
+
+    def finished(self, outcome: CellOutcome, counts: Counts) -> None: ...
+
+    def stopped(self) -> None: ...
+
+
+def _gpus(cell: Cell, gpus_per_cell: float | None) -> float:
+    if gpus_per_cell is not None:
+        return gpus_per_cell
+    return 1.0 if get_budget(cell.budget).device == "gpu" else 0.0
 
 
 def _start_ray(address: str | None, num_cpus: int | None) -> None:
@@ -643,55 +689,6 @@ def _start_ray(address: str | None, num_cpus: int | None) -> None:
         ) from None
 
 
-class _View:
-    """A rich progress view over the cells (done / running / failed / skipped, ETA), or nothing without a console."""
-
-    def __init__(self, console: Any | None, total: int, skipped: int) -> None:
-        self.console, self.total, self.skipped = console, total, skipped
-        self.counts = {"done": 0, "failed": 0, "running": 0}
-        self._progress: Any = None
-        self._task: Any = None
-
-    @contextmanager
-    def shown(self) -> Iterator[_View]:
-        if self.console is None:
-            yield self
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        columns = (
-            TextColumn("cells"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[counts]}"),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=self.console) as progress:
-            self._progress = progress
-            self._task = progress.add_task("sweep", total=self.total, counts=self._counts())
-            yield self
-            self.update()
-
-    def _counts(self) -> str:
-        c = self.counts
-        return f"done {c['done']} · running {c['running']} · failed {c['failed']} · skipped {self.skipped}"
-
-    def update(self) -> None:
-        if self._progress is not None:
-            finished = self.counts["done"] + self.counts["failed"]
-            self._progress.update(self._task, completed=finished, counts=self._counts())
-
-    def say(self, text: str) -> None:
-        if self._progress is not None:
-            self._progress.console.print(text, highlight=False, markup=False)
-        elif self.console is not None:
-            self.console.print(text, highlight=False, markup=False)
-
-
 def run_sweep(
     spec: SweepSpec,
     results_dir: Path,
@@ -701,7 +698,7 @@ def run_sweep(
     cpus_per_cell: int = 1,
     gpus_per_cell: float | None = None,
     logs_dir: Path = Path("sweep-logs"),
-    console: Any | None = None,
+    observer: SweepObserver | None = None,
 ) -> SweepReport:
     """Run every cell of ``spec`` not yet in ``results_dir`` on Ray; the driver stores each result as it comes.
 
@@ -711,12 +708,10 @@ def run_sweep(
         address: a Ray cluster (``HEAD:6379``, ``auto``); None: ``$RAY_ADDRESS``, else a local instance.
         num_cpus: CPUs of a local instance (default: the core count); not with ``address``.
         cpus_per_cell: CPUs Ray reserves per cell, and the run's thread count.
-        gpus_per_cell: GPUs per cell; None: 1 for ``paper`` budget cells, 0 otherwise.
+        gpus_per_cell: GPUs per cell; None: 1 for cells of a GPU budget (`Budget.device`), 0 otherwise.
         logs_dir: where the log of each failed cell is written.
-        console: a rich console for the progress view and per-cell lines; None: silent.
+        observer: told of the progress and of every finished cell (the CLI's view); None: silent.
     """
-    from mtbench.runner import check_output_dir
-
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address and num_cpus is not None:
         raise ConfigError(
@@ -733,112 +728,131 @@ def run_sweep(
     outcomes = {cell.key: CellOutcome(cell, "queued") for cell in cells}
     for cell in cells:
         if cell.key in index:
-            path, payload = index[cell.key]
-            outcomes[cell.key] = CellOutcome(cell, "skipped", delta_seen=_delta_seen(payload), stored=path)
+            path, stored = index[cell.key]
+            outcomes[cell.key] = CellOutcome(cell, "skipped", result=stored, stored=path)
     pending = [c for c in cells if outcomes[c.key].status == "queued"]
-    report = SweepReport([outcomes[c.key] for c in cells], results_dir)
-    if not pending:
-        return report
-    _start_ray(address, num_cpus)
-    import ray
+    if pending:
+        _start_ray(address, num_cpus)
+        import ray
 
-    try:
-        _drive(ray, pending, index, outcomes, results_dir, cpus_per_cell, gpus_per_cell, logs_dir,
-               _View(console, len(pending), len(cells) - len(pending)))
-    finally:
-        ray.shutdown()
+        try:
+            _Driver(ray, pending, index, outcomes, results_dir, cpus_per_cell, gpus_per_cell, logs_dir,
+                    observer, len(cells) - len(pending)).drive()
+        finally:
+            ray.shutdown()
     return SweepReport([outcomes[c.key] for c in cells], results_dir)
 
 
-def _drive(
-    ray: Any,
-    pending: list[Cell],
-    index: dict[tuple[str, str, int, str, str], tuple[Path, dict[str, Any]]],
-    outcomes: dict[tuple[str, str, int, str, str], CellOutcome],
-    results_dir: Path,
-    cpus_per_cell: int,
-    gpus_per_cell: float | None,
-    logs_dir: Path,
-    view: _View,
-) -> None:
-    """Submit cells as resources free up (references first), collect results, store them, release dependants."""
-    remote = ray.remote(run_cell)
-    totals = ray.cluster_resources()
-    needs_gpu = max(_resources(c, cpus_per_cell, gpus_per_cell)[1] for c in pending)
-    if needs_gpu > totals.get("GPU", 0):
-        raise ConfigError(
-            "the sweep asks for GPUs the Ray cluster does not have",
-            expected=f"{needs_gpu:g} GPU(s) per cell ({', '.join(sorted(GPU_BUDGETS))} budget cells ask for one)",
-            found=f"{totals.get('GPU', 0):g} GPU(s) in the cluster",
-            fix="run on a cluster with GPU nodes, or pass --gpus-per-cell 0 to run those cells on CPUs",
-        )
-    if cpus_per_cell > totals.get("CPU", 0):
-        raise ConfigError("--cpus-per-cell exceeds the cluster's CPUs", expected=f"at most {totals.get('CPU', 0):g}",
-                          found=str(cpus_per_cell))
-    # references: group -> (relative path, JSON text), from the store or from the reference cell when it is done
-    references: dict[tuple[DatasetEntry, str, int], tuple[str, str]] = {}
-    for cell in pending:
-        if cell.needs_reference and cell.group not in references:
-            stored = next((v for k, v in index.items() if k[0] == REFERENCE_METHOD and _same_reference(k, cell)), None)
-            if stored is not None:
-                references[cell.group] = (stored[0].relative_to(results_dir).as_posix(), stored[0].read_text("utf-8"))
-    waiting: dict[tuple[DatasetEntry, str, int], list[Cell]] = {}
-    queue: deque[Cell] = deque()
-    for cell in pending:  # expansion order: references first
-        if cell.needs_reference and cell.group not in references:
-            waiting.setdefault(cell.group, []).append(cell)
-        else:
-            queue.append(cell)
-    running: dict[Any, tuple[Cell, float, float]] = {}
-    used = [0.0, 0.0]
+class _Driver:
+    """Submits cells as resources free up (references first), collects and stores results, releases dependants."""
 
-    def finish(cell: Cell, outcome: CellOutcome) -> None:
-        outcomes[cell.key] = outcome
-        view.counts[outcome.status] += 1
-        seconds = f"{outcome.seconds:.1f} s" if outcome.seconds is not None else "—"
-        view.say(f"{'✓' if outcome.status == 'done' else '✗'} {outcome.status:6} {cell.label} ({seconds})"
-                 + (f": {outcome.reason}" if outcome.reason else ""))
-        for warning in outcome.warnings:
-            view.say(f"  warning: {warning}")
+    def __init__(
+        self, ray: Any, pending: list[Cell], index: dict[CellKey, tuple[Path, RunResult]],
+        outcomes: dict[CellKey, CellOutcome], results_dir: Path, cpus_per_cell: int, gpus_per_cell: float | None,
+        logs_dir: Path, observer: SweepObserver | None, skipped: int,
+    ) -> None:
+        self.ray, self.outcomes, self.results_dir, self.logs_dir = ray, outcomes, results_dir, logs_dir
+        self.cpus, self.gpus_per_cell, self.observer = cpus_per_cell, gpus_per_cell, observer
+        self.counts = Counts(total=len(pending), skipped=skipped)
+        self.remote = ray.remote(max_calls=1)(run_cell)  # a fresh worker process per cell: nothing leaks between
+        self.totals = ray.cluster_resources()
+        self._check_resources(pending)
+        # group -> (relative path, JSON text) of its stl reference, from the store or from its finished cell
+        self.references: dict[tuple[DatasetEntry, str, int], tuple[str, str]] = {}
+        for cell in pending:
+            if cell.needs_reference and cell.group not in self.references:
+                stored = next((v for k, v in index.items() if k[0] == REFERENCE_METHOD and _same_reference(k, cell)),
+                              None)
+                if stored is not None:
+                    self.references[cell.group] = (stored[0].relative_to(results_dir).as_posix(),
+                                                   stored[0].read_text("utf-8"))
+        self.waiting: dict[tuple[DatasetEntry, str, int], list[Cell]] = {}
+        self.queue: deque[Cell] = deque()
+        for cell in pending:  # expansion order: references first
+            if cell.needs_reference and cell.group not in self.references:
+                self.waiting.setdefault(cell.group, []).append(cell)
+            else:
+                self.queue.append(cell)
+        self.running: dict[Any, tuple[Cell, float, float]] = {}
+        self.used = [0.0, 0.0]
+
+    def _check_resources(self, pending: list[Cell]) -> None:
+        needs_gpu = max(_gpus(c, self.gpus_per_cell) for c in pending)
+        if needs_gpu > self.totals.get("GPU", 0):
+            gpu_budgets = sorted({c.budget for c in pending if _gpus(c, self.gpus_per_cell) > 0})
+            raise ConfigError(
+                "the sweep asks for GPUs the Ray cluster does not have",
+                expected=f"{needs_gpu:g} GPU(s) per cell ({', '.join(gpu_budgets)} budget cells ask for one)",
+                found=f"{self.totals.get('GPU', 0):g} GPU(s) in the cluster",
+                fix="run on a cluster with GPU nodes, or pass --gpus-per-cell 0 to run those cells on CPUs",
+            )
+        if self.cpus > self.totals.get("CPU", 0):
+            raise ConfigError("--cpus-per-cell exceeds the cluster's CPUs",
+                              expected=f"at most {self.totals.get('CPU', 0):g}", found=str(self.cpus))
+
+    def _tell(self, **changes: int) -> None:
+        self.counts = dataclasses.replace(self.counts, **changes)
+        if self.observer is not None:
+            self.observer.updated(self.counts)
+
+    def _finish(self, cell: Cell, outcome: CellOutcome) -> None:
+        self.outcomes[cell.key] = outcome
+        self.counts = dataclasses.replace(self.counts, **{outcome.status: getattr(self.counts, outcome.status) + 1})
+        if self.observer is not None:
+            self.observer.finished(outcome, self.counts)
         if cell.is_reference:
-            dependants = waiting.pop(cell.group, [])
+            dependants = self.waiting.pop(cell.group, [])
             if outcome.status == "done":
-                queue.extend(dependants)
+                self.queue.extend(dependants)
+                return
             reason = f"its {REFERENCE_METHOD} reference ({cell.label}) failed"
-            for other in dependants if outcome.status != "done" else []:
-                finish(other, CellOutcome(other, "failed", reason=reason))
+            for other in dependants:
+                self._finish(other, CellOutcome(other, "failed", reason=reason))
 
-    with view.shown():
-        while queue or running:
-            for cell in list(queue):
-                cpus, gpus = _resources(cell, cpus_per_cell, gpus_per_cell)
-                if used[0] + cpus > totals.get("CPU", 0) or used[1] + gpus > totals.get("GPU", 0):
-                    continue
-                queue.remove(cell)
-                reference = references.get(cell.group) if cell.needs_reference else None
-                ref = remote.options(num_cpus=cpus, num_gpus=gpus).remote(cell.argv(), reference, cpus_per_cell)
-                running[ref] = (cell, cpus, gpus)
-                used[0], used[1] = used[0] + cpus, used[1] + gpus
-            view.counts["running"] = len(running)
-            view.update()
-            ready = ray.wait(list(running), num_returns=1, timeout=1.0)[0] if running else []
-            for ref in ready:
-                cell, cpus, gpus = running.pop(ref)
-                used[0], used[1] = used[0] - cpus, used[1] - gpus
-                outcome = _collect(ray, ref, cell, results_dir, logs_dir)
-                if outcome.status == "done" and cell.is_reference:
-                    assert outcome.stored is not None
-                    references[cell.group] = (
-                        outcome.stored.relative_to(results_dir).as_posix(), outcome.stored.read_text("utf-8")
-                    )
-                view.counts["running"] = len(running)
-                finish(cell, outcome)
-            if queue and not running:  # nothing fits although nothing runs: the cluster changed (autoscaler)
-                time.sleep(1.0)
-                totals = ray.cluster_resources()
+    def _submit(self) -> None:
+        for cell in list(self.queue):
+            cpus, gpus = float(self.cpus), _gpus(cell, self.gpus_per_cell)
+            if self.used[0] + cpus > self.totals.get("CPU", 0) or self.used[1] + gpus > self.totals.get("GPU", 0):
+                continue
+            self.queue.remove(cell)
+            reference = self.references.get(cell.group) if cell.needs_reference else None
+            threads = str(self.cpus)
+            ref = self.remote.options(
+                num_cpus=cpus, num_gpus=gpus,
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}},
+            ).remote(dataclasses.replace(cell.request, threads=self.cpus).to_json(), reference)
+            self.running[ref] = (cell, cpus, gpus)
+            self.used[0], self.used[1] = self.used[0] + cpus, self.used[1] + gpus
+
+    def drive(self) -> None:
+        if self.observer is not None:
+            self.observer.started(self.counts)
+        try:
+            while self.queue or self.running:
+                self._submit()
+                self._tell(running=len(self.running))
+                ready = self.ray.wait(list(self.running), num_returns=1, timeout=1.0)[0] if self.running else []
+                for ref in ready:
+                    cell, cpus, gpus = self.running.pop(ref)
+                    self.used[0], self.used[1] = self.used[0] - cpus, self.used[1] - gpus
+                    outcome = _collect(self.ray, ref, cell, self.results_dir, self.logs_dir)
+                    if outcome.status == "done" and cell.is_reference:
+                        assert outcome.stored is not None
+                        self.references[cell.group] = (
+                            outcome.stored.relative_to(self.results_dir).as_posix(),
+                            outcome.stored.read_text("utf-8"),
+                        )
+                    self.counts = dataclasses.replace(self.counts, running=len(self.running))
+                    self._finish(cell, outcome)
+                if self.queue and not self.running:  # nothing fits although nothing runs: the cluster changed
+                    time.sleep(1.0)
+                    self.totals = self.ray.cluster_resources()
+        finally:
+            if self.observer is not None:
+                self.observer.stopped()
 
 
-def _same_reference(key: tuple[str, str, int, str, str], cell: Cell) -> bool:
+def _same_reference(key: CellKey, cell: Cell) -> bool:
     """Whether a stored stl result (by its key) is the reference of ``cell`` (any stl config, as the runner finds)."""
     return key[2] == cell.seed and key[3] == cell.dataset.name and key[4] == cell.protocol
 
@@ -846,19 +860,18 @@ def _same_reference(key: tuple[str, str, int, str, str], cell: Cell) -> bool:
 def _collect(ray: Any, ref: Any, cell: Cell, results_dir: Path, logs_dir: Path) -> CellOutcome:
     """The outcome of a finished Ray task: its results stored in ``results_dir``, or its failure and log."""
     try:
-        answer = ray.get(ref)
+        answer: CellAnswer = ray.get(ref)
     except Exception as error:  # the task itself died (worker or node lost) after Ray's retries
         return CellOutcome(cell, "failed", reason=f"the Ray task failed: {type(error).__name__}: {str(error)[-500:]}")
-    outcome = CellOutcome(cell, "done", seconds=answer["seconds"], log_tail=answer["log"])
-    if answer["returncode"] != 0:
-        outcome.status, outcome.reason = "failed", f"mtbench run exited with {answer['returncode']} on {answer['host']}"
-    elif not answer["results"]:
-        outcome.status, outcome.reason = "failed", f"mtbench run stored no result on {answer['host']}"
+    outcome = CellOutcome(cell, "done", seconds=answer.seconds, log_tail=answer.log)
+    if answer.error is not None:
+        outcome.status, outcome.reason = "failed", f"the run failed on {answer.host}: {answer.error[-500:]}"
+    elif not answer.results:
+        outcome.status, outcome.reason = "failed", f"the run stored no result on {answer.host}"
     returned: list[RunResult] = []
-    for text in answer["results"] if outcome.status == "done" else []:
-        where = f"result of cell {cell.label} (from {answer['host']})"
+    for payload in answer.results if outcome.status == "done" else ():
         try:
-            returned.append(RunResult.from_json(json.loads(text), where))
+            returned.append(RunResult.from_json(payload, f"result of cell {cell.label} (from {answer.host})"))
         except (ValueError, ResultFileError) as error:
             outcome.status, outcome.reason = "failed", f"it returned an invalid result: {error}"
             returned = []
@@ -866,7 +879,7 @@ def _collect(ray: Any, ref: Any, cell: Cell, results_dir: Path, logs_dir: Path) 
     for result in returned:
         path, _ = store(result, results_dir)  # atomic: a driver killed here leaves the old file or the new one
         if result.method.name == cell.method:
-            outcome.stored, outcome.delta_seen = path, _delta_seen(result)
+            outcome.stored, outcome.result = path, result
             if result.timings is not None and result.timings.reference_trained:
                 outcome.warnings.append(
                     f"it trained its own {REFERENCE_METHOD} reference: the worker's data differ (fingerprint) from "
@@ -884,48 +897,7 @@ def _collect(ray: Any, ref: Any, cell: Cell, results_dir: Path, logs_dir: Path) 
     return outcome
 
 
-# --- reports ----------------------------------------------------------------------------------------------
-
-
-def summary_table(report: SweepReport) -> Any:
-    """A rich table: cell, status, seconds, Δm on the seen tasks (all-metric average, % vs stl)."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title="sweep summary", title_justify="left")
-    for column, justify in (("cell", "left"), ("status", "left"), ("seconds", "right"), ("Δm seen %", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    style = {"done": "green", "failed": "bold red", "skipped": "dim"}
-    for outcome in report.outcomes:
-        table.add_row(
-            escape(outcome.cell.label),
-            f"[{style.get(outcome.status, '')}]{outcome.status}[/]",
-            f"{outcome.seconds:.1f}" if outcome.seconds is not None else "—",
-            f"{outcome.delta_seen:+.2f}" if outcome.delta_seen is not None else "—",
-        )
-    return table
-
-
-def print_report(report: SweepReport, console: Any, err_console: Any, tail_lines: int = 15) -> None:
-    """The summary table, the failed cells' log tails and the one-line count."""
-    from rich.markup import escape
-
-    console.print(summary_table(report))
-    for outcome in report.outcomes:
-        if outcome.status != "failed":
-            continue
-        label, reason = escape(outcome.cell.label), escape(outcome.reason)
-        err_console.print(f"[bold red]failed:[/] {label}: {reason}", highlight=False)
-        if outcome.log_tail:
-            lines = outcome.log_tail.rstrip().splitlines()[-tail_lines:]
-            err_console.print("\n".join("    " + line for line in lines), highlight=False, markup=False)
-        if outcome.log_file is not None:
-            err_console.print(f"    full log: {outcome.log_file}", highlight=False, markup=False)
-    console.print(report.line(), highlight=False)
-
-
 def describe(spec: SweepSpec, results_dir: Path) -> list[tuple[Cell, bool]]:
     """Every cell with whether the store already holds it (for ``--dry-run``)."""
     index = stored_index(results_dir)
     return [(cell, cell.key in index) for cell in expand(spec)]
-

@@ -235,8 +235,8 @@ def test_a_cache_without_checksums_is_read_but_gives_no_fingerprint(cli, cache):
 def test_a_runs_synthetic_cache_without_checksums_is_prepared_again_and_a_damaged_one_refused(tmp_path, monkeypatch):
     import dataclasses
 
+    from mtbench.data.resolve import resolve_data
     from mtbench.presets import budget
-    from mtbench.runner import resolve_data
 
     monkeypatch.setenv("MTBENCH_HOME", str(tmp_path / "home"))
     tiny = dataclasses.replace(budget("smoke"), synth_samples=8)
@@ -258,8 +258,8 @@ def test_a_runs_synthetic_cache_without_checksums_is_prepared_again_and_a_damage
 def test_a_runs_synthetic_cache_with_damaged_metadata_is_refused_not_made_again(cli, tmp_path, monkeypatch):
     import dataclasses
 
+    from mtbench.data.resolve import resolve_data
     from mtbench.presets import budget
-    from mtbench.runner import resolve_data
 
     monkeypatch.setenv("MTBENCH_HOME", str(tmp_path / "home"))
     tiny = dataclasses.replace(budget("smoke"), synth_samples=8)

@@ -338,8 +338,8 @@ def own_home(tmp_path, monkeypatch):
 
 
 def test_a_synthetic_run_reads_its_set_through_an_arrow_cache_prepared_once(own_home, monkeypatch):
-    from mtbench.runner import open_reader as runner_open_reader
-    from mtbench.runner import resolve_data, synthetic_path
+    from mtbench.data.resolve import open_reader as runner_open_reader
+    from mtbench.data.resolve import resolve_data, synthetic_path
 
     notices: list[str] = []
     spec, reader = resolve_data("nyuv2-synth", None, _tiny(), notices.append)
@@ -367,7 +367,7 @@ def test_a_synthetic_run_reads_its_set_through_an_arrow_cache_prepared_once(own_
 
 
 def test_another_generated_set_never_reuses_a_cache(own_home):
-    from mtbench.runner import resolve_data, synthetic_path
+    from mtbench.data.resolve import resolve_data, synthetic_path
 
     spec, first = resolve_data("nyuv2-synth", None, _tiny(8))
     _, other = resolve_data("nyuv2-synth", None, _tiny(9))  # another budget: another generated set
@@ -389,8 +389,8 @@ def test_another_generated_set_never_reuses_a_cache(own_home):
 
 
 def test_celebamask_synth_through_the_cache_and_data_root_read_directly(own_home):
-    from mtbench.runner import open_reader as runner_open_reader
-    from mtbench.runner import resolve_data, synthetic_path
+    from mtbench.data.resolve import open_reader as runner_open_reader
+    from mtbench.data.resolve import resolve_data, synthetic_path
 
     spec, reader = resolve_data("celebamask-synth", None, _tiny(8))
     assert isinstance(reader, ArrowCacheReader)

@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 import torch
 
+from mtbench.data.resolve import resolve_data
 from mtbench.episodes import TaskView
 from mtbench.errors import OutputError, ResultFileError
 from mtbench.methods import methods
+from mtbench.preflight import plan_tasks
 from mtbench.presets import budget
-from mtbench.runner import RunRequest, plan, plan_tasks, resolve_data
+from mtbench.runner import RunRequest, plan
 from mtbench.training import TensorSet, TrainContext, TrainingInterrupted, train
 
 TINY = dataclasses.replace(budget("smoke"), name="failure-test", steps=6, log_every=1)

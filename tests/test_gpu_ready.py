@@ -12,8 +12,9 @@ import torch
 from conftest import random_nyu_context
 
 from mtbench.aggregators import pcgrad
+from mtbench.environment import environment
 from mtbench.methods import methods
-from mtbench.runner import RunRequest, environment, execute
+from mtbench.runner import RunRequest, execute
 from mtbench.sparsity import ProximalAdam
 from mtbench.training import TrainContext, accepts_fused, train
 
@@ -150,15 +151,15 @@ def test_determinism_is_set_without_importing_torchinductor():
     (about 1.6 s of CPU); a compiling one goes through the public function, which also sets inductor's option."""
     script = (
         "import sys, torch\n"
-        "from mtbench.runner import RunRequest, apply_determinism\n"
+        "from mtbench.environment import apply_determinism\n"
         "device = torch.device('cpu')\n"
-        "assert apply_determinism(RunRequest(method='ew'), device) is True\n"
+        "assert apply_determinism(True, device) is True\n"
         "assert torch.are_deterministic_algorithms_enabled()\n"
         "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
         "assert 'torch._inductor.config' not in sys.modules\n"
-        "assert apply_determinism(RunRequest(method='ew', deterministic=False), device) is False\n"
+        "assert apply_determinism(False, device) is False\n"
         "assert not torch.are_deterministic_algorithms_enabled()\n"
-        "assert apply_determinism(RunRequest(method='ew', compile=True), device) is True\n"
+        "assert apply_determinism(True, device, compiling=True) is True\n"
         "import torch._inductor.config as inductor\n"
         "assert inductor.deterministic is True and torch.are_deterministic_algorithms_enabled()\n"
     )

@@ -10,7 +10,8 @@ import pytest
 from mtbench.errors import ConfigError
 from mtbench.methods import methods
 from mtbench.options import Bounds, bounded, check_config
-from mtbench.runner import build_config, check_seed
+from mtbench.overrides import build_config
+from mtbench.preflight import check_seed
 
 
 @pytest.mark.parametrize(
@@ -85,10 +86,10 @@ def test_valid_seeds_pass():
 def test_threads_are_set_checked_and_a_difference_from_the_published_count_is_said():
     import torch
 
-    from mtbench import runner
-    from mtbench.runner import apply_threads
+    from mtbench import environment
+    from mtbench.environment import apply_threads
 
-    runner._THREADS_NOTICED.clear()
+    environment._THREADS_NOTICED.clear()
     before = torch.get_num_threads()
     said: list[str] = []
     try:

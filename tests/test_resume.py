@@ -18,11 +18,15 @@ import pytest
 import torch
 
 from mtbench import presets
+from mtbench.data.resolve import resolve_data
 from mtbench.episodes import TaskView
 from mtbench.methods import methods
+from mtbench.overrides import build_config
+from mtbench.preflight import plan_tasks
 from mtbench.presets import Budget, budget
 from mtbench.protocol import score
-from mtbench.runner import RESUME_FILE, RunRequest, build_config, execute, plan_tasks, resolve_data
+from mtbench.recipe import RESUME_FILE
+from mtbench.runner import RunRequest, execute
 from mtbench.training import (
     CHECKPOINT_EVERY,
     CheckpointError,

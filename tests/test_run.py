@@ -8,8 +8,9 @@ import torch
 
 from mtbench.errors import ConfigError
 from mtbench.methods import methods
+from mtbench.overrides import build_config
 from mtbench.result import SCHEMA_VERSION, RunResult
-from mtbench.runner import RunRequest, build_config, execute
+from mtbench.runner import RunRequest, execute
 
 pytestmark = [pytest.mark.slow]
 

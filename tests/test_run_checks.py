@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mtbench import runner
+from mtbench import preflight, recipe, runner
 from mtbench.errors import ConfigError, OutputError
 from mtbench.runner import RunRequest, execute
 
@@ -30,8 +30,8 @@ def never_loads_or_trains(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append("train")
         raise AssertionError("training started")
 
-    monkeypatch.setattr(runner, "resolve_data", no_data)
-    monkeypatch.setattr(runner, "train", no_training)
+    monkeypatch.setattr(recipe, "resolve_data", no_data)
+    monkeypatch.setattr(recipe, "train", no_training)
     return calls
 
 
@@ -88,8 +88,8 @@ def test_results_pointing_to_a_file_fails_before_training(cli, nyu_mtan, tmp_pat
 
 
 def test_too_little_free_space_fails_before_training(nyu_mtan, tmp_path, monkeypatch, never_loads_or_trains):
-    real = runner.shutil.disk_usage
-    monkeypatch.setattr(runner.shutil, "disk_usage", lambda path: real(path)._replace(free=10 * 2**20))
+    real = preflight.shutil.disk_usage
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: real(path)._replace(free=10 * 2**20))
     with pytest.raises(OutputError, match="too little free space"):
         execute(RunRequest(method="ew", data_root=nyu_mtan, budget="smoke", out=tmp_path / "run"))
     assert never_loads_or_trains == []
@@ -126,7 +126,7 @@ def test_synthetic_name_on_a_real_folder_is_rejected(cli, nyu_mtan, copy_of, tmp
     real = copy_of(nyu_mtan)
     (real / SYNTH_MANIFEST).unlink()
     trained: list[str] = []
-    monkeypatch.setattr(runner, "train", lambda *a, **k: trained.append("train"))
+    monkeypatch.setattr(recipe, "train", lambda *a, **k: trained.append("train"))
     code, text = cli(
         "run", "ew", "--dataset", "nyuv2-synth", "--data-root", real, "--budget", "smoke", "--out", tmp_path / "r"
     )

@@ -20,6 +20,7 @@ from mtbench.errors import SweepSpecError
 from mtbench.methods import methods
 from mtbench.result import SCHEMA_VERSION
 from mtbench.results import load_results, read_result
+from mtbench.runner import RunRequest
 from mtbench.sweep import expand, load_spec, run_sweep, stored_index
 
 # generous limits: each cell is a fresh `mtbench run` process, slow on a busy 2-core machine
@@ -148,10 +149,11 @@ hypergradient = "online"
         (("scope", "layer"), ("sparsity", "0.5")),
     ]
     one = next(c for c in cells if c.method == "fixed-lambda" and c.budget == "quick" and c.seed == 2)
-    assert one.argv() == [
-        "fixed-lambda", "--dataset", one.dataset.name, "--seed", "2", "--budget", "quick",
-        "--unseen", one.dataset.unseen[0], "--set", "lam=0.001",
-    ]
+    assert one.request == RunRequest(
+        method="fixed-lambda", dataset=one.dataset.name, seed=2, budget="quick", unseen=one.dataset.unseen,
+        overrides={"lam": "0.001"},
+    )
+    assert RunRequest.from_json(json.loads(json.dumps(one.request.to_json()))) == one.request  # what a worker gets
     assert json.loads(one.config) == {**dataclasses.asdict(methods().get("fixed-lambda").config()), "lam": 0.001}
 
 
@@ -161,8 +163,9 @@ def test_data_options_reach_the_cells_and_leave_their_identity_alone(tmp_path):
         tmp_path, HEADER + NYU + 'data = "stream"\nmemory_budget = 12\nworkers = 3\n[methods.ew]\n', "stream.toml"
     )))
     ew = next(c for c in streamed if c.method == "ew")
-    assert ew.argv()[-6:] == ["--data", "stream", "--memory-budget", "12.0", "--workers", "3"]
-    assert all("--data" not in c.argv() for c in plain)
+    assert (ew.request.data_mode, ew.request.memory_budget_gib, ew.request.loader_workers) == ("stream", 12.0, 3)
+    assert all((c.request.data_mode, c.request.memory_budget_gib, c.request.loader_workers) == ("auto", None, None)
+               for c in plain)
     # the same results: a stored cell counts as done whichever way the data were held
     assert [(c.method, c.config, c.seed, c.protocol) for c in plain] == [
         (c.method, c.config, c.seed, c.protocol) for c in streamed
@@ -200,12 +203,16 @@ def ray_tmp(monkeypatch) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _grid(tmp_path: Path, root: Path, methods_: list[str], seeds: list[int], extra: str = "") -> Path:
+def _grid(
+    tmp_path: Path, root: Path, methods_: list[str], seeds: list[int], extra: str = "", top: bool = False
+) -> Path:
+    """A smoke grid on ``root``; ``extra`` goes after the data set entry, or before it when ``top``."""
     tables = "".join(f"[methods.{m}]\n" for m in methods_)
+    head, tail = (extra, "") if top else ("", extra)
     return _write(
         tmp_path,
-        f'schema_version = 1\nbudgets = ["smoke"]\nseeds = {seeds}\n'
-        f'[[datasets]]\nname = "nyuv2-synth"\nunseen = ["depth"]\ndata_root = "{root}"\n{extra}{tables}',
+        f'schema_version = 1\nbudgets = ["smoke"]\nseeds = {seeds}\n{head}'
+        f'[[datasets]]\nname = "nyuv2-synth"\nunseen = ["depth"]\ndata_root = "{root}"\n{tail}{tables}',
     )
 
 
@@ -229,21 +236,58 @@ def _check_references(stored: dict[tuple[str, int], dict], seeds: list[int], nam
     assert sorted(stored) == sorted((m, s) for m in ["stl", *names] for s in seeds)
 
 
-def test_two_by_two_sweep_on_local_ray_then_rerun_skips_everything(tmp_path, nyu_mtan, ray_tmp, monkeypatch):
+def _readme_plugin(folder: Path) -> Path:
+    """The README's method plugin ("my-method", softmax loss weighting), saved as a file in ``folder``."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    example = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "METHOD = MethodInfo" in b)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "softmax_weighting.py").write_text(example)
+    return folder / "softmax_weighting.py"
+
+
+@pytest.fixture
+def fresh_methods(monkeypatch):
+    """An empty method registry for one test (a plugin registered here does not leak into other tests)."""
+    from mtbench import methods as methods_module
+    from mtbench.registry import Registry
+
+    monkeypatch.setattr(methods_module, "METHODS", Registry("method"))
+    monkeypatch.setattr(methods_module, "_loaded_builtins", False)
+
+
+def test_two_by_two_sweep_with_a_plugin_method_then_rerun_skips_everything(
+    tmp_path, nyu_mtan, ray_tmp, monkeypatch, fresh_methods, cli
+):
+    """A method from a plugin file outside the repository, named in the spec, is swept on Ray like a built-in
+    (one fresh worker per cell, through the library), stored with its source and family, and tabulated."""
     import ray
 
     import mtbench.sweep as sweep
 
-    spec = load_spec(_grid(tmp_path, nyu_mtan, ["ew", "uw"], [0, 1]))
+    plugin = _readme_plugin(tmp_path / "elsewhere")
+    spec = load_spec(_grid(tmp_path, nyu_mtan, ["ew", "my-method"], [0, 1],
+                           extra='plugins = ["elsewhere/softmax_weighting.py"]\n', top=True))
+    assert spec.plugins == (str(plugin),)
     results = tmp_path / "results"
     report = run_sweep(spec, results, num_cpus=2, logs_dir=tmp_path / "logs")
     assert not ray.is_initialized()  # the driver shut Ray down
     assert report.ok and report.count("done") == 6 and report.count("skipped") == 0, report.line()
     assert [o.cell.method for o in report.outcomes[:2]] == ["stl", "stl"]
     stored = _stored(results)
-    _check_references(stored, [0, 1], ["ew", "uw"])
+    _check_references(stored, [0, 1], ["ew", "my-method"])
+    for seed in (0, 1):
+        mine = stored[("my-method", seed)]
+        assert mine.method.source.startswith(f"file {plugin} (sha256 ") and mine.method.family == "dense"
+        assert mine.method.config == {"temperature": 2.0}
     assert len(list(results.rglob("*.json"))) == 6
     times = {p: p.stat().st_mtime_ns for p in results.rglob("*.json")}
+
+    code, text = cli("leaderboard", "build", "--results", results, "--out", tmp_path / "board")
+    assert code == 0, text
+    tables = [p for p in (tmp_path / "board").rglob("*.md") if p.name != "README.md"]
+    assert len(tables) == 1 and "| my-method |" in tables[0].read_text(), [p.name for p in tables]
 
     def no_ray(*_args, **_kwargs):
         raise AssertionError("a sweep with every cell stored must not start Ray")
@@ -253,6 +297,19 @@ def test_two_by_two_sweep_on_local_ray_then_rerun_skips_everything(tmp_path, nyu
     assert again.ok and again.count("skipped") == 6 and again.count("done") == 0, again.line()
     assert {p: p.stat().st_mtime_ns for p in results.rglob("*.json")} == times
     assert {o.stored for o in again.outcomes} == set(times)
+
+
+@pytest.mark.parametrize(
+    ("plugins", "says"),
+    [('["elsewhere/none.py"]', "does not exist"), ('["no_such_module_xyz"]', "cannot be imported"),
+     ('["not a name"]', "neither a path nor a module name")],
+    ids=["missing-file", "missing-module", "neither"],
+)
+def test_spec_plugin_errors_name_the_key(tmp_path, plugins, says):
+    path = _write(tmp_path, f"plugins = {plugins}\n" + HEADER + NYU + "[methods.ew]\n")
+    with pytest.raises(SweepSpecError) as info:
+        load_spec(path)
+    assert info.value.key == "plugins[0]" and says in str(info.value), str(info.value)
 
 
 def test_a_failing_cell_fails_alone_with_its_log(tmp_path, nyu_mtan, ray_tmp, cli):
@@ -268,7 +325,7 @@ def test_a_failing_cell_fails_alone_with_its_log(tmp_path, nyu_mtan, ray_tmp, cl
     assert code == 1, text
     flat = " ".join(text.split())
     assert "sweep: 4 cells — 2 done, 2 failed, 0 skipped" in flat, text
-    assert "mtbench run exited with 1" in flat and "its stl reference" in flat
+    assert "the run failed on" in flat and "its stl reference" in flat
     assert str(missing) in flat  # the failed run's log tail names the folder it could not read
     (log,) = logs.iterdir()
     assert str(missing) in " ".join(log.read_text().split())

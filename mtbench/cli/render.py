@@ -14,7 +14,8 @@ from rich.table import Table
 from mtbench import catalog
 
 if TYPE_CHECKING:  # the runner imports torch: only for the annotations
-    from mtbench.runner import Executed, RunPlan
+    from mtbench.recipe import Executed
+    from mtbench.request import RunPlan
 
 # Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)

@@ -135,8 +135,10 @@ def run(
     `mtbench run ew --unseen depth --seed 3 --threads 1` (a published table's cell, to the last digit),
     `mtbench run ew --dataset celebamask --unseen smiling --budget paper --data stream --workers 8`
     """
+    from mtbench.leaderboard.front import front_at
+    from mtbench.overrides import parse_set
     from mtbench.results import default_results_dir
-    from mtbench.runner import RunRequest, execute_plan, front_at, parse_set, plan
+    from mtbench.runner import RunRequest, execute_plan, plan
 
     request = RunRequest(
         method=method,

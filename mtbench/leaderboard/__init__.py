@@ -28,9 +28,7 @@ from mtbench.leaderboard.front import (
     paired_to_front,
 )
 from mtbench.leaderboard.model import (
-    FRONT_METHOD,
     REFERENCE_MODES,
-    SPARSE_FAMILY,
     Cell,
     Group,
     Row,
@@ -57,12 +55,10 @@ from mtbench.leaderboard.rules import RULES, Breach, Table, breaches, require_co
 __all__ = [
     "ASSETS",
     "AXES",
-    "FRONT_METHOD",
     "GENERATED",
     "GENERATED_FILE",
     "REFERENCE_MODES",
     "RULES",
-    "SPARSE_FAMILY",
     "Breach",
     "Cell",
     "FrontComparison",

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from mtbench.leaderboard.model import FRONT_METHOD, Cell, Row
+from mtbench.leaderboard.model import Cell, Row, collect, rows
+from mtbench.result import RunResult
 from mtbench.stats import Paired, confidence_interval
 
 
@@ -57,7 +60,7 @@ def front_rows(table: Iterable[Row]) -> list[Row]:
     front = [
         row
         for row in table
-        if row.base == FRONT_METHOD and row.sparsity.mean is not None and row.primary.mean is not None
+        if row.family == "front" and row.sparsity.mean is not None and row.primary.mean is not None
     ]
     return sorted(front, key=lambda row: (row.sparsity.mean, row.method))
 
@@ -125,7 +128,7 @@ def front_comparisons(table: list[Row]) -> list[FrontComparison]:
     front = front_rows(table)
     if len(front) < 2:
         return []
-    others = [row for row in table if row.base != FRONT_METHOD and row.flops_pct.mean is not None]
+    others = [row for row in table if row.family != "front" and row.flops_pct.mean is not None]
     others.sort(key=lambda row: (row.flops_pct.mean, row.method))
     return [
         FrontComparison(
@@ -171,7 +174,7 @@ def matched_points(table: list[Row]) -> list[MatchedPoint]:
     families: dict[str, list[Row]] = {}
     for row in table:
         option = _numeric_option(row)
-        if row.base != FRONT_METHOD and option is not None and row.flops_pct.mean is not None:
+        if row.family != "front" and option is not None and row.flops_pct.mean is not None:
             families.setdefault(f"{row.base} ({option})", []).append(row)
     out = []
     for family, members in sorted(families.items()):
@@ -192,3 +195,32 @@ def matched_points(table: list[Row]) -> list[MatchedPoint]:
                 if differences:  # a point no seed's curves reach is left out
                     out.append(MatchedPoint(family, axis, point, own, _paired(differences)))
     return out
+
+
+def front_at(result: RunResult, results_dir: Path) -> dict[str, Any] | None:
+    """The stored fixed-λ front of this run's data set and protocol, read at this run's cost: its compact FLOPs
+    as % of the dense network's where the run has them (what a user pays), else its group sparsity.
+
+    Returns ``{"axis", "at", "score", "seen", "unseen", "variants"}`` (score: ``joint`` or ``seen``; Δm of the
+    front, interpolated between the fixed-λ variants' means over seeds), or None when fewer than two fixed-λ
+    variants are stored or the run's cost is outside the front.
+    """
+    flops = (result.inference or {}).get("flops") or {}
+    if flops.get("dense"):
+        axis, at = "flops", 100.0 * flops["compact"] / flops["dense"]
+    elif result.sparsity is not None and result.sparsity.group_sparsity is not None:
+        axis, at = "groups", 100.0 * result.sparsity.group_sparsity
+    else:
+        return None
+    signature = result.signature()
+    for group in collect(results_dir):
+        sample = next(iter(next(iter(group.runs.values())).values()))
+        if sample.signature() != signature:
+            continue
+        front = front_rows(rows(group))
+        seen = front_delta_at(front, at, "seen", axis)
+        if len(front) < 2 or seen is None:
+            return None
+        return {"axis": AXES[axis].label, "at": at, "score": front[0].primary_name, "seen": seen,
+                "unseen": front_delta_at(front, at, "unseen", axis), "variants": len(front)}
+    return None

@@ -22,9 +22,7 @@ from mtbench.stats import Interval, Paired, Rank, confidence_interval, paired_co
 
 REFERENCE = REFERENCE_METHOD  # the Δm reference: the variant label of stl run without overrides
 COMPARE_WITH = "ew"  # every row's paired difference is to this variant
-FRONT_METHOD = "fixed-lambda"  # its variants (one per λ) trace the cost–Δm front
-SPARSE_FAMILY = frozenset({"meta-sparsity", "meta-dense", "prune"})
-DENSE_BELOW_PCT = 0.5  # a variant outside the sparse family with less group sparsity than this is dense
+DENSE_BELOW_PCT = 0.5  # a variant of a dense-family method with less group sparsity than this is drawn dense
 #: how Δm's reference is taken: the mean over seeds of stl's metrics (the literature's convention), or stl's run
 #: of the same seed
 REFERENCE_MODES = ("fixed", "per-seed")
@@ -303,6 +301,7 @@ class Row:
     gflops: Cell  # compact GFLOPs per image
     layers: list[tuple[str, float]]
     base: str = ""  # the plain method name, e.g. "fixed-lambda"
+    family: str = "dense"  # the method's `MethodInfo.family`: dense, sparse or front (its variants trace the front)
     lam_start: Cell = field(default_factory=lambda: Cell([]))
     lam_end: Cell = field(default_factory=lambda: Cell([]))
     rank: Rank | None = None  # paired rank on the primary Δm (`rank_rows`)
@@ -370,6 +369,19 @@ def lambda_summary(value: float | list[float] | None) -> float | None:
     return float(value)
 
 
+def method_family(result: RunResult) -> str:
+    """The result's method family (dense, sparse or front): as recorded; for results written before it was
+    recorded, the registered method's, and ``dense`` for a method not registered here (as the tables treated
+    every method but fixed-λ, meta-sparsity, meta-dense and prune then: the plot still draws a measurably sparse
+    row as sparse, and only a ``front`` method's variants trace the front)."""
+    if result.method.family is not None:
+        return result.method.family
+    from mtbench.methods import methods
+
+    registry = methods()
+    return registry.get(result.method.name).family if result.method.name in registry else "dense"
+
+
 def _seed_cell(seeds: dict[int, RunResult], value: Any) -> Cell:
     """``value(result)`` per seed (None = missing, which blanks the cell)."""
     cell = Cell([])
@@ -431,6 +443,7 @@ def rows(group: Group) -> list[Row]:
                 _seed_cell(seeds, lambda r: r.inference["flops"]["compact"] / 1e9 if r.inference else None),
                 _mean_layers(seeds.values()),
                 base=group.bases.get(method, method),
+                family=method_family(next(iter(seeds.values()))),
                 lam_start=_seed_cell(seeds, lambda r: lambda_summary(r.lam.start)),
                 lam_end=_seed_cell(seeds, lambda r: lambda_summary(r.lam.end)),
                 flops_pct=_seed_cell(seeds, lambda r: _ratio(r, "flops")),

@@ -7,7 +7,7 @@ import html
 import math
 
 from mtbench.leaderboard.front import AXES, Axis, front_rows
-from mtbench.leaderboard.model import DENSE_BELOW_PCT, FRONT_METHOD, SPARSE_FAMILY, Row, signed, significant
+from mtbench.leaderboard.model import DENSE_BELOW_PCT, Row, signed, significant
 
 PLOT_COLOURS = {"front": "#d95f02", "sparse": "#1f77b4", "dense": "#9a9a9a"}
 
@@ -17,9 +17,9 @@ def plot_family(row: Row, axis: Axis | None = None) -> str | None:
     axis = axis or AXES["groups"]
     if axis.cell(row).mean is None or row.primary.mean is None or row.sparsity.mean is None:
         return None
-    if row.base == FRONT_METHOD:
+    if row.family == "front":
         return "front"
-    if row.base in SPARSE_FAMILY or row.sparsity.mean >= DENSE_BELOW_PCT:
+    if row.family == "sparse" or row.sparsity.mean >= DENSE_BELOW_PCT:
         return "sparse"
     return "dense"
 
