@@ -241,21 +241,32 @@ def load_plugin(plugin: str | Path) -> list[str]:
             expected="a .py file, a folder of them, or a dotted module name (mypackage.methods)",
             found=text,
         )
+    _load_all_builtins()
+    source = f"module {text}"
     try:
-        module = importlib.import_module(text)
-    except ImportError as exc:
-        raise PluginError(
-            f"plugin module {text!r} cannot be imported: {exc}",
-            expected="an installed module (pip install the package providing it)",
-            found="no such module" if isinstance(exc, ModuleNotFoundError) else type(exc).__name__,
-            fix="install the package, or name the plugin's file by its path",
-        ) from exc
-    infos = _infos_of(module)
-    if not infos:
-        raise PluginError(f"plugin module {text} defines no method", expected="METHOD = MethodInfo(...)",
-                          found="neither METHOD nor METHODS")
-    new = [info for info in infos if not (info.name in METHODS and METHODS.get(info.name) is info)]  # imported once
-    return _register_all(new, f"module {text}") + [info.name for info in infos if info not in new]
+        with registering_from(source):  # what the module registers on import (readers, kinds, tasks) names it
+            try:
+                module = importlib.import_module(text)
+            except ImportError as exc:
+                raise PluginError(
+                    f"plugin module {text!r} cannot be imported: {exc}",
+                    expected="an installed module (pip install the package providing it)",
+                    found="no such module" if isinstance(exc, ModuleNotFoundError) else type(exc).__name__,
+                    fix="install the package, or name the plugin's file by its path",
+                ) from exc
+            infos = _infos_of(module)
+            _register_all([i for i in infos if not (i.name in METHODS and METHODS.get(i.name) is i)], source)
+        if not infos and not registered_from(source):
+            raise PluginError(
+                f"plugin module {text} defines no method, reader, task kind, task or data set",
+                expected="METHOD = MethodInfo(...), a @register_layout reader, or register_kind / register_task / "
+                "register_dataset calls",
+                found="neither METHOD nor METHODS, and nothing registered on import",
+            )
+    except BaseException:
+        unregister_source(source)  # a module that failed half way leaves nothing registered
+        raise
+    return [info.name for info in infos]
 
 
 def methods(plugins: Iterable[str | Path] = ()) -> Registry[MethodInfo]:

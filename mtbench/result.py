@@ -316,7 +316,10 @@ class RunResult:
             payload[_JSON_NAMES.get(f.name, f.name)] = value
         payload["schema_version"] = SCHEMA_VERSION
         payload["config_key"] = self.config_key
-        return _json_value(payload)
+        written = _json_value(payload)
+        if written["method"].get("family") is None:  # not recorded (results written before it was): stays absent
+            written["method"].pop("family", None)
+        return written
 
     @classmethod
     def from_json(cls, payload: Any, path: Path | str = "<in memory>") -> RunResult:

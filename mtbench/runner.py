@@ -66,6 +66,7 @@ def resolve(request: RunRequest, notice: Notice | None = None, *, locate_data: b
     ``locate_data=False`` (a sweep's driver, which may not hold the data its workers read): the data set is the one
     the request names, and where its files are is not looked up.
     """
+    registry = methods(request.plugins)  # first: a plugin may register the data set, tasks or reader named below
     budget = get_budget(request.budget)
     check_seed(request.seed)
     if request.bn_batches is not None:
@@ -74,7 +75,7 @@ def resolve(request: RunRequest, notice: Notice | None = None, *, locate_data: b
                               found=str(request.bn_batches))
         budget = dataclasses.replace(budget, bn_recalibration_batches=request.bn_batches)
     check_task_options(catalog.dataset(request.dataset or "nyuv2").family, request.tasks, request.unseen)
-    info: MethodInfo = methods(request.plugins).get(request.method)
+    info: MethodInfo = registry.get(request.method)
     config = build_config(info.config, request.overrides)
     if locate_data or request.dataset is None:
         spec, data = choose_data(request.dataset, request.data_root, budget, notice)
@@ -92,6 +93,7 @@ def plan(request: RunRequest, notice: Notice | None = None) -> RunPlan:
     holding what ``--dataset`` names.
     """
     check_seed(request.seed)  # the cheap checks first (`resolve` repeats them): a bad name fails before any probe
+    methods(request.plugins)  # a plugin may register the data set, tasks or reader the request names
     check_task_options(catalog.dataset(request.dataset or "nyuv2").family, request.tasks, request.unseen)
     device = pick_device(request.device)
     check_data_options(request.data_mode, request.memory_budget_gib, request.loader_workers)

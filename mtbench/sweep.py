@@ -363,6 +363,7 @@ def load_spec(path: str | Path) -> SweepSpec:
                 f"seeds[{index}]", "not a seed", expected="an integer with 0 ≤ seed < 2^32", found=_kind(seed)
             )
     check.unique(seeds, "seeds")
+    plugins = _plugins(check, data.get("plugins", []))  # before the names: a plugin may register data sets, tasks
     tables = data["datasets"]
     if not isinstance(tables, list) or not tables:
         raise check.fail("datasets", "not a list of data set tables", expected="one or more [[datasets]] tables",
@@ -377,7 +378,6 @@ def load_spec(path: str | Path) -> SweepSpec:
     if not isinstance(table, dict) or not table:
         raise check.fail("methods", "not a table of methods", expected="one or more [methods.NAME] tables",
                          found=_kind(table))
-    plugins = _plugins(check, data.get("plugins", []))
     registry = methods()
     entries = []
     for name, body in table.items():
@@ -603,9 +603,9 @@ class CellOutcome:
     @property
     def delta_seen(self) -> float | None:
         """Δm on the seen tasks (all-metric average, % vs stl) of the cell's result, if it has one."""
+        delta = self.result.delta_m if self.result is not None else None
         from mtbench.scoring import ALL_METRICS
 
-        delta = self.result.delta_m if self.result is not None else None
         value = delta.seen.get(ALL_METRICS) if delta is not None and delta.seen else None
         return value if isinstance(value, (int, float)) else None
 

@@ -299,6 +299,26 @@ def test_two_by_two_sweep_with_a_plugin_method_then_rerun_skips_everything(
     assert {o.stored for o in again.outcomes} == set(times)
 
 
+def test_spec_plugin_by_module_name(tmp_path, monkeypatch, fresh_methods):
+    """An installed module named in the spec is imported, its method checked like a built-in's, and every cell
+    loads it by that name."""
+    package = tmp_path / "site" / "sweep_plugin_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "methods.py").write_text(_readme_plugin(tmp_path / "src").read_text())
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    path = _write(tmp_path, 'plugins = ["sweep_plugin_pkg.methods"]\n' + HEADER + NYU
+                  + "[methods.my-method]\ntemperature = [1.0, 3.0]\n")
+    spec = load_spec(path)
+    cells = [c for c in expand(spec) if c.method == "my-method"]
+    assert spec.plugins == ("sweep_plugin_pkg.methods",) and len(cells) == 2
+    assert all(c.request.plugins == ("sweep_plugin_pkg.methods",) for c in cells)
+    assert sorted(json.loads(c.config)["temperature"] for c in cells) == [1.0, 3.0]
+    with pytest.raises(SweepSpecError, match=r"methods.my-method.temperature\[0\].*invalid value"):
+        load_spec(_write(tmp_path, 'plugins = ["sweep_plugin_pkg.methods"]\n' + HEADER + NYU
+                         + "[methods.my-method]\ntemperature = [-1.0]\n", "bad.toml"))
+
+
 @pytest.mark.parametrize(
     ("plugins", "says"),
     [('["elsewhere/none.py"]', "does not exist"), ('["no_such_module_xyz"]', "cannot be imported"),
