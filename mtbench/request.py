@@ -140,7 +140,7 @@ class RunPlan:
 
     def describe(self) -> list[tuple[str, str]]:
         """The plan as (what, value) lines."""
-        settings = self.protocol.settings
+        budget = self.budget
         overrides = ", ".join(f"{k}={v}" for k, v in self.request.overrides.items())
         return [
             ("method", f"{self.method.name} ({self.method.summary})"),
@@ -149,12 +149,12 @@ class RunPlan:
             ("data set", f"{self.dataset.name}: {self.data}"),
             ("seen tasks", ", ".join(t.name for t in self.seen)),
             ("held-out tasks", ", ".join(t.name for t in self.held_out) or "none"),
-            ("budget", f"{self.budget.name}: {settings['steps']} steps, batch {settings['batch_size']}, "
-             f"lr {settings['lr']}, meta-test fine-tuning {settings['finetune_steps']} steps"),
-            ("network", json.dumps(settings["arch"], sort_keys=True)),
+            ("budget", f"{budget.name}: {budget.steps} steps, batch {budget.batch_size}, lr {budget.lr}, meta-test "
+             f"fine-tuning {budget.finetune_steps} steps"),
+            ("network", json.dumps(dataclasses.asdict(budget.arch), sort_keys=True)),
             ("evaluation", f"mtbench/protocol.py: BatchNorm statistics recomputed on "
-             f"{settings['bn_recalibration_batches']} training batches before every evaluation; "
-             f"{settings['validation_samples']} training-split samples held out for validation; joint, adapted "
+             f"{budget.bn_recalibration_batches} training batches before every evaluation; "
+             f"{budget.validation_samples} training-split samples held out for validation; joint, adapted "
              "and trivial scores on validation and test"),
             ("seed", str(self.request.seed)),
             ("device", f"{self.device} ({torch.get_num_threads()} CPU threads)"),
