@@ -13,12 +13,11 @@ import re
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mtbench.errors import LeaderboardError, ResultFileError
 from mtbench.leaderboard.model import Group, collect
 from mtbench.leaderboard.render import ASSETS, asset_text, render_csv, render_html, render_index, render_markdown
-from mtbench.leaderboard.rules import Table, banner, breaches, index_mark, require_comparable
+from mtbench.leaderboard.rules import SweepSpec, Table, banner, breaches, index_mark, require_comparable
 from mtbench.result import RunResult
 from mtbench.results import (
     MANIFEST_NAME,
@@ -33,9 +32,6 @@ from mtbench.results import (
     verify_manifest,
     write_manifest,
 )
-
-if TYPE_CHECKING:
-    from mtbench.sweep import SweepSpec
 
 try:
     import fcntl

@@ -13,18 +13,41 @@ the function's name with hyphens (``too_few_seeds`` -> ``too-few-seeds``). A new
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from mtbench.errors import LeaderboardError
 from mtbench.leaderboard.model import REFERENCE, Group, group_results
 from mtbench.presets import BUDGETS
 from mtbench.result import RunResult
 
-if TYPE_CHECKING:
-    from mtbench.sweep import SweepSpec
+
+class SpecEntry(Protocol):
+    """A data set entry of a sweep spec, as the rules read it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def unseen(self) -> tuple[str, ...]: ...
+
+
+class SweepSpec(Protocol):
+    """What the publish rules read of a sweep spec (`mtbench.sweep.SweepSpec` is one): no import of the engine."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def budgets(self) -> tuple[str, ...]: ...
+
+    @property
+    def seeds(self) -> tuple[int, ...]: ...
+
+    @property
+    def datasets(self) -> Sequence[SpecEntry]: ...
 
 SMOKE_BUDGET = "smoke"  #: a pipeline check of a few training steps: its numbers measure nothing
 MIN_SEEDS = 3  #: seeds a table cell needs unless a sweep spec says which
