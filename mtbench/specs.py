@@ -7,14 +7,12 @@ import pkgutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from mtbench.errors import ConfigError
 
 if TYPE_CHECKING:
     from torch import Tensor
-
-    from mtbench.metrics import Evaluator
 
 HeadKind = Literal["dense", "image"]
 Loss = Callable[["Tensor", "Tensor"], "Tensor"]
@@ -25,6 +23,19 @@ PREVIEW_STYLES = ("labels", "heat", "vector", "gray", "flag")
 Preview = str | Callable[[Any, "int | None"], tuple[Any, dict[str, Any]]]
 
 _resolve = functools.cache(pkgutil.resolve_name)
+
+
+class Evaluator(Protocol):
+    """What a task kind's evaluator is to the engine (`mtbench.metrics.Evaluator` implements it): accumulate
+    batches, merge with another accumulator, compute the metrics once."""
+
+    names: tuple[str, ...]
+
+    def update(self, pred: Tensor, target: Tensor) -> None: ...
+
+    def merge(self, other: Any) -> Any: ...
+
+    def compute(self) -> dict[str, float]: ...
 
 
 @dataclass(frozen=True)
