@@ -6,9 +6,21 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
+# One CPU thread for torch (and OpenMP/MKL) in the tests and in every process they start, set before torch is
+# imported: the tensors are tiny, and on a shared 2-core machine torch's default of one thread per core makes
+# the threads of a parallel region wait for each other behind the other jobs: tests/test_run.py took 387 s
+# with the default and 65 s with one thread next to a second job (load 4-5). Set OMP_NUM_THREADS yourself to
+# test another count; tests of the thread setting itself (`--threads`, the recorded count) set it explicitly.
+for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
 
-from mtbench.data.synth import generate_celebamask, generate_nyuv2
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from mtbench.data.synth import generate_celebamask, generate_nyuv2  # noqa: E402
+
+if os.environ["OMP_NUM_THREADS"].isdigit():
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # also when a plugin imported torch before this file
 
 NYU_SIZE = {"height": 24, "width": 32}
 FACE_SIZE = {"image_size": 32, "mask_size": 16}
@@ -125,8 +137,9 @@ def cli():
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """One intra-op thread for a module of tiny-tensor tests: on a shared 2-core machine, OpenMP threads
-    competing with other jobs only add contention (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    """One intra-op thread for a module of tiny-tensor tests even where OMP_NUM_THREADS asks for more: on a shared
+    2-core machine, OpenMP threads competing with other jobs only add contention
+    (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
     import torch
 
     threads = torch.get_num_threads()
