@@ -10,11 +10,15 @@ import pytest
 from mtbench.errors import ResultFileError
 from mtbench.result import RunResult
 from mtbench.results import find_reference, load_results, store
-from mtbench.runner import RunRequest, execute
 from mtbench.scoring import ALL_METRICS, PER_TASK
+
+# No torch at this module's import (the runner is imported in the tests that run): the concurrent-writers test
+# starts 4 spawned processes that import this module for `_writer`, and torch's import was most of their time.
 
 
 def test_first_run_produces_the_stl_reference_then_reuses_it(nyu_mtan, tmp_path):
+    from mtbench.runner import RunRequest, execute
+
     results = tmp_path / "results"
     notices: list[str] = []
     request = RunRequest(
@@ -44,6 +48,7 @@ def test_first_run_produces_the_stl_reference_then_reuses_it(nyu_mtan, tmp_path)
 
 
 def test_delta_m_against_the_reference_is_recomputable(nyu_mtan, tmp_path):
+    from mtbench.runner import RunRequest, execute
     from mtbench.scoring import run_delta_m
 
     results = tmp_path / "results"
