@@ -16,6 +16,7 @@ import mtbench
 from mtbench.allocator import applied_settings
 from mtbench.callbacks import Notice
 from mtbench.errors import ConfigError
+from mtbench.result import Environment
 
 
 def use_deterministic_algorithms(mode: bool, *, compiling: bool) -> None:
@@ -98,8 +99,8 @@ def math_libraries() -> list[str]:
     return lines
 
 
-def environment(device: torch.device, deterministic: bool | None = None) -> dict[str, Any]:
-    """Software and hardware a result was made with.
+def environment(device: torch.device, deterministic: bool | None = None) -> Environment:
+    """Software and hardware a result was made with (a key recorded as None is written as null).
 
     ``deterministic`` (None: read torch's current ``use_deterministic_algorithms`` setting, which `run`
     sets from the request) and ``cudnn_benchmark`` (torch's current setting) say which kernels ran.
@@ -134,4 +135,4 @@ def environment(device: torch.device, deterministic: bool | None = None) -> dict
         info["learn2learn"] = version("learn2learn")
     except Exception:  # pragma: no cover - learn2learn is a dependency
         info["learn2learn"] = None
-    return info
+    return Environment.from_json(info)

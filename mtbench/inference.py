@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from mtbench.data.io import atomic_write_json
 from mtbench.errors import ConfigError, DatasetNotFoundError
 from mtbench.export import compact, count_flops, count_params, latency, load_compact, save_compact
 from mtbench.models import ArchSpec, MultiTaskNet
-from mtbench.result import RunResult
+from mtbench.result import Accounting, DenseCompact, Latency, RunResult
 
 #: The latency benchmark of a run folder, written by `bench_inference` (``mtbench bench inference``).
 INFERENCE_FILE = "inference.json"
@@ -98,27 +99,29 @@ def run_model(result: RunResult, state: Mapping[str, Any]) -> RunModel:
     return RunModel(result, networks, _input_size(result))
 
 
-def account(run: RunModel) -> dict[str, Any]:
+def account(run: RunModel) -> Accounting:
     """Parameters and FLOPs of a run's network(s), dense-with-zeros against compact (summed over networks).
 
-    The compact network is the one `mtbench export` writes (zeroed channels physically removed).
+    The compact network is the one `mtbench export` writes (zeroed channels physically removed). No latency
+    (``latency_ms`` empty): that is `bench_inference`.
     """
     dense = [network.model for network in run.networks]
     plain = [compact(model, fold_bn=False) for model in dense]
     flops_image = torch.rand(1, 3, *run.input_size)
-    return {
-        "input_size": list(run.input_size),
-        "tasks": run.tasks,
-        "networks": len(run.networks),
-        "threads": torch.get_num_threads(),
-        "device": "cpu",
-        "params": {"dense": sum(map(count_params, dense)), "compact": sum(map(count_params, plain))},
-        "flops": {
-            kind: sum(count_flops(model, flops_image, network.tasks) for model, network in zip(models, run.networks))
-            for kind, models in (("dense", dense), ("compact", plain))
-        },
-        "latency_ms": {},
-    }
+    flops = [
+        sum(count_flops(model, flops_image, network.tasks) for model, network in zip(models, run.networks))
+        for models in (dense, plain)
+    ]
+    return Accounting(
+        input_size=(run.input_size[0], run.input_size[1]),
+        tasks=tuple(run.tasks),
+        networks=len(run.networks),
+        threads=torch.get_num_threads(),
+        device="cpu",
+        params=DenseCompact(dense=sum(map(count_params, dense)), compact=sum(map(count_params, plain))),
+        flops=DenseCompact(dense=flops[0], compact=flops[1]),
+        latency_ms={},
+    )
 
 
 def export_run(run_dir: Path, out: Path, *, fold_bn: bool = False, seed: int = 0) -> dict[str, Any]:
@@ -159,7 +162,7 @@ def bench_inference(
     threads: int | None = None,
     update: bool = True,
     result: RunResult | None = None,
-) -> dict[str, Any]:
+) -> Accounting:
     """Parameters, FLOPs and CPU latency, dense-with-zeros against compact, measured in one process.
 
     For a run with one network per task (stl) every measure is the sum over its networks.
@@ -171,17 +174,21 @@ def bench_inference(
     run = load_run(run_dir, result)
     if threads:
         torch.set_num_threads(threads)
-    report = account(run)
+    counts = account(run)
     dense = [network.model for network in run.networks]
     plain = [compact(model, fold_bn=False) for model in dense]
     folded = [compact(model, fold_bn=True) for model in dense]
     task_lists = [network.tasks for network in run.networks]
+    timed = {}
     for batch in batch_sizes:  # empty: parameters and FLOPs only (fast, no timing)
         images = torch.rand(batch, 3, *run.input_size)
-        report["latency_ms"][str(batch)] = {
-            kind: 1e3 * sum(latency(model, images, tasks, repeats=repeats) for model, tasks in zip(models, task_lists))
-            for kind, models in (("dense", dense), ("compact", plain), ("compact_bn_folded", folded))
-        }
+        timed[str(batch)] = Latency(
+            *(
+                1e3 * sum(latency(model, images, tasks, repeats=repeats) for model, tasks in zip(models, task_lists))
+                for models in (dense, plain, folded)
+            )
+        )
+    report = dataclasses.replace(counts, latency_ms=timed)
     if update:
-        atomic_write_json(Path(run_dir) / INFERENCE_FILE, report)
+        atomic_write_json(Path(run_dir) / INFERENCE_FILE, report.to_json())
     return report

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mtbench.result import HistoryRow
 
 
 def save_figure(fig: Any, out: Path, dpi: int = 100) -> Path:
@@ -45,12 +49,12 @@ def sparsity_chart(sparsity: dict[str, Any], out: Path, title: str = "") -> Path
     return save_figure(fig, out)
 
 
-def lambda_chart(history: list[dict[str, Any]], out: Path, title: str = "") -> Path | None:
+def lambda_chart(history: Sequence[HistoryRow], out: Path, title: str = "") -> Path | None:
     """λ's trajectory beside its meta-gradient ∂L_Q/∂λ and the group sparsity, over training steps.
 
     Returns None (and draws nothing) for a run without a learned λ (no ``lambda_grad`` in its history).
     """
-    logged = [h for h in history if "lambda_grad" in h and "lambda" in h]
+    logged = [h for h in history if h.lambda_grad is not None and h.lam is not None]
     if not logged:
         return None
     import matplotlib
@@ -59,9 +63,9 @@ def lambda_chart(history: list[dict[str, Any]], out: Path, title: str = "") -> P
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    steps = [h["step"] for h in logged]
-    lam = [h["lambda"] if not isinstance(h["lambda"], list) else sum(h["lambda"]) / len(h["lambda"]) for h in logged]
-    grads = [h["lambda_grad"] for h in logged]
+    steps = [h.step for h in logged]
+    lam = [h.mean_lam for h in logged]
+    grads = [h.lambda_grad for h in logged]
     fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(7.0, 6.4), sharex=True)
     top.plot(steps, lam, color="#1f77b4")
     top.set_yscale("log")
@@ -77,10 +81,10 @@ def lambda_chart(history: list[dict[str, Any]], out: Path, title: str = "") -> P
     middle.set_yticks([-d for d in reversed(decades)] + [0.0] + decades)
     middle.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     middle.set_ylabel("∂L_Q/∂λ\n(red: pushes λ down)")
-    bottom.plot(steps, [100 * h["group_sparsity"] for h in logged], color="#9467bd")
+    bottom.plot(steps, [100 * (h.group_sparsity or 0.0) for h in logged], color="#9467bd")
     bottom.set_ylabel("zeroed groups (%)")
     bottom.set_xlabel("meta-iteration")
-    positive = logged[-1].get("lambda_grad_positive")
+    positive = logged[-1].lambda_grad_positive
     fig.suptitle(
         (title + "\n" if title else "")
         + (f"∂L_Q/∂λ > 0 on {100 * positive:.0f} % of all steps" if positive is not None else ""),

@@ -39,10 +39,13 @@ from mtbench.protocol import IndexedRead, RoleRead, carve_validation
 from mtbench.request import RUNS_DIR, RunPlan, plain_config
 from mtbench.result import (
     REFERENCE_METHOD,
+    Accounting,
     DatasetRecord,
     DeltaM,
     Evaluation,
+    HistoryRow,
     LambdaTrace,
+    LayerSparsity,
     MethodRecord,
     Metric,
     RunResult,
@@ -261,7 +264,7 @@ def meta_test(
     return scored, dict(data.stats) if isinstance(data, StreamingMetaTestData) else None
 
 
-def account_live(method: Any, result: RunResult, notice: Notice | None = None) -> dict[str, Any] | None:
+def account_live(method: Any, result: RunResult, notice: Notice | None = None) -> Accounting | None:
     """Parameters and FLOPs of the trained network(s) in memory, dense against compact (no latency: that is a
     benchmark, ``mtbench bench inference``)."""
     try:
@@ -327,6 +330,7 @@ def assemble_result(the_plan: RunPlan, done: Finished, reference: Reference | No
               f"seed{request.seed}-{uuid.uuid4().hex[:6]}")
     outcome, scored = done.outcome, done.scored
     counted, per_step, flops = training_flops(outcome.history, outcome.steps)
+    history = tuple(map(HistoryRow.logged, outcome.history))
     return RunResult(
         run_id=run_id,
         created=created.isoformat(timespec="seconds"),
@@ -339,7 +343,7 @@ def assemble_result(the_plan: RunPlan, done: Finished, reference: Reference | No
         protocol=the_plan.protocol,
         seed=request.seed,
         overrides=dict(request.overrides),
-        environment={**environment(the_plan.device), "data": done.data_path},
+        environment=dataclasses.replace(environment(the_plan.device), data=done.data_path),
         tasks=task_outcomes(scored.tasks),
         evaluation=Evaluation(
             bn_recalibration_batches=budget.bn_recalibration_batches,
@@ -356,13 +360,16 @@ def assemble_result(the_plan: RunPlan, done: Finished, reference: Reference | No
         training_cost=TrainingCost(
             steps=outcome.steps, counted_steps=counted, flops_per_step=per_step, flops=flops, seconds=outcome.seconds
         ),
-        sparsity=done.sparsity,
+        # the measured per-layer rows (`SparsityStats.to_dict`) read as typed layers
+        sparsity=dataclasses.replace(
+            done.sparsity, layers=tuple(LayerSparsity.from_json(layer) for layer in done.sparsity.layers)
+        ),
         lam=LambdaTrace(
             start=outcome.lam_start,
             end=outcome.lam_end,
-            trajectory=tuple((h["step"], h["lambda"]) for h in outcome.history if "lambda" in h),
+            trajectory=tuple((row.step, row.lam) for row in history if row.lam is not None),
         ),
-        history=tuple(outcome.history),
+        history=history,
         timings=Timings(
             train_seconds=outcome.seconds,
             meta_test_seconds=scored.seconds,

@@ -1,9 +1,17 @@
 """One run's result: a typed, versioned record, built once at the end of a run and written once.
 
-Every module reads a result through `RunResult` (by attribute), never by string keys into JSON. The JSON
-form (``result.json`` in a run folder, one file per configuration and seed in a results store) carries a
-``schema_version``; `RunResult.from_json` checks a payload field by field (`validate_payload`: a bad file is
-a `ResultFileError` naming it and the field) and reads every version ever written:
+Every module reads a result through `RunResult` and its typed parts (by attribute), never by string keys into
+JSON: `Metric` and `TaskOutcome` per task, `DeltaM` (with `DeltaM.overall`), `Accounting` (parameters, FLOPs and
+latency, dense against compact), `Environment`, `HistoryRow` (one logged training step), `Sparsity` with its
+`LayerSparsity` rows, `Evaluation`, `TrainingCost`, `LambdaTrace` and `Timings`. Each part has ``to_json`` and
+``from_json``. The dataclasses are the one schema: `RunResult.from_json` checks a payload against their type
+hints while it reads it (`mtbench.schema.decode`), and what a type cannot say (finite numbers, names safe in file
+names, a task present) is a rule declared in the hint next to the field (`Finite`, `Text`, `SafeName`). A bad
+file is a `ResultFileError` naming it, the dotted field (``tasks.semseg.metrics.mIoU.value``), what was expected
+and what was found.
+
+The JSON form (``result.json`` in a run folder, one file per configuration and seed in a results store) carries a
+``schema_version``; every version ever written reads:
 
 * **1** — the protocol lacked ``finetune_batch`` (its fields were a hand-kept list). Every mtbench that wrote
   schema 1 used the budgets below for it, unchanged since the budgets were made, so reading a version-1 file
@@ -20,8 +28,10 @@ a `ResultFileError` naming it and the field) and reads every version ever writte
   protocol holds ``validation_samples`` and ``bn_recalibration_batches``, which no older protocol has, so their
   `protocol_signature` differs.
 
-A new result field is one dataclass field here (with a default, so older files still read) and the place in
-`mtbench.runner` that fills it.
+The typed parts that were free-form objects in JSON write back exactly what they read: a key an older file lacks
+stays absent (``omit_none`` fields), `Environment` keeps keys it does not know in ``extra`` and an explicit null
+as a null, `HistoryRow` keeps every value a method logs. A new result field is one dataclass field here (with a
+default, so older files still read) and the place in `mtbench.recipe` that fills it.
 """
 
 from __future__ import annotations
@@ -29,14 +39,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, Literal
 
 from mtbench.errors import ResultFileError, UnsafeNameError
 from mtbench.registry import safe_name
+from mtbench.schema import (
+    FINITE,
+    MISSING,
+    NON_EMPTY,
+    POSITIVE,
+    Record,
+    Rule,
+    SchemaViolation,
+    decode,
+    encode,
+    json_field,
+)
 
 SCHEMA_VERSION = 3  #: the version `RunResult.to_json` writes
 READABLE_VERSIONS: tuple[int, ...] = (1, 2, 3)  #: every version ever written; `RunResult.from_json` reads them all
@@ -61,27 +82,63 @@ REWRITE_FIX = (
 
 
 def _json_value(value: Any) -> Any:
-    """Tuples as lists, dataclasses as dicts: the value as it reads back from JSON."""
-    return json.loads(json.dumps(value, default=_default))
+    """Tuples as lists, records and dataclasses as their JSON form: the value as it reads back from JSON."""
+    return json.loads(json.dumps(encode(value)))
 
 
-def _default(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+# --- domain rules the types cannot say (declared in the hints: see `mtbench.schema`) -----------------------------
 
 
 @dataclass(frozen=True)
-class Metric:
+class SafeName:
+    """A rule: a name that becomes part of file names (`mtbench.registry.safe_name`), of ``kind``."""
+
+    kind: str
+    describes = True  #: a value of the wrong type is reported as "expected a safe … name"
+
+    @property
+    def expected(self) -> str:
+        return f"a safe {self.kind} name"
+
+    def check(self, value: Any) -> None:
+        try:
+            safe_name(self.kind, value)
+        except UnsafeNameError as error:
+            raise SchemaViolation(
+                error.expected or self.expected,
+                value,
+                problem=f"is not a safe {self.kind} name",
+                found_text=error.found,
+                fix=f"the {self.kind} name becomes part of file names: rename the {self.kind} and re-run it, "
+                "or correct the name in this file",
+            ) from None
+
+
+Finite = Annotated[float, FINITE]  #: a number that is neither NaN nor infinite
+Text = Annotated[str, NON_EMPTY]  #: a non-empty string
+TaskName = Annotated[str, SafeName("task")]
+LamValue = Finite | list[Finite] | None  #: λ: one value, one per layer (a list), or none
+Role = Literal["seen", "unseen", "joint"]  #: a Δm of a run: adapted on the seen / held-out tasks, joint on the seen
+ALL_METRICS = "all-metric average"  #: the key of a Δm averaged over all metrics at once (`mtbench.scoring`)
+PER_TASK = "per-task average"  #: the key of a Δm averaged per task first, then over tasks (`mtbench.scoring`)
+_FINGERPRINT = Rule(lambda value: isinstance(value, str) and bool(value), "a non-empty string", key="fingerprint")
+_SOME_TASK = Rule(bool, "at least one task")
+
+
+# --- the parts ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric(Record):
     """One metric of one task: its value and how it is compared."""
 
-    value: float
+    value: Finite
     higher_is_better: bool
     in_delta_m: bool = True  #: False: shown and ranked, but left out of Δm (e.g. attribute F1)
 
 
 @dataclass(frozen=True)
-class TaskOutcome:
+class TaskOutcome(Record):
     """What the protocol measured on one task (seen: trained on; else held out).
 
     ``metrics`` is the adapted score on the test split (the meta-test: fine-tuned from the trained backbone);
@@ -105,10 +162,10 @@ class TaskOutcome:
 
 
 @dataclass(frozen=True)
-class MethodRecord:
+class MethodRecord(Record):
     """The method of a run: registry name, resolved config and its provenance."""
 
-    name: str
+    name: Annotated[str, SafeName("method")]
     config: Mapping[str, Any]
     source: str | None = None  #: ``builtin`` or the plugin file it came from
     summary: str | None = None
@@ -116,17 +173,18 @@ class MethodRecord:
     link: str | None = None
     deviations: str | None = None
     kind: str = "mtl"
-    #: ``dense``, ``sparse`` or ``front`` (`mtbench.methods.FAMILIES`); None in results written before it was recorded
-    family: str | None = None
+    #: ``dense``, ``sparse`` or ``front`` (`mtbench.methods.FAMILIES`); None (no key) in results written before it
+    #: was recorded
+    family: str | None = json_field(default=None, omit_none=True)
 
 
 @dataclass(frozen=True)
-class DatasetRecord:
+class DatasetRecord(Record):
     """The data set of a run: name, whether synthetic, and its identity (fingerprint, layout, generator)."""
 
-    name: str
+    name: Annotated[str, SafeName("dataset")]
     synthetic: bool
-    identity: Mapping[str, Any]
+    identity: Annotated[Mapping[str, Any], _FINGERPRINT]
     family: str | None = None
     train_split: str | None = None
     test_split: str | None = None
@@ -137,14 +195,18 @@ class DatasetRecord:
 
 
 @dataclass(frozen=True)
-class Protocol:
-    """What every compared run must share: budget, seen and held-out tasks, and the budget's settings."""
+class Protocol(Record):
+    """What every compared run must share: budget, seen and held-out tasks, and the budget's settings.
 
-    budget: str
-    seen: tuple[str, ...]
-    unseen: tuple[str, ...]
-    task_versions: Mapping[str, str]
-    settings: Mapping[str, Any]  #: steps, batch size, learning rates, network, … (JSON values)
+    In JSON the settings sit beside the named fields (one object); every key that is not a named field is one.
+    """
+
+    budget: Annotated[str, SafeName("budget")]
+    seen: tuple[TaskName, ...]
+    unseen: tuple[TaskName, ...]
+    task_versions: Mapping[str, str] = field(default_factory=dict)
+    #: steps, batch size, learning rates, network, … (JSON values)
+    settings: Mapping[str, Any] = json_field(default_factory=dict, rest=True)
 
     @classmethod
     def of(cls, budget: Any, seen: Sequence[Any], held_out: Sequence[Any]) -> Protocol:
@@ -162,46 +224,44 @@ class Protocol:
             settings=settings,
         )
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "budget": self.budget,
-            "seen": list(self.seen),
-            "unseen": list(self.unseen),
-            "task_versions": dict(self.task_versions),
-            **self.settings,
-        }
 
-    @classmethod
-    def from_json(cls, payload: Mapping[str, Any]) -> Protocol:
-        named = {"budget", "seen", "unseen", "task_versions"}
-        return cls(
-            budget=payload["budget"],
-            seen=tuple(payload["seen"]),
-            unseen=tuple(payload["unseen"]),
-            task_versions=dict(payload.get("task_versions") or {}),
-            settings={k: v for k, v in payload.items() if k not in named},
-        )
+@dataclass(frozen=True)
+class LayerSparsity(Record):
+    """One shared conv at the end of training: its channel groups and parameters, and how many are exactly zero
+    (``params``/``zero_params``: absent in files that did not record them)."""
+
+    name: Text
+    groups: Annotated[int, POSITIVE]
+    zero_groups: int
+    params: int | None = json_field(default=None, omit_none=True)
+    zero_params: int | None = json_field(default=None, omit_none=True)
+
+    @property
+    def zero_fraction(self) -> float:
+        """The fraction of this layer's channel groups that are zero."""
+        return self.zero_groups / self.groups
 
 
 @dataclass(frozen=True)
-class Sparsity:
+class Sparsity(Record):
     """Structured sparsity of the shared network at the end of training."""
 
-    group_sparsity: float | None  #: fraction of channel groups that are exactly zero (None: not measured)
+    group_sparsity: Finite | None  #: fraction of channel groups that are exactly zero (None: not measured)
     param_sparsity: float | None = None
     axis: str | None = None  #: ``in`` or ``out``: which channels form a group
-    layers: tuple[Mapping[str, Any], ...] = ()
+    layers: tuple[LayerSparsity, ...] = ()
     #: shared convs whose every group is zero, and residual branches switched off by one (schema 3)
     dead_layers: tuple[str, ...] = ()
     dead_branches: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
-class DeltaM:
+class DeltaM(Record):
     """Δm of a run against its reference, positive = better; each score a {convention: value} (`mtbench.scoring`).
 
     ``seen``/``unseen``: the adapted score (meta-test) of the seen and held-out tasks; ``joint``: the trained
-    multi-task network's score of the seen tasks (schema 3). ``unavailable``: why none was computed.
+    multi-task network's score of the seen tasks (schema 3). ``unavailable``: why none was computed. Read a
+    score with `overall` (all-metric average) or `per_task`, never by its key.
     """
 
     reference_run: str | None = None
@@ -212,9 +272,147 @@ class DeltaM:
     positive_is_better: bool = True
     unavailable: str | None = None
 
+    def score(self, role: Role) -> Mapping[str, float] | None:
+        """The {convention: Δm %} of one role (None: not computed)."""
+        return {"seen": self.seen, "unseen": self.unseen, "joint": self.joint}[role]
+
+    def overall(self, role: Role) -> float | None:
+        """Δm % of ``role`` averaged over all metrics at once (the convention the tables rank by)."""
+        return (self.score(role) or {}).get(ALL_METRICS)
+
+    def per_task(self, role: Role) -> float | None:
+        """Δm % of ``role`` averaged per task first, then over tasks."""
+        return (self.score(role) or {}).get(PER_TASK)
+
+    @property
+    def primary(self) -> Role:
+        """The role a run is ranked by: joint where it was scored so (schema 3), else adapted seen."""
+        return "joint" if self.joint is not None else "seen"
+
 
 @dataclass(frozen=True)
-class Evaluation:
+class DenseCompact(Record):
+    """One count of a run's network(s): with its zeroed channels (``dense``) and with them removed (``compact``)."""
+
+    dense: Finite
+    compact: Finite
+
+    @property
+    def ratio(self) -> float | None:
+        """compact ÷ dense (None when dense is 0)."""
+        return self.compact / self.dense if self.dense else None
+
+    @property
+    def percent(self) -> float | None:
+        """compact as % of dense (None when dense is 0)."""
+        return 100.0 * self.compact / self.dense if self.dense else None
+
+
+@dataclass(frozen=True)
+class Latency(Record):
+    """Milliseconds of one forward of a batch: dense, compact, and compact with BatchNorm folded into the convs."""
+
+    dense: float
+    compact: float
+    compact_bn_folded: float
+
+
+@dataclass(frozen=True)
+class Accounting(Record):
+    """Parameters and FLOPs of a run's network(s), dense against compact, summed over its networks
+    (`mtbench.inference.account`); the latency per batch size where it was benchmarked (``mtbench bench
+    inference``). Keys an older file lacks stay absent."""
+
+    params: DenseCompact
+    flops: DenseCompact  #: of one image at ``input_size``
+    input_size: tuple[int, int] | None = json_field(default=None, omit_none=True)
+    tasks: tuple[str, ...] | None = json_field(default=None, omit_none=True)  #: the heads counted
+    networks: int | None = json_field(default=None, omit_none=True)  #: one per task for stl, else one
+    threads: int | None = json_field(default=None, omit_none=True)
+    device: str | None = json_field(default=None, omit_none=True)
+    #: batch size (as text, a JSON key) -> milliseconds; empty: not timed
+    latency_ms: Mapping[str, Latency] | None = json_field(default=None, omit_none=True)
+
+
+_ENVIRONMENT = {"default": None, "omit_none": True}
+
+
+@dataclass(frozen=True)
+class Environment(Record, Mapping[str, Any]):
+    """The software and hardware a result was made with (`mtbench.environment.environment`), each field as
+    recorded; None (and no key in JSON) where the file did not record it.
+
+    Older files lack some keys (they stay absent), a key this mtbench does not know is kept in ``extra``, and
+    a key recorded as null (e.g. ``malloc``: allocator left at its defaults) is written as null again. Reading
+    it as a mapping (``dict(env)``, ``env["threads"]``) sees the JSON form.
+    """
+
+    mtbench: str | None = json_field(**_ENVIRONMENT)
+    torch: str | None = json_field(**_ENVIRONMENT)
+    numpy: str | None = json_field(**_ENVIRONMENT)
+    python: str | None = json_field(**_ENVIRONMENT)
+    learn2learn: str | None = json_field(**_ENVIRONMENT)
+    platform: str | None = json_field(**_ENVIRONMENT)
+    device: str | None = json_field(**_ENVIRONMENT)  #: ``cpu``, ``cuda:0`` …
+    gpu: str | None = json_field(**_ENVIRONMENT)  #: the GPU's name (CUDA runs)
+    threads: int | None = json_field(**_ENVIRONMENT)  #: torch's CPU threads
+    cpu_model: str | None = json_field(**_ENVIRONMENT)
+    cpu_capability: str | None = json_field(**_ENVIRONMENT)  #: torch's CPU kernel choice (AVX2, AVX512 …)
+    math_libraries: tuple[str, ...] | None = json_field(**_ENVIRONMENT)  #: BLAS/oneDNN builds
+    deterministic: bool | None = json_field(**_ENVIRONMENT)  #: ``torch.use_deterministic_algorithms``
+    cudnn_benchmark: bool | None = json_field(**_ENVIRONMENT)
+    malloc: Mapping[str, int] | None = json_field(**_ENVIRONMENT)  #: glibc allocator settings (`mtbench.allocator`)
+    #: how the data were held (`mtbench.streaming.DataPath` and where they lived / the stream's prefetch)
+    data: Mapping[str, Any] | None = json_field(**_ENVIRONMENT)
+    nulls: frozenset[str] = json_field(default=frozenset(), nulls=True)  #: fields recorded as an explicit null
+    extra: Mapping[str, Any] = json_field(default_factory=dict, rest=True)  #: keys this mtbench does not know
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_json())
+
+    def __len__(self) -> int:
+        return len(self.to_json())
+
+
+_LOGGED = {"default": None, "omit_none": True}
+
+
+@dataclass(frozen=True)
+class HistoryRow(Record):
+    """One logged training step (`mtbench.training.train`: every ``log_every`` steps and the last): what the
+    method logged and what the engine adds (group sparsity, λ, and the step's FLOPs where counted). Every value a
+    method logs is kept: the named ones below, per-task losses and weights, and any other in ``extra``."""
+
+    step: int
+    loss: float | None = json_field(**_LOGGED)  #: the step's training loss
+    task_losses: Mapping[str, float] = json_field(default_factory=dict, prefix="loss/")  #: ``loss/<task>``
+    weights: Mapping[str, float] = json_field(default_factory=dict, prefix="w/")  #: ``w/<task>``: loss weights
+    episode_tasks: float | None = json_field(key="tasks", **_LOGGED)  #: tasks in the step's episode (meta)
+    lambda_grad: float | None = json_field(**_LOGGED)  #: ∂L_Q/∂λ, a learned λ's meta-gradient
+    lambda_grad_positive: float | None = json_field(**_LOGGED)  #: the fraction of steps so far where it was > 0
+    group_sparsity: float | None = json_field(**_LOGGED)  #: mean over the trained networks
+    flops: float | None = json_field(**_LOGGED)  #: the step's FLOPs (counted steps only)
+    lam: float | list[float] | None = json_field(key="lambda", **_LOGGED)  #: λ after the step (one or per layer)
+    extra: Mapping[str, Any] = json_field(default_factory=dict, rest=True)  #: anything else the method logged
+
+    @classmethod
+    def logged(cls, entry: Mapping[str, Any]) -> HistoryRow:
+        """A history entry as training logged it (Python values: a tuple of λ, NumPy scalars …), read as JSON."""
+        return cls.from_json(_json_value(entry))
+
+    @property
+    def mean_lam(self) -> float | None:
+        """λ, or the mean of a per-layer λ."""
+        if isinstance(self.lam, list):
+            return sum(self.lam) / len(self.lam)
+        return self.lam
+
+
+@dataclass(frozen=True)
+class Evaluation(Record):
     """How the run was scored (`mtbench.protocol`): split sizes, the validation samples' origin, BatchNorm
     recalibration and what it changed (per trained network, the layer whose running variance was furthest from
     the recomputed one, as recomputed / stale)."""
@@ -227,7 +425,7 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
-class TrainingCost:
+class TrainingCost(Record):
     """Training compute of the run: FLOPs counted with PyTorch's FlopCounterMode on the logged steps (every
     ``log_every``-th, inner loops included), the total extrapolated as their mean × ``steps``."""
 
@@ -239,16 +437,16 @@ class TrainingCost:
 
 
 @dataclass(frozen=True)
-class LambdaTrace:
+class LambdaTrace(Record):
     """λ of a sparsity method: start, end (a list when per layer) and ``[step, λ]`` along training."""
 
-    start: float | list[float] | None = None
-    end: float | list[float] | None = None
+    start: LamValue = None
+    end: LamValue = None
     trajectory: tuple[tuple[int, Any], ...] = ()
 
 
 @dataclass(frozen=True)
-class Timings:
+class Timings(Record):
     """Wall-clock seconds; the stl reference's time (when this run trained it) is not in ``total_seconds``. A
     resumed run's ``train_seconds`` and ``total_seconds`` both count the training of its earlier sessions."""
 
@@ -260,25 +458,25 @@ class Timings:
 
 
 @dataclass(frozen=True)
-class RunResult:
+class RunResult(Record):
     """One run of one method, data set, protocol and seed. Immutable; `dataclasses.replace` makes variants."""
 
-    run_id: str
-    created: str
+    run_id: Text
+    created: Text
     method: MethodRecord
     dataset: DatasetRecord
     protocol: Protocol
     seed: int
-    tasks: Mapping[str, TaskOutcome]
+    tasks: Annotated[Mapping[str, TaskOutcome], _SOME_TASK]
     overrides: Mapping[str, str] = field(default_factory=dict)
-    environment: Mapping[str, Any] = field(default_factory=dict)  #: versions, threads, CPU/GPU
+    environment: Environment = field(default_factory=Environment)  #: versions, threads, CPU/GPU
     sparsity: Sparsity | None = None
-    lam: LambdaTrace = field(default_factory=LambdaTrace)  #: ``lambda`` in JSON
-    history: tuple[Mapping[str, Any], ...] = ()  #: logged training steps
+    lam: LambdaTrace = json_field(default_factory=LambdaTrace, key="lambda")
+    history: tuple[HistoryRow, ...] = ()  #: logged training steps
     timings: Timings | None = None
     input_size: tuple[int, int] | None = None
     delta_m: DeltaM | None = None  #: see `mtbench.scoring.run_delta_m`
-    inference: Mapping[str, Any] | None = None  #: parameters and FLOPs, dense against compact
+    inference: Accounting | None = None  #: parameters and FLOPs, dense against compact
     evaluation: Evaluation | None = None  #: how it was scored (schema 3)
     training_cost: TrainingCost | None = None  #: training compute (schema 3)
     schema_version: int = SCHEMA_VERSION  #: the version it was read from (written: always `SCHEMA_VERSION`)
@@ -287,7 +485,7 @@ class RunResult:
 
     @property
     def threads(self) -> int | None:
-        return self.environment.get("threads")
+        return self.environment.threads
 
     def seen_tasks(self) -> list[str]:
         return [name for name, task in self.tasks.items() if task.seen]
@@ -308,34 +506,32 @@ class RunResult:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form (always the current `SCHEMA_VERSION`), with its ``config_key``."""
-        payload: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Protocol):
-                value = value.to_json()
-            payload[_JSON_NAMES.get(f.name, f.name)] = value
+        payload = encode(self)
         payload["schema_version"] = SCHEMA_VERSION
         payload["config_key"] = self.config_key
-        written = _json_value(payload)
-        if written["method"].get("family") is None:  # not recorded (results written before it was): stays absent
-            written["method"].pop("family", None)
-        return written
+        return json.loads(json.dumps(payload))  # a deep copy as it reads back from JSON
 
     @classmethod
     def from_json(cls, payload: Any, path: Path | str = "<in memory>") -> RunResult:
         """Check ``payload`` (any readable schema version) and build the result; `ResultFileError` names ``path``."""
-        validate_payload(payload, path)
-        version = payload["schema_version"]
+        if not isinstance(payload, dict):
+            raise _invalid(path, SchemaViolation("a JSON object holding one result", payload))
+        version = payload.get("schema_version", MISSING)
+        if not isinstance(version, int) or isinstance(version, bool) or version not in READABLE_VERSIONS:
+            raise ResultFileError(
+                path,
+                "not a result file this mtbench can read: unknown schema_version",
+                expected=f"schema_version {' or '.join(map(str, READABLE_VERSIONS))}",
+                found=describe_json(version),
+                fix="another mtbench version wrote it: re-run the configuration with this one, or use a matching "
+                "mtbench",
+            )
         if version == 1:
             payload = _upgrade_v1(payload)
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            key = _JSON_NAMES.get(f.name, f.name)
-            if key in payload and payload[key] is not None:
-                read = _READERS.get(f.name)
-                values[f.name] = read(payload[key]) if read else payload[key]
-        values["schema_version"] = version
-        return cls(**values)
+        try:
+            return decode(cls, payload)
+        except SchemaViolation as violation:
+            raise _invalid(path, violation) from None
 
     @classmethod
     def read(cls, path: Path | str) -> RunResult:
@@ -343,65 +539,22 @@ class RunResult:
         return cls.from_json(read_json(path), path)
 
 
-_JSON_NAMES = {"lam": "lambda"}  #: field name -> JSON key, where they differ
-
-
-def _record(cls: type) -> Any:
-    """A reader of a JSON object into dataclass ``cls`` (keys it does not know are dropped: older files)."""
-    return lambda value: cls(**_known(cls, value))
-
-
-#: How a JSON value becomes a field's value, for fields that are not plain JSON (absent: taken as it is).
-_READERS: dict[str, Any] = {
-    "method": _record(MethodRecord),
-    "dataset": _record(DatasetRecord),
-    "protocol": lambda value: Protocol.from_json(value),
-    "tasks": lambda value: {
-        name: TaskOutcome(
-            **{
-                **_known(TaskOutcome, task),
-                "metrics": _metrics(task["metrics"]),
-                "joint": _metrics(task["joint"]) if task.get("joint") is not None else None,
-            }
-        )
-        for name, task in value.items()
-    },
-    "sparsity": lambda value: Sparsity(
-        **{
-            **_known(Sparsity, value),
-            "layers": tuple(value.get("layers") or ()),
-            "dead_layers": tuple(value.get("dead_layers") or ()),
-            "dead_branches": tuple(value.get("dead_branches") or ()),
-        }
-    ),
-    "delta_m": _record(DeltaM),
-    "evaluation": _record(Evaluation),
-    "training_cost": _record(TrainingCost),
-    "lam": lambda value: LambdaTrace(
-        start=value.get("start"),
-        end=value.get("end"),
-        trajectory=tuple(tuple(pair) for pair in value.get("trajectory") or ()),
-    ),
-    "timings": _record(Timings),
-    "history": tuple,
-    "input_size": tuple,
-    "overrides": dict,
-    "environment": dict,
-}
-
-
-def _metrics(values: Mapping[str, Any]) -> dict[str, Metric]:
-    return {m: Metric(**_known(Metric, v)) for m, v in values.items()}
-
-
-def _known(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The entries of ``values`` that are fields of dataclass ``cls`` (older files may lack some; none add any)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in values.items() if k in names}
+def _invalid(path: Path | str, violation: SchemaViolation) -> ResultFileError:
+    """A `ResultFileError` for a payload that does not fit the schema, naming the field."""
+    return ResultFileError(
+        path,
+        f"not a valid result file: {violation.path or '(top level)'!r} {violation.problem}",
+        expected=violation.expected,
+        found=violation.found_text if violation.found_text is not None else describe_json(violation.found),
+        fix=violation.fix or REWRITE_FIX,
+    )
 
 
 def _upgrade_v1(payload: Mapping[str, Any]) -> dict[str, Any]:
-    protocol = dict(payload["protocol"])
+    protocol = payload.get("protocol")
+    if not isinstance(protocol, dict) or not isinstance(protocol.get("budget"), str):
+        return dict(payload)  # the schema check names what is wrong
+    protocol = dict(protocol)
     protocol.setdefault("finetune_batch", _V1_FINETUNE_BATCH.get(protocol["budget"]))
     return {**payload, "protocol": protocol}
 
@@ -424,9 +577,7 @@ def configuration_key(signature: Mapping[str, Any], method: str, config: Mapping
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-# --- reading and checking JSON ------------------------------------------------------------------------------
-
-_MISSING = object()  # a field that is absent (None would be JSON null)
+# --- reading JSON -------------------------------------------------------------------------------------------
 
 
 def read_json(path: Path | str) -> Any:
@@ -444,7 +595,8 @@ def read_json(path: Path | str) -> Any:
         ) from None
     except (OSError, UnicodeDecodeError) as error:
         raise ResultFileError(
-            path, "cannot read this result file", expected="a readable UTF-8 JSON file", found=str(error), fix=REWRITE_FIX
+            path, "cannot read this result file", expected="a readable UTF-8 JSON file", found=str(error),
+            fix=REWRITE_FIX,
         ) from None
     try:
         return json.loads(text)
@@ -457,194 +609,10 @@ def read_json(path: Path | str) -> Any:
 
 def describe_json(value: Any) -> str:
     """A short description of a JSON value for an error message."""
-    if value is _MISSING:
+    if value is MISSING:
         return "nothing (the field is missing)"
     if value is None:
         return "null"
     kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
     text = json.dumps(value, ensure_ascii=False, default=str)
     return f"{kind.get(type(value), type(value).__name__)} {text[:60]}{'…' if len(text) > 60 else ''}"
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-class _Checker:
-    """Field-by-field checks of one result payload; the first problem raises a `ResultFileError`."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-
-    def fail(self, field: str, expected: str, value: Any, fix: str = REWRITE_FIX) -> NoReturn:
-        problem = "is missing" if value is _MISSING else "has the wrong type or value"
-        raise ResultFileError(
-            self.path, f"not a valid result file: {field!r} {problem}", expected=expected, found=describe_json(value), fix=fix
-        )
-
-    def object(self, container: Mapping[str, Any], key: str, field: str, *, optional: bool = False) -> Any:
-        value = container.get(key, _MISSING)
-        if optional and value in (_MISSING, None):
-            return None
-        if not isinstance(value, dict):
-            self.fail(field, "a JSON object", value)
-        return value
-
-    def _typed(self, container: Mapping[str, Any], key: str, field: str, ok: Any, expected: str) -> Any:
-        value = container.get(key, _MISSING)
-        if not ok(value):
-            self.fail(field, expected, value)
-        return value
-
-    def string(self, container: Mapping[str, Any], key: str, field: str) -> str:
-        return self._typed(container, key, field, lambda v: isinstance(v, str) and bool(v), "a non-empty string")
-
-    def boolean(self, container: Mapping[str, Any], key: str, field: str) -> bool:
-        return self._typed(container, key, field, lambda v: isinstance(v, bool), "true or false")
-
-    def integer(self, container: Mapping[str, Any], key: str, field: str) -> int:
-        return self._typed(container, key, field, lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer")
-
-    def number(self, container: Mapping[str, Any], key: str, field: str, *, nullable: bool = False) -> Any:
-        value = container.get(key, _MISSING)
-        if nullable and value is None:
-            return None
-        if not _is_number(value) or not math.isfinite(value):
-            self.fail(field, "a finite number" + (" or null" if nullable else ""), value)
-        return value
-
-    def name(self, kind: str, container: Mapping[str, Any], key: str, field: str) -> str:
-        value = self.string(container, key, field)
-        self.safe(kind, value, field)
-        return value
-
-    def safe(self, kind: str, value: Any, field: str) -> None:
-        try:
-            safe_name(kind, value)
-        except UnsafeNameError as error:
-            raise ResultFileError(
-                self.path,
-                f"not a valid result file: {field!r} is not a safe {kind} name",
-                expected=error.expected,
-                found=error.found,
-                fix=f"the {kind} name becomes part of file names: rename the {kind} and re-run it, "
-                "or correct the name in this file",
-            ) from None
-
-    def names(self, kind: str, container: Mapping[str, Any], key: str, field: str) -> list[str]:
-        value = container.get(key, _MISSING)
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            self.fail(field, "a list of strings", value)
-        for index, item in enumerate(value):
-            self.safe(kind, item, f"{field}[{index}]")
-        return value
-
-
-def validate_payload(payload: Any, path: Path | str) -> None:
-    """Check that ``payload`` is a well-formed result of a readable schema; a `ResultFileError` naming ``path``.
-
-    Checks what the leaderboard and Δm read: ``schema_version`` in `READABLE_VERSIONS`; ``run_id``,
-    ``created`` (strings); ``seed`` (integer); ``method.name`` (a `safe_name`) and ``method.config`` (object);
-    ``dataset.name`` (safe), ``dataset.synthetic`` (boolean), ``dataset.identity.fingerprint`` (string);
-    ``protocol`` (object) with ``budget`` and the ``seen``/``unseen`` task lists (safe names: they make up
-    table file names); ``tasks``: task -> {``seen`` boolean, ``metrics``: metric -> {``value`` finite number,
-    ``higher_is_better`` boolean, ``in_delta_m`` boolean if present}}; ``sparsity``: null or an object whose
-    ``group_sparsity`` is a finite number or null and whose ``layers``, if present, list {name, groups,
-    zero_groups}; ``overrides``, ``lambda``, ``timings`` and ``inference`` objects (or null) if present.
-    """
-    check = _Checker(path)
-    if not isinstance(payload, dict):
-        check.fail("(top level)", "a JSON object holding one result", payload)
-    version = payload.get("schema_version", _MISSING)
-    if not isinstance(version, int) or isinstance(version, bool) or version not in READABLE_VERSIONS:
-        raise ResultFileError(
-            path,
-            "not a result file this mtbench can read: unknown schema_version",
-            expected=f"schema_version {' or '.join(map(str, READABLE_VERSIONS))}",
-            found=describe_json(version),
-            fix="another mtbench version wrote it: re-run the configuration with this one, or use a matching mtbench",
-        )
-    check.string(payload, "run_id", "run_id")
-    check.string(payload, "created", "created")
-    check.integer(payload, "seed", "seed")
-    method = check.object(payload, "method", "method")
-    check.name("method", method, "name", "method.name")
-    check.object(method, "config", "method.config")
-    dataset = check.object(payload, "dataset", "dataset")
-    check.name("dataset", dataset, "name", "dataset.name")
-    check.boolean(dataset, "synthetic", "dataset.synthetic")
-    identity = check.object(dataset, "identity", "dataset.identity")
-    check.string(identity, "fingerprint", "dataset.identity.fingerprint")
-    protocol = check.object(payload, "protocol", "protocol")
-    check.name("budget", protocol, "budget", "protocol.budget")
-    check.names("task", protocol, "seen", "protocol.seen")
-    check.names("task", protocol, "unseen", "protocol.unseen")
-    tasks = check.object(payload, "tasks", "tasks")
-    if not tasks:
-        check.fail("tasks", "at least one task", tasks)
-    for task, entry in tasks.items():
-        where = f"tasks.{task}"
-        if not isinstance(entry, dict):
-            check.fail(where, "a JSON object", entry)
-        check.boolean(entry, "seen", f"{where}.seen")
-        metrics = check.object(entry, "metrics", f"{where}.metrics")
-        for metric, value in metrics.items():
-            field_name = f"{where}.metrics.{metric}"
-            if not isinstance(value, dict):
-                check.fail(field_name, 'an object {"value": number, "higher_is_better": boolean}', value)
-            check.number(value, "value", f"{field_name}.value")
-            check.boolean(value, "higher_is_better", f"{field_name}.higher_is_better")
-            if "in_delta_m" in value:
-                check.boolean(value, "in_delta_m", f"{field_name}.in_delta_m")
-    _check_sparsity(check, payload)
-    check.object(payload, "overrides", "overrides", optional=True)
-    check.object(payload, "timings", "timings", optional=True)
-    _check_lambda(check, payload)
-    _check_inference(check, payload)
-
-
-def _check_sparsity(check: _Checker, payload: Mapping[str, Any]) -> None:
-    sparsity = payload.get("sparsity")
-    if sparsity is None:
-        return
-    if not isinstance(sparsity, dict):
-        check.fail("sparsity", "null or a JSON object", sparsity)
-    check.number(sparsity, "group_sparsity", "sparsity.group_sparsity", nullable=True)
-    layers = sparsity.get("layers")
-    if layers is None:
-        return
-    if not isinstance(layers, list):
-        check.fail("sparsity.layers", "a list", layers)
-    for index, layer in enumerate(layers):
-        where = f"sparsity.layers[{index}]"
-        if not isinstance(layer, dict):
-            check.fail(where, "a JSON object", layer)
-        check.string(layer, "name", f"{where}.name")
-        if check.integer(layer, "groups", f"{where}.groups") <= 0:
-            check.fail(f"{where}.groups", "a positive integer", layer["groups"])
-        check.integer(layer, "zero_groups", f"{where}.zero_groups")
-
-
-def _check_lambda(check: _Checker, payload: Mapping[str, Any]) -> None:
-    lam = payload.get("lambda")
-    if lam is None:
-        return
-    if not isinstance(lam, dict):
-        check.fail("lambda", "null or a JSON object", lam)
-    for key in ("start", "end"):
-        value = lam.get(key)
-        if value is None or (_is_number(value) and math.isfinite(value)):
-            continue
-        if isinstance(value, list) and all(_is_number(v) and math.isfinite(v) for v in value):
-            continue
-        check.fail(f"lambda.{key}", "null, a finite number or a list of them (per layer)", value)
-
-
-def _check_inference(check: _Checker, payload: Mapping[str, Any]) -> None:
-    inference = payload.get("inference")
-    if inference is None:
-        return
-    if not isinstance(inference, dict):
-        check.fail("inference", "null or a JSON object", inference)
-    for key in ("params", "flops"):
-        check.number(check.object(inference, key, f"inference.{key}"), "compact", f"inference.{key}.compact")

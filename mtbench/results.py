@@ -27,7 +27,6 @@ from mtbench.data.io import atomic_write_json
 from mtbench.errors import ResultFileError, UnsafeNameError
 from mtbench.registry import safe_name
 from mtbench.result import REFERENCE_METHOD, REWRITE_FIX, RunResult, describe_json, read_json
-from mtbench.scoring import ALL_METRICS
 
 __all__ = ["REFERENCE_METHOD", "REWRITE_FIX", "RunResult"]  # re-exported: the store's callers name them from here
 
@@ -318,10 +317,7 @@ class StoredRun:
     def delta_m(self) -> float | None:
         """The run's Δm against its own stl run (joint where scored so, else adapted seen; all-metric average)."""
         delta = self.result.delta_m
-        if delta is None:
-            return None
-        score = delta.joint if delta.joint is not None else delta.seen
-        return None if not score else score.get(ALL_METRICS)
+        return None if delta is None else delta.overall(delta.primary)
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,11 @@ A *sweep spec* is a TOML file (read with `tomllib`)::
     # plugins = ["my_methods.py", "mypackage.methods"]  # optional: method plugins (files relative to the spec,
     #                                                   #   or installed modules), loaded before the names are checked
 
-Every name is checked before anything runs: methods against the registry, option names and values against the
-method's config dataclass (`mtbench.runner.build_config`, the same parser as ``--set``), data sets and tasks
-against the catalog, budgets against `mtbench.presets.BUDGETS`. A problem raises `SweepSpecError` naming the file
-and the key.
+Every key and type is checked against the spec's schema (the `_SpecFile` dataclass, read by `mtbench.schema` as a
+result file is), and every name before anything runs: methods against the registry, option names and values
+against the method's config dataclass (`mtbench.runner.build_config`, the same parser as ``--set``), data sets and
+tasks against the catalog, budgets against `mtbench.presets.BUDGETS`. A problem raises `SweepSpecError` naming the
+file and the key.
 
 Each *cell* is a run request (`mtbench.runner.RunRequest`, sent as JSON), executed through the library
 (`mtbench.runner.execute`) inside one Ray task in a fresh worker process, with private temporary results and run
@@ -62,9 +63,10 @@ import tempfile
 import time
 import traceback
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 from mtbench import catalog
 from mtbench.data.resolve import resolve_data
@@ -84,7 +86,8 @@ from mtbench.presets import budget as get_budget
 from mtbench.result import REFERENCE_METHOD, RunResult
 from mtbench.results import load_results, store
 from mtbench.runner import RunRequest, execute, resolve
-from mtbench.streaming import DATA_MODES, check_data_options
+from mtbench.schema import MISSING, Rule, SchemaViolation, decode
+from mtbench.streaming import check_data_options
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -92,9 +95,6 @@ else:  # Python 3.10: the same parser, published as tomli (installed with pytest
     import tomli as tomllib
 
 SWEEP_SCHEMA_VERSIONS: frozenset[int] = frozenset({1})
-TOP_KEYS = ("schema_version", "budgets", "seeds", "datasets", "methods")
-OPTIONAL_TOP_KEYS = ("plugins",)
-DATASET_KEYS = ("name", "unseen", "data_root", "data", "memory_budget", "workers")
 #: Characters of a cell's log the Ray task sends back.
 LOG_CHARS = 200_000
 
@@ -136,6 +136,49 @@ class SweepSpec:
     plugins: tuple[str, ...] = ()
 
 
+# --- the spec as written: its keys and types, checked from these hints (`mtbench.schema`) ----------------------
+
+
+def _each_once(values: Sequence[Any]) -> bool:
+    return all(values.count(v) == 1 for v in values)
+
+
+ONCE = Rule(_each_once, "each value once", problem="names a value more than once")
+_SEED = Rule(
+    lambda seed: 0 <= seed < SEED_LIMIT, "a seed: an integer with 0 ≤ seed < 2^32", describes=True, problem="not a seed"
+)
+Seed = Annotated[int, _SEED]
+
+
+def _some(expected: str) -> Rule:
+    """A non-empty list or table, described as ``expected``."""
+    return Rule(bool, expected, describes=True, problem="is empty")
+
+
+@dataclass(frozen=True)
+class _DatasetTable:
+    """One ``[[datasets]]`` table as written (the names in it are checked by `_dataset_entry`)."""
+
+    name: Annotated[str, Rule(bool, 'a data set name, e.g. "nyuv2-synth" (`mtbench ls datasets`)', describes=True)]
+    unseen: Annotated[tuple[str, ...], ONCE] = ()
+    data_root: Annotated[str, Rule(bool, "a folder path (a non-empty string)", describes=True)] | None = None
+    data: str | None = None
+    memory_budget: float | None = None
+    workers: int | None = None
+
+
+@dataclass(frozen=True)
+class _SpecFile:
+    """A sweep spec as written (TOML); an unknown key is an error."""
+
+    schema_version: int
+    budgets: Annotated[tuple[str, ...], _some('a list of budget names, e.g. ["quick"]'), ONCE]
+    seeds: Annotated[tuple[Seed, ...], _some("a list of seeds, e.g. [0, 1, 2]"), ONCE]
+    datasets: Annotated[tuple[_DatasetTable, ...], _some("one or more [[datasets]] tables")]
+    methods: Annotated[Mapping[str, Any], _some("a table of methods: one or more [methods.NAME]")]
+    plugins: Annotated[tuple[str, ...], ONCE] = ()
+
+
 def _kind(value: Any) -> str:
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
     return f"{names.get(type(value), type(value).__name__)} {json.dumps(value, default=str)[:60]}"
@@ -150,24 +193,16 @@ class _Checker:
     def fail(self, key: str, problem: str, **kwargs: str | None) -> SweepSpecError:
         return SweepSpecError(self.path, key, problem, **kwargs)
 
-    def keys(self, table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
-        for key in table:
-            if key not in allowed:
-                raise self.fail(
-                    f"{where}{key}",
-                    "unknown key",
-                    expected=f"one of {', '.join(allowed)}",
-                    found=key,
-                    fix="remove it or correct its spelling (see `mtbench sweep --help`)",
-                )
-
-    def strings(self, value: Any, key: str, what: str, *, empty: bool = False) -> list[str]:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.fail(key, f"not a list of {what}", expected=f'a list of {what}, e.g. ["…"]', found=_kind(value))
-        if not value and not empty:
-            raise self.fail(key, "is empty", expected=f"at least one {what.rstrip('s')}", found="[]")
-        self.unique(value, key)
-        return value
+    def violation(self, violation: SchemaViolation) -> SweepSpecError:
+        """The spec's own words for a key or value that does not fit `_SpecFile`."""
+        # TOML has no null (an optional key is left out) and calls an object a table
+        expected = violation.expected.removeprefix("null or ").replace("a JSON object", "a table")
+        if violation.found is MISSING:
+            found = "nothing"
+        else:
+            found = violation.found_text if violation.found_text is not None else _kind(violation.found)
+        problem = f"not {expected}" if violation.mismatch else violation.problem
+        return self.fail(violation.path or "(top level)", problem, expected=expected, found=found, fix=violation.fix)
 
     def unique(self, values: list[Any], key: str) -> None:
         repeated = sorted({str(v) for v in values if values.count(v) > 1})
@@ -253,24 +288,16 @@ def _method_variants(check: _Checker, name: str, body: Any, info: Any) -> list[t
     return variants
 
 
-def _dataset_entry(check: _Checker, index: int, table: Any, first_budget: str) -> DatasetEntry:
-    where = f"datasets[{index}]"
-    if not isinstance(table, dict):
-        raise check.fail(where, "not a table", expected='[[datasets]] with name = "…"', found=_kind(table))
-    check.keys(table, DATASET_KEYS, f"{where}.")
-    name = table.get("name")
-    if not isinstance(name, str):
-        raise check.fail(f"{where}.name", "missing or not a string", expected="a data set name, e.g. \"nyuv2-synth\"",
-                         found=_kind(name) if name is not None else "nothing", fix="`mtbench ls datasets` lists them")
+def _dataset_entry(check: _Checker, index: int, table: _DatasetTable, first_budget: str) -> DatasetEntry:
+    where, name = f"datasets[{index}]", table.name
     try:
         spec = catalog.dataset(name)
     except UnknownNameError as error:
         raise check.fail(f"{where}.name", f"unknown data set {name!r}",
                          expected=f"one of {', '.join(catalog.datasets().names())}", found=error.found,
                          fix=error.fix) from None
-    unseen = check.strings(table.get("unseen", []), f"{where}.unseen", "task names", empty=True)
     held_out = []
-    for position, task_name in enumerate(unseen):
+    for position, task_name in enumerate(table.unseen):
         key = f"{where}.unseen[{position}]"
         try:
             task = task_of(spec.family, task_name)
@@ -285,11 +312,9 @@ def _dataset_entry(check: _Checker, index: int, table: Any, first_budget: str) -
         raise check.fail(f"{where}.unseen", "holds out every task: none is left to train on",
                          expected=f"at most {len(spec.default_tasks) - 1} of {', '.join(spec.default_tasks)}",
                          found=", ".join(held_out))
-    root = table.get("data_root")
-    if root is not None:
-        if not isinstance(root, str) or not root:
-            raise check.fail(f"{where}.data_root", "not a path", expected="a folder path (a string)", found=_kind(root))
-        root = Path(root).expanduser()
+    root: Path | None = None
+    if table.data_root is not None:
+        root = Path(table.data_root).expanduser()
         root = root if root.is_absolute() else (check.path.parent / root).absolute()
         if root.exists():  # on a cluster the folder may exist only on the workers: checked there then
             try:
@@ -301,13 +326,7 @@ def _dataset_entry(check: _Checker, index: int, table: Any, first_budget: str) -
                 raise check.fail(f"{where}.data_root", f"{root} holds {resolved.name}, not {name}",
                                  expected=f"a folder of {name}", found=resolved.name,
                                  fix=f'name what the folder holds: name = "{resolved.name}"')
-    data, memory_budget, workers = table.get("data"), table.get("memory_budget"), table.get("workers")
-    if data is not None and not isinstance(data, str):
-        raise check.fail(f"{where}.data", "not a string", expected=" or ".join(DATA_MODES), found=_kind(data))
-    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float))):
-        raise check.fail(f"{where}.memory_budget", "not a number", expected="GiB > 0", found=_kind(memory_budget))
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
-        raise check.fail(f"{where}.workers", "not an integer", expected="0 or more", found=_kind(workers))
+    data, memory_budget, workers = table.data, table.memory_budget, table.workers
     for key, options in (("data", (data or "auto", None, None)), ("memory_budget", ("auto", memory_budget, None)),
                          ("workers", ("auto", None, workers))):
         try:
@@ -343,44 +362,25 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise check.fail("schema_version", "unknown sweep spec version",
                          expected=" or ".join(map(str, sorted(SWEEP_SCHEMA_VERSIONS))), found=_kind(version),
                          fix="write the spec for this mtbench's schema, or use a matching mtbench")
-    check.keys(data, TOP_KEYS + OPTIONAL_TOP_KEYS, "")
-    for key in TOP_KEYS[1:]:
-        if key not in data:
-            raise check.fail(key, "missing", expected=f"a {key!r} entry (see `mtbench sweep --help`)", found="nothing")
-    budgets = check.strings(data["budgets"], "budgets", "budget names")
+    try:
+        written = decode(_SpecFile, data, strict=True)
+    except SchemaViolation as violation:
+        raise check.violation(violation) from None
+    budgets = written.budgets
     for index, name in enumerate(budgets):
         if name not in BUDGETS:
             raise check.fail(f"budgets[{index}]", f"unknown budget {name!r}", expected=" | ".join(BUDGETS), found=name,
                              fix="name one of the budgets of `mtbench run --budget` (see the README)")
-    seeds = data["seeds"]
-    if not isinstance(seeds, list) or not seeds:
-        raise check.fail(
-            "seeds", "not a non-empty list of seeds", expected="e.g. seeds = [0, 1, 2]", found=_kind(seeds)
-        )
-    for index, seed in enumerate(seeds):
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
-            raise check.fail(
-                f"seeds[{index}]", "not a seed", expected="an integer with 0 ≤ seed < 2^32", found=_kind(seed)
-            )
-    check.unique(seeds, "seeds")
-    plugins = _plugins(check, data.get("plugins", []))  # before the names: a plugin may register data sets, tasks
-    tables = data["datasets"]
-    if not isinstance(tables, list) or not tables:
-        raise check.fail("datasets", "not a list of data set tables", expected="one or more [[datasets]] tables",
-                         found=_kind(tables))
-    datasets = [_dataset_entry(check, index, table, budgets[0]) for index, table in enumerate(tables)]
+    plugins = _plugins(check, written.plugins)  # before the names: a plugin may register data sets, tasks
+    datasets = [_dataset_entry(check, index, table, budgets[0]) for index, table in enumerate(written.datasets)]
     pairs = [(d.name, d.unseen) for d in datasets]
     for index, pair in enumerate(pairs):
         if pairs.index(pair) != index:
             raise check.fail(f"datasets[{index}]", "repeats an earlier entry (same data set and held-out tasks)",
                              expected="each (name, unseen) once", found=f"{pair[0]} with unseen {list(pair[1])}")
-    table = data["methods"]
-    if not isinstance(table, dict) or not table:
-        raise check.fail("methods", "not a table of methods", expected="one or more [methods.NAME] tables",
-                         found=_kind(table))
     registry = methods()
     entries = []
-    for name, body in table.items():
+    for name, body in written.methods.items():
         try:
             info = registry.get(name)
         except UnknownNameError as error:
@@ -388,14 +388,14 @@ def load_spec(path: str | Path) -> SweepSpec:
                              expected=f"one of {', '.join(registry.names())}", found=error.found,
                              fix=f"{error.fix} (`mtbench ls methods` lists them)") from None
         entries.append(MethodEntry(name=name, variants=tuple(_method_variants(check, name, body, info))))
-    return SweepSpec(path, version, tuple(budgets), tuple(seeds), tuple(datasets), tuple(entries), plugins)
+    return SweepSpec(path, version, budgets, written.seeds, tuple(datasets), tuple(entries), plugins)
 
 
-def _plugins(check: _Checker, value: Any) -> tuple[str, ...]:
+def _plugins(check: _Checker, value: tuple[str, ...]) -> tuple[str, ...]:
     """The spec's plugins, loaded now (so that their methods' names and options are checked like built-ins'):
     a path (relative to the spec's folder) becomes absolute; a dotted name is an installed module."""
     plugins = []
-    for index, plugin in enumerate(check.strings(value, "plugins", "plugin paths or module names", empty=True)):
+    for index, plugin in enumerate(value):
         candidate = Path(plugin).expanduser()
         candidate = candidate if candidate.is_absolute() else (check.path.parent / candidate).absolute()
         text = str(candidate) if "/" in plugin or plugin.endswith(".py") or candidate.exists() else plugin
@@ -604,10 +604,7 @@ class CellOutcome:
     def delta_seen(self) -> float | None:
         """Δm on the seen tasks (all-metric average, % vs stl) of the cell's result, if it has one."""
         delta = self.result.delta_m if self.result is not None else None
-        from mtbench.scoring import ALL_METRICS
-
-        value = delta.seen.get(ALL_METRICS) if delta is not None and delta.seen else None
-        return value if isinstance(value, (int, float)) else None
+        return delta.overall("seen") if delta is not None else None
 
 
 @dataclass

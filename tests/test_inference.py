@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mtbench.inference import INFERENCE_FILE
-from mtbench.result import RunResult
+from mtbench.result import Accounting, RunResult
 from mtbench.runner import RunRequest, execute
 
 
@@ -57,10 +57,11 @@ def test_bench_inference_writes_its_report_beside_the_result_which_stays_as_writ
     assert "parameters" in text and "FLOPs" in text and "latency, batch 16" in text and "compact ÷ dense" in text
     assert result_file.read_bytes() == written  # result.json is written once, by the run
     report = json.loads((sparse_run / INFERENCE_FILE).read_text())
-    assert report["params"] == RunResult.read(result_file).inference["params"]
+    assert report["params"] == RunResult.read(result_file).inference.params.to_json()
     assert report["params"]["compact"] < report["params"]["dense"]
     assert report["flops"]["compact"] < report["flops"]["dense"]
     assert set(report["latency_ms"]) == {"1", "16"}
+    assert Accounting.from_json(report).to_json() == report  # the file is the typed report's JSON form
 
 
 def test_missing_run_folder_is_a_clear_error(cli, tmp_path):
@@ -80,9 +81,9 @@ def test_single_task_runs_are_accounted_as_all_their_networks(nyu_mtan, tmp_path
     assert [n.tasks for n in run.networks] == [[task] for task in seen] and len(seen) > 1
     report = bench_inference(out, batch_sizes=(1,), repeats=1)
     single = [count_params(n.model) for n in run.networks]
-    assert report["networks"] == len(seen) and report["params"]["dense"] == sum(single)
+    assert report.networks == len(seen) and report.params.dense == sum(single)
     image = torch.rand(1, 3, *run.input_size)
-    assert report["flops"]["dense"] == sum(count_flops(n.model, image, n.tasks) for n in run.networks)
+    assert report.flops.dense == sum(count_flops(n.model, image, n.tasks) for n in run.networks)
     exported = export_run(out, tmp_path / "stl.safetensors")
     assert [w for w, _ in exported["files"]] == [str(tmp_path / f"stl-{task}.safetensors") for task in seen]
     assert all((tmp_path / f"stl-{task}.safetensors").is_file() for task in seen)

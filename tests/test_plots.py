@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mtbench.plots import lambda_chart, sparsity_chart
+from mtbench.result import HistoryRow
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -15,12 +16,12 @@ def test_contact_sheet_is_a_png(cli, nyu_mtan, tmp_path):
 
 def test_lambda_and_sparsity_charts(tmp_path):
     history = [
-        {"step": s, "lambda": 0.01 / (1 + s), "lambda_grad": (-1) ** s * 0.1, "lambda_grad_positive": 0.5,
-         "group_sparsity": 0.01 * s}
+        HistoryRow.from_json({"step": s, "lambda": 0.01 / (1 + s), "lambda_grad": (-1) ** s * 0.1,
+                              "lambda_grad_positive": 0.5, "group_sparsity": 0.01 * s})
         for s in range(0, 50, 10)
     ]  # fmt: skip
     assert lambda_chart(history, tmp_path / "l.png").read_bytes()[:8] == PNG
-    assert lambda_chart([{"step": 0, "group_sparsity": 0.0}], tmp_path / "none.png") is None
+    assert lambda_chart([HistoryRow(step=0, group_sparsity=0.0)], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
     layers = [{"name": "a", "groups": 4, "zero_groups": 1}, {"name": "b", "groups": 2, "zero_groups": 2}]
     stats = {"layers": layers, "group_sparsity": 0.5, "param_sparsity": 0.4}

@@ -54,7 +54,7 @@ def test_pruning_control_reaches_its_sparsity_and_keeps_the_mask(nyu_mtan, tmp_p
     state = torch.load(tmp_path / "prune" / "checkpoint.pt", weights_only=True)["model"]
     layers = [key for key in state if key.startswith("backbone.") and key.endswith(".weight") and state[key].dim() == 4]
     zero = sum(int((state[k].pow(2).sum(dim=(0, 2, 3)) == 0).sum()) for k in layers)
-    assert zero == sum(layer["zero_groups"] for layer in result.sparsity.layers)
+    assert zero == sum(layer.zero_groups for layer in result.sparsity.layers)
 
 
 def test_run_prints_lambda_gradient_compact_ratio_and_the_front(cli, nyu_mtan, tmp_path):
@@ -74,7 +74,7 @@ def test_run_prints_lambda_gradient_compact_ratio_and_the_front(cli, nyu_mtan, t
     assert "compact network (zeroed channels removed)" in text and "× the FLOPs" in text
     assert "fixed-λ front at" in text, text
     stored = RunResult.read(tmp_path / "ms" / "result.json")
-    assert stored.inference["params"]["compact"] <= stored.inference["params"]["dense"]
-    assert all("lambda_grad" in entry for entry in stored.history)
+    assert stored.inference.params.compact <= stored.inference.params.dense
+    assert all(entry.lambda_grad is not None for entry in stored.history)
     picture = tmp_path / "ms" / "lambda.png"  # λ beside its meta-gradient, for a learned λ only
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "fl400" / "lambda.png").exists()

@@ -14,8 +14,10 @@ from rich.table import Table
 from mtbench import catalog
 
 if TYPE_CHECKING:  # the runner imports torch: only for the annotations
+    from mtbench.leaderboard.front import FrontReading
     from mtbench.recipe import Executed
     from mtbench.request import RunPlan
+    from mtbench.result import Accounting
 
 # Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -188,26 +190,25 @@ def loader_table(dataset: str, split: str, targets: list[str], timings: list[Any
     return table
 
 
-def inference_table(run_dir: Path, report: dict[str, Any]) -> Table:
-    size = report["input_size"]
+def inference_table(run_dir: Path, report: Accounting) -> Table:
+    size = report.input_size or ("?", "?")
     table = Table(
-        title=f"Inference, {run_dir.name}: input {size[0]}×{size[1]}, heads {', '.join(report['tasks'])}"
-        + (f" ({report['networks']} networks, summed)" if report.get("networks", 1) > 1 else "")
-        + f", CPU, {report['threads']} thread(s)",
+        title=f"Inference, {run_dir.name}: input {size[0]}×{size[1]}, heads {', '.join(report.tasks or ())}"
+        + (f" ({report.networks} networks, summed)" if (report.networks or 1) > 1 else "")
+        + f", CPU, {report.threads} thread(s)",
         title_justify="left",
     )
     for column in ("measure", "dense (zeros kept)", "compact", "compact ÷ dense"):
         table.add_column(column, justify="left" if column == "measure" else "right")
-    for name, key in (("parameters", "params"), ("FLOPs (1 image)", "flops")):
-        dense, small = report[key]["dense"], report[key]["compact"]
-        table.add_row(name, f"{dense:,}", f"{small:,}", f"{small / dense:.3f}")
-    for batch, timing in report["latency_ms"].items():
-        for label, key in (("", "compact"), (", BN folded", "compact_bn_folded")):
+    for name, counts in (("parameters", report.params), ("FLOPs (1 image)", report.flops)):
+        table.add_row(name, f"{counts.dense:,}", f"{counts.compact:,}", f"{counts.compact / counts.dense:.3f}")
+    for batch, timing in (report.latency_ms or {}).items():
+        for label, value in (("", timing.compact), (", BN folded", timing.compact_bn_folded)):
             table.add_row(
                 f"latency, batch {batch}{label} (ms)",
-                f"{timing['dense']:.2f}",
-                f"{timing[key]:.2f}",
-                f"{timing[key] / timing['dense']:.3f}",
+                f"{timing.dense:.2f}",
+                f"{value:.2f}",
+                f"{value / timing.dense:.3f}",
             )
     return table
 
@@ -246,7 +247,7 @@ def run_progress_fields(info: dict[str, Any]) -> str:
     return "  ".join(fields)
 
 
-def print_run(done: Executed, front: dict[str, Any] | None = None) -> None:
+def print_run(done: Executed, front: FrontReading | None = None) -> None:
     """The tables and lines a user reads after a run; ``front``: the fixed-λ front at its sparsity."""
     result = done.result
     data, protocol = result.dataset, result.protocol
@@ -311,7 +312,7 @@ def print_run(done: Executed, front: dict[str, Any] | None = None) -> None:
         console.print("λ: — (this method has no sparsity penalty)")
     sparsity = result.sparsity
     if sparsity is not None and sparsity.group_sparsity is not None:
-        history = [h["group_sparsity"] for h in result.history]
+        history = [h.group_sparsity for h in result.history if h.group_sparsity is not None]
         console.print(
             f"final sparsity of the shared backbone: {100 * sparsity.group_sparsity:.1f} % of channel "
             f"groups, {100 * (sparsity.param_sparsity or 0.0):.1f} % of conv parameters   {sparkline(history)}"
@@ -328,26 +329,26 @@ def print_run(done: Executed, front: dict[str, Any] | None = None) -> None:
             f"training compute: {cost.flops / 1e9:,.1f} GFLOP ({cost.flops_per_step / 1e9:.3g} GFLOP per step, "
             f"counted on {cost.counted_steps} of {cost.steps} steps), {cost.seconds or 0:.1f} s"
         )
-    hyper = [h["lambda_grad"] for h in result.history if "lambda_grad" in h]
+    hyper = [h.lambda_grad for h in result.history if h.lambda_grad is not None]
     if hyper:
-        positive = result.history[-1].get("lambda_grad_positive")
+        positive = result.history[-1].lambda_grad_positive or 0.0
         console.print(
             f"λ's meta-gradient ∂L_Q/∂λ: positive (pushing λ down) on {100 * positive:.0f} % of the steps; "
             f"logged values median {sorted(hyper)[len(hyper) // 2]:+.3g}   {sparkline(hyper)}"
         )
     accounting = result.inference
-    if accounting and sparsity is not None and accounting["params"]["dense"]:
-        params, flops = accounting["params"], accounting["flops"]
+    if accounting and sparsity is not None and accounting.params.dense:
+        params, flops = accounting.params, accounting.flops
         console.print(
-            f"compact network (zeroed channels removed): {params['compact'] / params['dense']:.3f}× "
-            f"the parameters, {flops['compact'] / max(flops['dense'], 1):.3f}× the FLOPs "
-            f"of the dense one ({params['compact']:,} params)"
+            f"compact network (zeroed channels removed): {params.compact / params.dense:.3f}× "
+            f"the parameters, {flops.compact / max(flops.dense, 1):.3f}× the FLOPs "
+            f"of the dense one ({params.compact:,} params)"
         )
     if front is not None:
-        unseen = "" if front["unseen"] is None else f", held-out {front['unseen']:+.2f} %"
+        unseen = "" if front.unseen is None else f", held-out {front.unseen:+.2f} %"
         console.print(
-            f"fixed-λ front at {front['at']:.1f} on {front['axis']} ({front['variants']} stored λ values): "
-            f"Δm {front['score']} {front['seen']:+.2f} %{unseen} against stl's mean over seeds — compare with this "
+            f"fixed-λ front at {front.at:.1f} on {front.axis} ({front.variants} stored λ values): "
+            f"Δm {front.score} {front.seen:+.2f} %{unseen} against stl's mean over seeds — compare with this "
             "run's Δm below"
         )
     delta = result.delta_m
@@ -356,24 +357,25 @@ def print_run(done: Executed, front: dict[str, Any] | None = None) -> None:
     elif delta and delta.reference_run == result.run_id:
         console.print(f"Δm: this run is the {delta.reference_method} reference (Δm = 0 by definition)")
     elif delta:
-        from mtbench.scoring import ALL_METRICS, PER_TASK
+        from mtbench.result import ALL_METRICS, PER_TASK
 
         console.print(
             f"Δm vs {delta.reference_method} (same data, protocol and seed; positive = better than the "
             f"reference; conventions: {ALL_METRICS} | {PER_TASK}):"
         )
-        for values, label in (
-            (delta.joint, "seen tasks, joint (the trained multi-task network)"),
-            (delta.seen, "seen tasks, adapted (fine-tuned per task)"),
-            (delta.unseen, "held-out tasks, adapted"),
+        for role, label in (
+            ("joint", "seen tasks, joint (the trained multi-task network)"),
+            ("seen", "seen tasks, adapted (fine-tuned per task)"),
+            ("unseen", "held-out tasks, adapted"),
         ):
-            if values:
-                console.print(f"  {label}: {values[ALL_METRICS]:+.2f} % | {values[PER_TASK]:+.2f} %")
+            overall, per_task = delta.overall(role), delta.per_task(role)
+            if overall is not None and per_task is not None:
+                console.print(f"  {label}: {overall:+.2f} % | {per_task:+.2f} %")
     timings = result.timings
     console.print(
         f"wall time: training {timings.train_seconds:.1f} s, scoring (recalibration, joint, meta-test, trivial) "
         f"{timings.meta_test_seconds:.1f} s, "
-        f"total {timings.total_seconds:.1f} s on {result.environment['device']}"
+        f"total {timings.total_seconds:.1f} s on {result.environment.device}"
     )
     console.print(
         f"result: {done.result_file} (stored as {done.stored}); "

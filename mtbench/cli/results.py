@@ -74,7 +74,6 @@ def results_show(
     Examples: `mtbench results show 20261207-1709`, `mtbench results show results/nyuv2-synth/ew--seed0--….json`
     """
     from mtbench.results import find_stored
-    from mtbench.scoring import ALL_METRICS
 
     run = find_stored(_store(results), which)
     result = run.result
@@ -89,8 +88,7 @@ def results_show(
         ("protocol", f"budget {result.protocol.budget}; seen {', '.join(result.protocol.seen)}; held out "
                      f"{', '.join(result.protocol.unseen) or 'none'}"),
         ("seed / schema", f"{result.seed} / {result.schema_version}"),
-        ("machine", f"{environment.get('device', '?')}, {result.threads} thread(s), "
-                    f"{environment.get('cpu_model', '?')}"),
+        ("machine", f"{environment.device or '?'}, {result.threads} thread(s), {environment.cpu_model or '?'}"),
         ("created", result.created),
     ]
     for name, value in lines:
@@ -107,8 +105,8 @@ def results_show(
     console.print(table)
     delta = result.delta_m
     if delta is not None and not delta.unavailable:
-        parts = [f"{name} {score[ALL_METRICS]:+.2f}" for name, score in
-                 (("joint", delta.joint), ("seen", delta.seen), ("held-out", delta.unseen)) if score]
+        parts = [f"{name} {value:+.2f}" for name, role in (("joint", "joint"), ("seen", "seen"), ("held-out", "unseen"))
+                 if (value := delta.overall(role)) is not None]
         console.print(f"Δm % against {delta.reference_method} ({delta.reference_run}): {', '.join(parts)}",
                       highlight=False)
     if result.sparsity is not None and result.sparsity.group_sparsity is not None:

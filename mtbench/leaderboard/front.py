@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mtbench.leaderboard.model import Cell, Row, collect, rows
 from mtbench.result import RunResult
@@ -197,17 +196,28 @@ def matched_points(table: list[Row]) -> list[MatchedPoint]:
     return out
 
 
-def front_at(result: RunResult, results_dir: Path) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class FrontReading:
+    """The fixed-λ front read at one run's cost (`front_at`): Δm of the front, interpolated between the fixed-λ
+    variants' means over seeds."""
+
+    axis: str  #: the cost axis' label
+    at: float  #: the run's cost on it
+    score: str  #: the Δm read: ``joint`` or ``seen``
+    seen: float
+    unseen: float | None
+    variants: int  #: fixed-λ variants stored
+
+
+def front_at(result: RunResult, results_dir: Path) -> FrontReading | None:
     """The stored fixed-λ front of this run's data set and protocol, read at this run's cost: its compact FLOPs
     as % of the dense network's where the run has them (what a user pays), else its group sparsity.
 
-    Returns ``{"axis", "at", "score", "seen", "unseen", "variants"}`` (score: ``joint`` or ``seen``; Δm of the
-    front, interpolated between the fixed-λ variants' means over seeds), or None when fewer than two fixed-λ
-    variants are stored or the run's cost is outside the front.
+    None when fewer than two fixed-λ variants are stored or the run's cost is outside the front.
     """
-    flops = (result.inference or {}).get("flops") or {}
-    if flops.get("dense"):
-        axis, at = "flops", 100.0 * flops["compact"] / flops["dense"]
+    flops = result.inference.flops.percent if result.inference is not None else None
+    if flops is not None:
+        axis, at = "flops", flops
     elif result.sparsity is not None and result.sparsity.group_sparsity is not None:
         axis, at = "groups", 100.0 * result.sparsity.group_sparsity
     else:
@@ -221,6 +231,6 @@ def front_at(result: RunResult, results_dir: Path) -> dict[str, Any] | None:
         seen = front_delta_at(front, at, "seen", axis)
         if len(front) < 2 or seen is None:
             return None
-        return {"axis": AXES[axis].label, "at": at, "score": front[0].primary_name, "seen": seen,
-                "unseen": front_delta_at(front, at, "unseen", axis), "variants": len(front)}
+        return FrontReading(AXES[axis].label, at, front[0].primary_name, seen,
+                            front_delta_at(front, at, "unseen", axis), len(front))
     return None

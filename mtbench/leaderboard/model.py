@@ -397,8 +397,7 @@ def _seed_cell(seeds: dict[int, RunResult], value: Any) -> Cell:
 
 def _ratio(result: RunResult, kind: str) -> float | None:
     """Compact over dense ``kind`` ("flops" or "params") of a result's network, in %."""
-    counts = (result.inference or {}).get(kind)
-    return None if not counts or not counts.get("dense") else 100.0 * counts["compact"] / counts["dense"]
+    return getattr(result.inference, kind).percent if result.inference is not None else None
 
 
 def rows(group: Group) -> list[Row]:
@@ -439,8 +438,8 @@ def rows(group: Group) -> list[Row]:
                     seeds, lambda r: None if r.sparsity is None or r.sparsity.group_sparsity is None
                     else 100 * r.sparsity.group_sparsity
                 ),
-                _seed_cell(seeds, lambda r: r.inference["params"]["compact"] if r.inference else None),
-                _seed_cell(seeds, lambda r: r.inference["flops"]["compact"] / 1e9 if r.inference else None),
+                _seed_cell(seeds, lambda r: r.inference.params.compact if r.inference else None),
+                _seed_cell(seeds, lambda r: r.inference.flops.compact / 1e9 if r.inference else None),
                 _mean_layers(seeds.values()),
                 base=group.bases.get(method, method),
                 family=method_family(next(iter(seeds.values()))),
@@ -472,7 +471,7 @@ def _mean_layers(results: Iterable[RunResult]) -> list[tuple[str, float]]:
     if not stats or len(stats) != len(results) or any(not s or len(s) != len(stats[0]) for s in stats):
         return []
     return [
-        (layer["name"], sum(100 * s[i]["zero_groups"] / s[i]["groups"] for s in stats) / len(stats))
+        (layer.name, sum(100 * s[i].zero_groups / s[i].groups for s in stats) / len(stats))
         for i, layer in enumerate(stats[0])
     ]
 
