@@ -7,7 +7,7 @@ Example::
     plan = mtbench.plan("meta-sparsity", dataset="nyuv2-synth", unseen=["depth"], budget="smoke")
     print(plan.describe())          # what `mtbench run --dry-run` prints
     result = mtbench.run(plan)      # a RunResult: trained, meta-tested, stored in the results store
-    print(result.delta_m.joint, result.delta_m.seen, result.sparsity.group_sparsity)
+    print(result.delta_m.overall("joint"), result.delta_m.overall("seen"), result.sparsity.group_sparsity)
 """
 
 from __future__ import annotations

@@ -360,10 +360,7 @@ def assemble_result(the_plan: RunPlan, done: Finished, reference: Reference | No
         training_cost=TrainingCost(
             steps=outcome.steps, counted_steps=counted, flops_per_step=per_step, flops=flops, seconds=outcome.seconds
         ),
-        # the measured per-layer rows (`SparsityStats.to_dict`) read as typed layers
-        sparsity=dataclasses.replace(
-            done.sparsity, layers=tuple(LayerSparsity.from_json(layer) for layer in done.sparsity.layers)
-        ),
+        sparsity=done.sparsity,
         lam=LambdaTrace(
             start=outcome.lam_start,
             end=outcome.lam_end,
@@ -429,7 +426,7 @@ def measured_sparsity(method: Any, the_plan: RunPlan, ctx: TrainContext) -> tupl
         group_sparsity=stats["group_sparsity"],
         param_sparsity=stats.get("param_sparsity"),
         axis=method.sparsity_axis,
-        layers=tuple(stats.get("layers") or ()),
+        layers=tuple(LayerSparsity.from_json(layer) for layer in stats.get("layers") or ()),
         dead_layers=tuple(stats["dead_layers"]),
         dead_branches=tuple(stats["dead_branches"]),
     ), stats

@@ -28,7 +28,7 @@ from mtbench.presets import budget as get_budget
 from mtbench.recipe import Executed, OpenedData, Reference, open_data, run
 from mtbench.registry import safe_name
 from mtbench.request import RUNS_DIR, RunPlan, RunRequest, plain_config
-from mtbench.result import REFERENCE_METHOD, Protocol, RunResult, configuration_key, protocol_signature
+from mtbench.result import REFERENCE_METHOD, Environment, Protocol, RunResult, configuration_key, protocol_signature
 from mtbench.results import (
     default_results_dir,
     find_reference,
@@ -209,7 +209,7 @@ def record(result: RunResult, results_dir: Path, notice: Notice | None = None) -
             fix="the run itself is in its run folder; `mtbench leaderboard publish RUN_FOLDER` stores it elsewhere",
         ) from None
     if replaced and notice:
-        notice(_replacement_notice(stored, previous, dict(result.environment)))
+        notice(_replacement_notice(stored, previous, result.environment))
     return stored
 
 
@@ -253,27 +253,28 @@ def _why_unusable(path: Path) -> str | None:
     return "valid, but not a result of this protocol"
 
 
-def _stored_environment(path: Path) -> dict[str, Any] | None:  # raw JSON: an unreadable file is reported, not raised
-    """The ``environment`` of the result stored at ``path``: {} when absent, None when unreadable."""
+def _stored_environment(path: Path) -> Environment | None:
+    """The environment of the result stored at ``path`` (an empty one when there is none), None when the file
+    cannot be read as a result (the notice then says so instead of failing the run that replaces it)."""
     if not path.is_file():
-        return {}
+        return Environment()
     try:
-        payload = json.loads(path.read_text())
-        return dict(payload.get("environment") or {})
-    except (OSError, ValueError, AttributeError, TypeError):
+        return read_result(path).environment
+    except ResultFileError:
         return None
 
 
-def _replacement_notice(stored: Path, previous: dict[str, Any] | None, current: dict[str, Any]) -> str:
+def _replacement_notice(stored: Path, previous: Environment | None, current: Environment) -> str:
     """What a re-run of a stored configuration and seed says; names a thread count or CPU that changed."""
     if previous is None:
         return f"{stored} held an unreadable result; it now holds this run's"
     text = f"this configuration and seed were run before: {stored} now holds the new result (not counted twice)"
-    changed = [key for key in ("threads", "cpu_model") if key in previous and previous[key] != current.get(key)]
-    if changed:
+    if (previous.threads is not None and previous.threads != current.threads) or (
+        previous.cpu_model is not None and previous.cpu_model != current.cpu_model
+    ):
         text += (
-            f"; it replaces a result made with {previous.get('threads', '?')} thread(s) on CPU "
-            f"{previous.get('cpu_model') or 'unknown'} (this run: {current.get('threads')} on "
-            f"{current.get('cpu_model') or 'unknown'}), so exact numbers may differ"
+            f"; it replaces a result made with {previous.threads if previous.threads is not None else '?'} "
+            f"thread(s) on CPU {previous.cpu_model or 'unknown'} (this run: {current.threads} on "
+            f"{current.cpu_model or 'unknown'}), so exact numbers may differ"
         )
     return text

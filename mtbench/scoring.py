@@ -11,10 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mtbench.errors import MtbenchError
-from mtbench.result import DeltaM, RunResult, TaskOutcome
-
-ALL_METRICS = "all-metric average"
-PER_TASK = "per-task average"
+from mtbench.result import ALL_METRICS, PER_TASK, DeltaM, RunResult, TaskOutcome
 
 
 class ScoringError(MtbenchError):
