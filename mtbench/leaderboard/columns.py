@@ -140,8 +140,8 @@ def main_columns(group: Group, table: list[Row]) -> list[Column[Row]]:
     identity: list[Column[Row]] = [
         Column(None, csv=[("dataset", lambda r: group.dataset)]),
         Column(None, csv=[("synthetic", lambda r: str(group.synthetic))]),
-        Column(None, csv=[("budget", lambda r: str(group.protocol["budget"]))]),
-        Column(None, csv=[("unseen", lambda r: "+".join(group.protocol["unseen"]))]),
+        Column(None, csv=[("budget", lambda r: group.protocol.budget)]),
+        Column(None, csv=[("unseen", lambda r: "+".join(group.protocol.unseen))]),
         Column(None, csv=[("reference", lambda r: group.reference_mode)]),
         Column(
             "rank",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mtbench.errors import LeaderboardError
-from mtbench.result import REFERENCE_METHOD, RunResult
+from mtbench.result import REFERENCE_METHOD, Protocol, RunResult
 from mtbench.results import load_results
 from mtbench.scoring import ALL_METRICS, RoleScores, ScoringError, delta_against, mean_scores, role_scores
 from mtbench.stats import Interval, Paired, Rank, confidence_interval, paired_comparison, paired_ranks, sample_std
@@ -119,7 +119,7 @@ class Group:
     slug: str
     dataset: str
     synthetic: bool
-    protocol: dict[str, Any]
+    protocol: Protocol
     runs: dict[str, dict[int, RunResult]] = field(default_factory=dict)  # variant -> seed -> result
     bases: dict[str, str] = field(default_factory=dict)  # variant label -> plain method name
     reference_mode: str = "fixed"  # one of REFERENCE_MODES
@@ -133,7 +133,7 @@ class Group:
                 for task, entry in result.tasks.items():
                     for metric, value in entry.metrics.items():
                         columns.setdefault((task, metric), (value.higher_is_better, entry.seen))
-        order = self.protocol["seen"] + self.protocol["unseen"]
+        order = [*self.protocol.seen, *self.protocol.unseen]
         keys = sorted(columns, key=lambda k: (order.index(k[0]) if k[0] in order else len(order), 0))
         return [(task, metric, *columns[(task, metric)]) for task, metric in keys]
 
@@ -161,10 +161,10 @@ class Group:
         return Reference(self.reference_mode, self.runs.get(REFERENCE, {}))
 
 
-def _slug(dataset: str, protocol: dict[str, Any], signature: dict[str, Any]) -> str:
-    unseen = "+".join(protocol["unseen"]) or "none"
+def _slug(dataset: str, protocol: Protocol, signature: dict[str, Any]) -> str:
+    unseen = "+".join(protocol.unseen) or "none"
     digest = hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{dataset}--{protocol['budget']}--unseen-{unseen}--{digest}"
+    return f"{dataset}--{protocol.budget}--unseen-{unseen}--{digest}"
 
 
 def variant_label(method: str, overrides: dict[str, Any] | None) -> str:
@@ -201,7 +201,7 @@ def group_results(
     # spelling a default (`--set hypergradient=maml` or nothing) are one row, labelled by the options all share
     variants: dict[tuple[str, str, str], dict[int, RunResult]] = {}
     for path, result in results:
-        protocol = result.protocol.to_json()
+        protocol = result.protocol
         slug = _slug(result.dataset.name, protocol, result.signature())
         count = result.threads
         first = threads.setdefault(slug, (count, path))
@@ -269,7 +269,7 @@ def delta_cells(group: Group, method: str, score: str = "adapted", split: str = 
             if mine is None:
                 if score == "joint" and not role:
                     continue  # held-out tasks have no joint score
-                if group.protocol["seen" if role else "unseen"]:
+                if group.protocol.seen if role else group.protocol.unseen:
                     cell.complete = False
                 continue
             reference = group.reference.scores(seed, role, score, split)
@@ -284,7 +284,7 @@ def delta_cells(group: Group, method: str, score: str = "adapted", split: str = 
             cell.values.append(values[ALL_METRICS])
             cell.seeds.append(seed)
     for cell, role in ((seen, "seen"), (unseen, "unseen")):
-        if not group.protocol[role]:
+        if not getattr(group.protocol, role):
             cell.complete = False
     return seen, unseen
 

@@ -170,7 +170,7 @@ def _primary_scores(group: Group, method: str, task: str, metric: str) -> Cell:
 def trivial_checks(group: Group) -> list[TrivialCheck]:
     """Per task of the protocol, its first metric in Δm: trivial predictor, stl and ew (see `TRIVIAL_NOTE`)."""
     checks = []
-    for task in [*group.protocol["seen"], *group.protocol["unseen"]]:
+    for task in [*group.protocol.seen, *group.protocol.unseen]:
         results = [r for seeds in group.runs.values() for r in seeds.values() if task in r.tasks]
         if not results:
             continue
@@ -256,8 +256,8 @@ def _title(group: Group) -> str:
         else "real data"
     )
     return (
-        f"{group.dataset} — budget {group.protocol['budget']}, seen: {', '.join(group.protocol['seen'])}; "
-        f"held out: {', '.join(group.protocol['unseen']) or 'none'} — {kind}"
+        f"{group.dataset} — budget {group.protocol.budget}, seen: {', '.join(group.protocol.seen)}; "
+        f"held out: {', '.join(group.protocol.unseen) or 'none'} — {kind}"
     )
 
 
@@ -421,8 +421,8 @@ def render_index(groups: list[Group], marks: Mapping[str, str] | None = None) ->
         kind = "synthetic" if group.synthetic else "real"
         protocol = "evaluation protocol of schema 3" if group.scored_jointly else "*old protocol*"
         title = (
-            f"{group.dataset} ({kind}), budget {group.protocol['budget']}, held out: "
-            f"{', '.join(group.protocol['unseen']) or 'none'}"
+            f"{group.dataset} ({kind}), budget {group.protocol.budget}, held out: "
+            f"{', '.join(group.protocol.unseen) or 'none'}"
         )
         mark = marks.get(group.slug)
         index.append(

@@ -97,10 +97,10 @@ def rule_name(rule: Rule) -> str:
 def smoke_budget(table: Table) -> Iterator[Breach]:
     """A smoke-budget result is a pipeline check (a few training steps), not a measurement."""
     protocol = table.group.protocol
-    if protocol["budget"] != SMOKE_BUDGET:
+    if protocol.budget != SMOKE_BUDGET:
         return
     measuring = ", ".join(name for name in BUDGETS if name != SMOKE_BUDGET)
-    steps = protocol.get("steps")
+    steps = protocol.settings.get("steps")
     for result in table.results():
         yield Breach(
             f"{result.method.name} seed {result.seed} ran on budget {SMOKE_BUDGET}, a pipeline check, "
@@ -214,9 +214,9 @@ def index_mark(found: list[Breach]) -> str:
 
 def _spec_seeds(group: Group, spec: SweepSpec | None) -> tuple[int, ...] | None:
     """The spec's seeds where ``spec`` covers ``group`` (its data set, held-out tasks and budget), else None."""
-    if spec is None or group.protocol["budget"] not in spec.budgets:
+    if spec is None or group.protocol.budget not in spec.budgets:
         return None
-    unseen = set(group.protocol["unseen"])
+    unseen = set(group.protocol.unseen)
     if any(entry.name == group.dataset and set(entry.unseen) == unseen for entry in spec.datasets):
         return tuple(spec.seeds)
     return None
