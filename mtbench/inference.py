@@ -46,8 +46,8 @@ class RunModel:
 def _input_size(result: RunResult) -> tuple[int, int]:
     if result.input_size:
         return result.input_size
-    if result.protocol.settings.get("resolution"):
-        return tuple(result.protocol.settings["resolution"])  # type: ignore[return-value]
+    if result.protocol.budget_settings.resolution:
+        return result.protocol.budget_settings.resolution
     generator = result.dataset.identity.get("generator") or {}
     if "height" in generator:
         return generator["height"], generator["width"]
@@ -83,9 +83,11 @@ def load_run(run_dir: Path, result: RunResult | None = None) -> RunModel:
 def run_model(result: RunResult, state: Mapping[str, Any]) -> RunModel:
     """The network(s) of a run rebuilt from its method's ``state_dict`` (read from ``checkpoint.pt``, or held in
     memory by the run that trained them)."""
-    arch_fields = dict(result.protocol.settings["arch"])
-    arch_fields["widths"] = tuple(arch_fields["widths"])
-    arch = ArchSpec(**arch_fields)
+    network = result.protocol.budget_settings.arch
+    if network is None:
+        raise ConfigError("cannot tell the network of this run", expected="protocol.arch in result.json",
+                          found="none", fix="re-run it with this version of mtbench")
+    arch = ArchSpec(network.backbone, network.widths, network.blocks, network.norm, network.head_hidden)
     family = result.dataset.family
     if "model" in state:
         parts = [(list(result.protocol.seen), state["model"])]

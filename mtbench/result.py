@@ -37,6 +37,7 @@ default, so older files still read) and the place in `mtbench.recipe` that fills
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
@@ -195,6 +196,39 @@ class DatasetRecord(Record):
 
 
 @dataclass(frozen=True)
+class NetworkSettings(Record):
+    """The network a protocol trains (`mtbench.models.ArchSpec`, as its JSON form)."""
+
+    backbone: str
+    widths: tuple[int, ...]
+    blocks: int
+    norm: str
+    head_hidden: int | None = None
+
+
+@dataclass(frozen=True)
+class BudgetSettings(Record):
+    """The budget a protocol ran at, typed: every `~mtbench.presets.Budget` field that changes what is trained or
+    measured (`Protocol.of` writes them from the budget itself; `PROTOCOL_EXCLUDED` lists the others). Each is
+    type-checked when a result is read; one that a stored protocol lacks (an older schema version) is None; a
+    budget field newer than this type lands in ``extra`` (a test keeps the two lists equal)."""
+
+    arch: NetworkSettings | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    finetune_steps: int | None = None
+    finetune_lr: float | None = None
+    finetune_batch: int | None = None
+    resolution: tuple[int, int] | None = None
+    max_train_samples: int | None = None
+    max_test_samples: int | None = None
+    validation_samples: int | None = None  #: schema 3
+    bn_recalibration_batches: int | None = None  #: schema 3
+    extra: Mapping[str, Any] = json_field(default_factory=dict, rest=True)
+
+
+@dataclass(frozen=True)
 class Protocol(Record):
     """What every compared run must share: budget, seen and held-out tasks, and the budget's settings.
 
@@ -207,6 +241,11 @@ class Protocol(Record):
     task_versions: Mapping[str, str] = field(default_factory=dict)
     #: steps, batch size, learning rates, network, … (JSON values)
     settings: Mapping[str, Any] = json_field(default_factory=dict, rest=True)
+
+    @functools.cached_property
+    def budget_settings(self) -> BudgetSettings:
+        """The settings, typed (read from ``settings``, which holds them as stored)."""
+        return BudgetSettings.from_json(dict(self.settings))
 
     @classmethod
     def of(cls, budget: Any, seen: Sequence[Any], held_out: Sequence[Any]) -> Protocol:
@@ -529,9 +568,14 @@ class RunResult(Record):
         if version == 1:
             payload = _upgrade_v1(payload)
         try:
-            return decode(cls, payload)
+            result = decode(cls, payload)
         except SchemaViolation as violation:
             raise _invalid(path, violation) from None
+        try:
+            result.protocol.budget_settings  # noqa: B018 - the settings are checked against their type now
+        except SchemaViolation as violation:
+            raise _invalid(path, violation.inside("protocol")) from None
+        return result
 
     @classmethod
     def read(cls, path: Path | str) -> RunResult:

@@ -262,3 +262,28 @@ def test_the_generic_checker_reads_literals_fixed_tuples_and_optional_mappings()
         decode(_Spec, {"kind": "a", "pair": [1, "x"], "colour": 1}, strict=True)
     assert caught.value.path == "colour"
     assert decode(_Spec, {"kind": "a", "pair": [1, "x"], "colour": 1}).kind == "a"  # not strict: left out
+
+
+def test_the_protocol_keeps_the_budget_typed():
+    """Every budget field in the protocol is a declared, typed field of BudgetSettings (none left to `extra`), and a
+    protocol made from a budget reads back its values."""
+    import dataclasses as dc
+
+    from mtbench.presets import BUDGETS, budget
+    from mtbench.result import PROTOCOL_EXCLUDED, BudgetSettings, Protocol
+
+    declared = {f.name for f in dc.fields(BudgetSettings)} - {"extra"}
+    assert declared == {f.name for f in dc.fields(budget("quick"))} - PROTOCOL_EXCLUDED
+    for name in BUDGETS:
+        spent = budget(name)
+        typed = Protocol.of(spent, [], []).budget_settings
+        assert typed.extra == {} and typed.steps == spent.steps and typed.finetune_batch == spent.finetune_batch
+        assert dc.asdict(typed.arch) == {**dc.asdict(spent.arch), "widths": tuple(spent.arch.widths)}
+        assert typed.resolution == spent.resolution and typed.validation_samples == spent.validation_samples
+
+
+def test_a_malformed_budget_setting_names_its_field():
+    payload = json.loads(next(ROOT.glob("leaderboard/results/**/ew--seed0--*.json")).read_text())
+    payload["protocol"]["steps"] = "many"
+    with pytest.raises(ResultFileError, match=r"'protocol\.steps' has the wrong type"):
+        RunResult.from_json(payload, "bad.json")

@@ -274,7 +274,7 @@ def print_run(done: Executed, front: FrontReading | None = None) -> None:
         console.print(
             f"[bold]{role}[/] on the test split — "
             + ("joint: the trained multi-task network as it is; " if seen else "")
-            + f"adapted: fine-tuned {protocol.settings['finetune_steps']} steps per task from the trained backbone "
+            + f"adapted: fine-tuned {protocol.budget_settings.finetune_steps} steps per task from the trained backbone "
             "(mask kept); trivial: the prediction made without the image (training mean / majority)"
         )
         table = Table()

@@ -100,7 +100,7 @@ def smoke_budget(table: Table) -> Iterator[Breach]:
     if protocol.budget != SMOKE_BUDGET:
         return
     measuring = ", ".join(name for name in BUDGETS if name != SMOKE_BUDGET)
-    steps = protocol.settings.get("steps")
+    steps = protocol.budget_settings.steps
     for result in table.results():
         yield Breach(
             f"{result.method.name} seed {result.seed} ran on budget {SMOKE_BUDGET}, a pipeline check, "
