@@ -122,11 +122,11 @@ def datasets_table(specs: Iterable[Any], prepared: dict[str, Path | None]) -> Ta
 
 def methods_table(registry: Any, names: Iterable[str]) -> Table:
     table = Table(title="Methods", title_justify="left")
-    for column in ("method", "summary", "paper", "source"):
+    for column in ("method", "family", "summary", "paper", "source"):
         table.add_column(column)
     for name in names:
         info = registry.get(name)
-        table.add_row(name, info.summary, info.paper or "—", _short_source(registry.source(name)))
+        table.add_row(name, info.family, info.summary, info.paper or "—", _short_source(registry.source(name)))
     return table
 
 
