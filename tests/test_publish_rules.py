@@ -15,7 +15,7 @@ from mtbench.cli import app
 from mtbench.errors import LeaderboardError
 from mtbench.leaderboard import build, collect, publish, render_markdown
 from mtbench.leaderboard.rules import MIN_SEEDS, RULES, Table, breaches, rule_name
-from mtbench.sweep import load_spec
+from mtbench.sweep_spec import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = """schema_version = 1

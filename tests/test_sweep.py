@@ -21,7 +21,8 @@ from mtbench.methods import methods
 from mtbench.result import SCHEMA_VERSION
 from mtbench.results import load_results, read_result
 from mtbench.runner import RunRequest
-from mtbench.sweep import expand, load_spec, run_sweep, stored_index
+from mtbench.sweep import expand, run_sweep, stored_index
+from mtbench.sweep_spec import load_spec
 
 # generous limits: each cell is a fresh `mtbench run` process, slow on a busy 2-core machine
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]

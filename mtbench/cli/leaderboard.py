@@ -98,7 +98,7 @@ def leaderboard_publish(
 
     loaded = None
     if spec is not None:
-        from mtbench.sweep import load_spec
+        from mtbench.sweep_spec import load_spec
 
         loaded = load_spec(spec)
     stored = publish(

@@ -137,7 +137,8 @@ def sweep(
     `mtbench sweep SPEC --address HEAD:6379`
     """
     from mtbench.results import default_results_dir
-    from mtbench.sweep import describe, load_spec, run_sweep
+    from mtbench.sweep import describe, run_sweep
+    from mtbench.sweep_spec import load_spec
 
     loaded = load_spec(spec)
     store = results or default_results_dir()

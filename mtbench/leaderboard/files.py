@@ -295,7 +295,7 @@ def publish(
             purpose. They are still checked for schema and names, and every table against the rules.
         allow_incomparable: publish even where a table would break a rule; `build` marks such a table
             ``NOT COMPARABLE`` (recomputed from its results at every build).
-        spec: the sweep spec the results come from (`mtbench.sweep.load_spec`): a cell of a table it covers
+        spec: the sweep spec the results come from (`mtbench.sweep_spec.load_spec`): a cell of a table it covers
             needs every seed of the spec, rather than `rules.MIN_SEEDS`.
 
     Returns:

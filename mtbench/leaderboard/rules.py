@@ -35,7 +35,7 @@ class SpecEntry(Protocol):
 
 
 class SweepSpec(Protocol):
-    """What the publish rules read of a sweep spec (`mtbench.sweep.SweepSpec` is one): no import of the engine."""
+    """What the publish rules read of a sweep spec (`mtbench.sweep_spec.SweepSpec` is one): no import of the engine."""
 
     @property
     def path(self) -> Path: ...
