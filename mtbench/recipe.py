@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
-from mtbench import protocol
+from mtbench import catalog, protocol
 from mtbench.allocator import tune_malloc
 from mtbench.callbacks import Notice, ProgressFactory
 from mtbench.data.io import atomic_write_json
-from mtbench.data.reader import Reader
+from mtbench.data.reader import LAYOUTS, Reader
 from mtbench.data.resolve import resolve_data, split_name
 from mtbench.environment import apply_determinism, environment
 from mtbench.episodes import TaskView
@@ -130,6 +130,7 @@ def open_data(the_plan: RunPlan, notice: Notice | None = None) -> OpenedData:
         family=spec.family,
         train_split=spec.train_split,
         test_split=spec.test_split,
+        layout_source=LAYOUTS.source(reader.layout) if reader.layout in LAYOUTS else None,
     )
     return OpenedData(spec, reader, record)
 
@@ -281,9 +282,12 @@ def _metrics(task: TaskSpec, values: dict[str, float]) -> dict[str, Metric]:
 
 
 def task_outcomes(tested: Sequence[protocol.TaskScores]) -> dict[str, TaskOutcome]:
-    """Every task's scores as stored: adapted and joint on test, both on validation, the trivial predictor's."""
+    """Every task's scores as stored: adapted and joint on test, both on validation, the trivial predictor's; and
+    where the task's spec came from (a plugin's task is named by its file)."""
+    registry = catalog.tasks()
     return {
         r.task.name: TaskOutcome(
+            source=registry.source(r.task.key) if r.task.key in registry else None,
             seen=r.seen,
             version=r.task.version,
             title=r.task.title,

@@ -160,6 +160,9 @@ class TaskOutcome(Record):
     trivial: Mapping[str, Mapping[str, float]] | None = None
     #: per score (``adapted``/``joint``), metric -> [low, high]: 95 % bootstrap interval over the test images
     test_interval: Mapping[str, Mapping[str, Sequence[float]]] | None = None
+    #: where the task's spec came from (``builtin``, ``file PATH (sha256 …)`` of a plugin, an entry point); absent in
+    #: results written before it was recorded
+    source: str | None = json_field(default=None, omit_none=True)
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,9 @@ class DatasetRecord(Record):
     family: str | None = None
     train_split: str | None = None
     test_split: str | None = None
+    #: where the reader of its layout came from (``builtin``, a plugin file, an entry point); absent in results
+    #: written before it was recorded
+    layout_source: str | None = json_field(default=None, omit_none=True)
 
     @property
     def fingerprint(self) -> str:

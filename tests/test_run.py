@@ -60,6 +60,7 @@ def test_smoke_run_of_every_method(method, smoke_results):
     assert result.schema_version == SCHEMA_VERSION
     assert result.dataset.synthetic is True and result.dataset.fingerprint
     assert result.method.name == method and result.method.source == "builtin"
+    assert {task.source for task in result.tasks.values()} == {"builtin"} and result.dataset.layout_source == "builtin"
     assert result.protocol.unseen == ("depth",) and "depth" not in result.protocol.seen
     assert result.tasks["depth"].seen is False and result.tasks["semseg"].seen is True
     for task in result.tasks.values():
@@ -201,3 +202,35 @@ def test_default_data_is_the_synthetic_stand_in_said_once(tmp_path):
     assert sum("generating nyuv2-synth" in n for n in notices) <= 1
     assert any("training it first" in n for n in notices)  # the stl reference ran on the same data
     assert result.delta_m.reference_method == "stl"
+
+
+def test_a_plugin_task_runs_and_its_source_is_recorded(nyu_mtan, tmp_path):
+    """A task registered by a --plugins file is known when the request is checked, runs, and the result names the
+    file it came from (and ``builtin`` for the others)."""
+    from mtbench.registry import registered_from, unregister_source
+
+    plugin = tmp_path / "depth_again.py"
+    plugin.write_text(
+        "from mtbench.catalog import register_task\nfrom mtbench.specs import TaskSpec\n"
+        "from mtbench_tasks.kinds import DEPTH\n"
+        'register_task(TaskSpec(name="depth-again", family="nyuv2", title="depth again", target="depth", '
+        "kind=DEPTH))\n"
+    )
+    request = RunRequest(method="ew", data_root=nyu_mtan, budget="smoke", tasks=("semseg", "depth-again"),
+                         plugins=(plugin,), reference=False, out=tmp_path / "run", results=tmp_path / "results")
+    try:
+        result = execute(request).result
+    finally:
+        for source in [s for s in _plugin_sources(plugin) if registered_from(s)]:
+            unregister_source(source)
+    from mtbench import catalog
+
+    assert "nyuv2/depth-again" not in catalog.tasks()  # unregistered again: no other test sees it
+    assert result.tasks["depth-again"].source.startswith(f"file {plugin} (sha256 ")
+    assert result.tasks["semseg"].source == "builtin" and result.protocol.seen == ("semseg", "depth-again")
+
+
+def _plugin_sources(plugin) -> list[str]:
+    import hashlib
+
+    return [f"file {plugin.resolve()} (sha256 {hashlib.sha256(plugin.read_bytes()).hexdigest()[:12]})"]
