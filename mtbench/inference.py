@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from mtbench import catalog
 from mtbench.data.io import atomic_write_json
@@ -61,23 +62,18 @@ def _input_size(result: RunResult) -> tuple[int, int]:
     )
 
 
-def load_run(run_dir: Path, result: RunResult | None = None) -> RunModel:
-    """Rebuild the trained network(s) of ``run_dir`` (``result.json`` + ``checkpoint.pt``, no pickled code).
-
-    ``result``: the run's result when the caller holds it already; then only ``checkpoint.pt`` is read.
-    """
+def load_run(run_dir: Path) -> RunModel:
+    """Rebuild the trained network(s) of ``run_dir`` (``result.json`` + ``checkpoint.pt``, no pickled code)."""
     run_dir = Path(run_dir)
     result_file, checkpoint = run_dir / "result.json", run_dir / "checkpoint.pt"
-    for path in (checkpoint,) if result is not None else (result_file, checkpoint):
+    for path in (result_file, checkpoint):
         if not path.is_file():
             raise DatasetNotFoundError(
                 f"{path} not found",
                 expected="a run folder written by `mtbench run`",
                 found=", ".join(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else "nothing",
             )
-    if result is None:
-        result = RunResult.read(result_file)
-    return run_model(result, torch.load(checkpoint, map_location="cpu", weights_only=True))
+    return run_model(RunResult.read(result_file), torch.load(checkpoint, map_location="cpu", weights_only=True))
 
 
 def run_model(result: RunResult, state: Mapping[str, Any]) -> RunModel:
@@ -101,14 +97,15 @@ def run_model(result: RunResult, state: Mapping[str, Any]) -> RunModel:
     return RunModel(result, networks, _input_size(result))
 
 
-def account(run: RunModel) -> Accounting:
+def account(run: RunModel, plain: list[nn.Module] | None = None) -> Accounting:
     """Parameters and FLOPs of a run's network(s), dense-with-zeros against compact (summed over networks).
 
-    The compact network is the one `mtbench export` writes (zeroed channels physically removed). No latency
-    (``latency_ms`` empty): that is `bench_inference`.
+    The compact network is the one `mtbench export` writes (zeroed channels physically removed); ``plain``: those
+    networks when the caller has compacted them already. No latency (``latency_ms`` empty): that is
+    `bench_inference`.
     """
     dense = [network.model for network in run.networks]
-    plain = [compact(model, fold_bn=False) for model in dense]
+    plain = plain if plain is not None else [compact(model, fold_bn=False) for model in dense]
     flops_image = torch.rand(1, 3, *run.input_size)
     flops = [
         sum(count_flops(model, flops_image, network.tasks) for model, network in zip(models, run.networks))
@@ -163,7 +160,6 @@ def bench_inference(
     repeats: int = 20,
     threads: int | None = None,
     update: bool = True,
-    result: RunResult | None = None,
 ) -> Accounting:
     """Parameters, FLOPs and CPU latency, dense-with-zeros against compact, measured in one process.
 
@@ -171,14 +167,14 @@ def bench_inference(
 
     The report is written to the run folder as ``inference.json`` (a benchmark of this machine, apart from
     ``result.json``, which is written once by the run and holds its parameters and FLOPs) unless ``update``
-    is False. ``result``: the run's result, when the caller holds it (see `load_run`).
+    is False.
     """
-    run = load_run(run_dir, result)
+    run = load_run(run_dir)
     if threads:
         torch.set_num_threads(threads)
-    counts = account(run)
     dense = [network.model for network in run.networks]
     plain = [compact(model, fold_bn=False) for model in dense]
+    counts = account(run, plain)
     folded = [compact(model, fold_bn=True) for model in dense]
     task_lists = [network.tasks for network in run.networks]
     timed = {}
