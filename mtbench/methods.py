@@ -229,11 +229,17 @@ def _load_plugin_file(file: Path, digest: str, source: str) -> dict[str, list[st
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
+def names_a_path(plugin: str, base: Path = Path(".")) -> bool:
+    """Whether a plugin named by text is a file or folder (relative names taken from ``base``), not a module: it
+    has a ``/``, ends in ``.py``, or exists."""
+    return "/" in plugin or plugin.endswith(".py") or (base / Path(plugin).expanduser()).exists()
+
+
 def load_plugin(plugin: str | Path) -> list[str]:
     """Load one plugin: a ``.py`` file or a folder of them (`load_plugin_path`), or an importable module named by
     its dotted name (``mypackage.methods``) defining ``METHOD`` or ``METHODS``; returns the method names."""
     text = str(plugin)
-    if isinstance(plugin, Path) or "/" in text or text.endswith(".py") or Path(text).expanduser().exists():
+    if isinstance(plugin, Path) or names_a_path(text):
         return load_plugin_path(plugin)
     if not _MODULE_NAME.fullmatch(text):
         raise PluginError(

@@ -53,7 +53,7 @@ from mtbench.errors import (
     SweepSpecError,
     UnknownNameError,
 )
-from mtbench.methods import load_plugin, methods
+from mtbench.methods import load_plugin, methods, names_a_path
 from mtbench.overrides import build_config, parse_set
 from mtbench.preflight import SEED_LIMIT, task_of
 from mtbench.presets import BUDGETS
@@ -367,9 +367,9 @@ def _plugins(check: _Checker, value: tuple[str, ...]) -> tuple[str, ...]:
     a path (relative to the spec's folder) becomes absolute; a dotted name is an installed module."""
     plugins = []
     for index, plugin in enumerate(value):
-        candidate = Path(plugin).expanduser()
-        candidate = candidate if candidate.is_absolute() else (check.path.parent / candidate).absolute()
-        text = str(candidate) if "/" in plugin or plugin.endswith(".py") or candidate.exists() else plugin
+        text = str((check.path.parent / Path(plugin).expanduser()).absolute()) if names_a_path(
+            plugin, check.path.parent
+        ) else plugin
         try:
             load_plugin(text)
         except PluginError as error:
