@@ -60,6 +60,18 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture
+def fresh_methods(monkeypatch: pytest.MonkeyPatch):
+    """An empty method registry for one test (a plugin registered in it does not leak into other tests)."""
+    from mtbench import methods as methods_module
+    from mtbench.registry import Registry
+
+    registry: Registry = Registry("method")
+    monkeypatch.setattr(methods_module, "METHODS", registry)
+    monkeypatch.setattr(methods_module, "_loaded_builtins", False)
+    return registry
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("synth")

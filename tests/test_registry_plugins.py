@@ -43,15 +43,6 @@ def test_registry_refuses_duplicates_and_suggests_close_matches():
     assert isinstance(registry.unknown("x"), KeyError)  # lookups keep dict-like semantics
 
 
-@pytest.fixture
-def fresh_methods(monkeypatch):
-    """An empty method registry for one test."""
-    registry = Registry("method")
-    monkeypatch.setattr(methods_module, "METHODS", registry)
-    monkeypatch.setattr(methods_module, "_loaded_builtins", False)
-    return registry
-
-
 def test_plugin_file_is_loaded_only_when_named(fresh_methods, tmp_path, monkeypatch, cli):
     plugin = tmp_path / "my_method.py"
     plugin.write_text(PLUGIN.format(name="my-method"))

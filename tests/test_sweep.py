@@ -248,16 +248,6 @@ def _readme_plugin(folder: Path) -> Path:
     return folder / "softmax_weighting.py"
 
 
-@pytest.fixture
-def fresh_methods(monkeypatch):
-    """An empty method registry for one test (a plugin registered here does not leak into other tests)."""
-    from mtbench import methods as methods_module
-    from mtbench.registry import Registry
-
-    monkeypatch.setattr(methods_module, "METHODS", Registry("method"))
-    monkeypatch.setattr(methods_module, "_loaded_builtins", False)
-
-
 def test_two_by_two_sweep_with_a_plugin_method_then_rerun_skips_everything(
     tmp_path, nyu_mtan, ray_tmp, monkeypatch, fresh_methods, cli
 ):
