@@ -218,6 +218,8 @@ class DatasetSpec:
         default_tasks: tasks trained when the user names none (the papers' choice).
         generator: for synthetic sets, ``generator(out, n=..., seed=..., layout=..., **synth_options)``.
         synth_options: the generator's default size options.
+        generator_version: the generator's output version (bumped whenever its output changes); part of the
+            cached stand-in's folder name, so a cache written by another version is never read as this one's.
         source: where the real data comes from, for ``ls datasets`` and error messages.
     """
 
@@ -231,5 +233,6 @@ class DatasetSpec:
     default_tasks: tuple[str, ...] = ()
     generator: Generator | None = None
     synth_options: dict[str, int] = field(default_factory=dict, compare=False)
+    generator_version: str = ""
     source: str = ""
     notes: str = field(default="", compare=False)

@@ -388,6 +388,27 @@ def test_another_generated_set_never_reuses_a_cache(own_home):
     assert first.read("train", 0, ("depth",))["depth"][0, 0, 0] == before
 
 
+def test_a_new_generator_version_never_reads_the_stand_in_of_the_old_one(own_home, monkeypatch):
+    """A generator whose output changed (its version bumped) generates its own stand-in: the folder written by the
+    old version, same sizes and seed, is neither read nor replaced."""
+    from dataclasses import replace
+
+    from mtbench import catalog
+    from mtbench.data import synth_nyuv2
+    from mtbench.data.resolve import resolve_data, synthetic_path
+
+    spec, old = resolve_data("nyuv2-synth", None, _tiny(8))
+    old_folder, _ = synthetic_path(spec, _tiny(8))
+    assert old.identity().generator["generator_version"] == synth_nyuv2.GENERATOR_VERSION == spec.generator_version
+    bumped = replace(spec, generator_version=spec.generator_version + "-next")
+    monkeypatch.setattr(catalog, "dataset", lambda name: bumped if name == "nyuv2-synth" else spec)
+    _, new = resolve_data("nyuv2-synth", None, _tiny(8))
+    new_folder, _ = synthetic_path(bumped, _tiny(8))
+    assert new_folder != old_folder and new_folder.is_dir() and old_folder.is_dir()
+    assert new.identity().generator["generator_version"] == synth_nyuv2.GENERATOR_VERSION  # what the code wrote
+    assert new.root != old.root
+
+
 def test_celebamask_synth_through_the_cache_and_data_root_read_directly(own_home):
     from mtbench.data.resolve import open_reader as runner_open_reader
     from mtbench.data.resolve import resolve_data, synthetic_path

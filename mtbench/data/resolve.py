@@ -16,10 +16,15 @@ from mtbench.specs import DatasetSpec
 
 
 def synthetic_path(spec: DatasetSpec, budget: Budget) -> tuple[Path, dict[str, Any]]:
-    """Where the synthetic stand-in of a budget lives (``$MTBENCH_HOME/synth/``), and its generator options."""
+    """Where the synthetic stand-in of a budget lives (``$MTBENCH_HOME/synth/``), and its generator options.
+
+    The folder's name carries the generator's version: after a generator changes its output, the old stand-in is
+    not read as the new one (it stays on disk; delete it by hand once no run needs it).
+    """
     options = {**spec.synth_options, **budget.synth_options.get(spec.name, {})}
     tag = "-".join(f"{k}{v}" for k, v in sorted(options.items()))
-    return mtbench_home() / "synth" / f"{spec.name}-n{budget.synth_samples}-{tag}-seed0", options
+    version = f"-gen{spec.generator_version}" if spec.generator_version else ""
+    return mtbench_home() / "synth" / f"{spec.name}{version}-n{budget.synth_samples}-{tag}-seed0", options
 
 
 def synthetic_cache(spec: DatasetSpec, budget: Budget, notice: Notice | None = None) -> Path:
