@@ -39,6 +39,7 @@ from mtbench.errors import (
     MtbenchError,
     ResultFileError,
 )
+from mtbench.methods import methods
 from mtbench.preflight import check_output_dir
 from mtbench.presets import budget as get_budget
 from mtbench.result import REFERENCE_METHOD, RunResult
@@ -152,13 +153,23 @@ def expand(spec: SweepSpec) -> list[Cell]:
     return list(references.values()) + [c for k, c in others.items() if k not in references]
 
 
+def _with_new_options(method: str, config: Any) -> Any:
+    """A stored config with the options its method gained since, at their defaults (the run ran as they do now;
+    an option's default never changes what a method does), so an older result still answers its cell."""
+    try:
+        defaults = dataclasses.asdict(methods().get(method).config())
+    except (MtbenchError, TypeError):  # a plugin not loaded here, or a config without defaults: as stored
+        return config
+    return {**defaults, **config} if isinstance(config, dict) else config
+
+
 def stored_index(results_dir: Path) -> dict[CellKey, tuple[Path, RunResult]]:
     """The results in the store by cell key (unreadable files are ignored here: their cells run again)."""
     index = {}
     for path, result in load_results(results_dir, strict=False):
         key = (
             result.method.name,
-            _canonical(result.method.config),
+            _canonical(_with_new_options(result.method.name, result.method.config)),
             result.seed,
             result.dataset.name,
             _canonical(result.protocol.to_json()),
