@@ -460,3 +460,14 @@ def test_the_published_results_are_exactly_the_cells_of_the_checked_in_specs():
     old = [key for key, (_, result) in index.items() if result.schema_version < SCHEMA_VERSION]
     outside = [key for key in old if not in_a_grid(key)]
     assert old and not outside, f"old results in no grid to rerun: {outside[:3]}"
+
+
+def test_the_planned_specs_expand_to_runnable_cells():
+    """A spec under leaderboard/specs/planned/ (a grid not yet run) stays valid: it loads, every method and option
+    exists, and it expands to cells with all the spec's seeds."""
+    planned = sorted((SPECS / "planned").glob("*.toml"))
+    assert planned
+    for path in planned:
+        spec = load_spec(path)
+        cells = expand(spec)
+        assert cells and {cell.key[2] for cell in cells} == set(spec.seeds), path.name
