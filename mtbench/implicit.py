@@ -102,7 +102,10 @@ def conjugate_gradient(
     Without ``tol`` every iteration runs and nothing is read on the host; with it, the loop stops once
     ‖r‖ ≤ tol·‖b‖ (one host read per iteration). Safeguards for an A that is not positive definite (a network's
     Hessian), kept on the device: a direction p with pᵀAp ≤ 0 freezes x from then on (truncated CG), and the
-    iterate returned is the one of least residual (x = 0 included), whose relative residual is reported.
+    iterate returned is the one of least residual (x = 0 included), whose relative residual is reported. Where
+    the very first direction, b itself, has non-positive curvature, x = b is returned (the steepest-descent
+    fallback of truncated Newton-CG, Nocedal & Wright Alg. 7.1: the identity as the inverse, so a hypergradient
+    keeps the direction of the one-step form instead of vanishing).
     """
     x = torch.zeros_like(b)
     r = b.clone()
@@ -111,11 +114,16 @@ def conjugate_gradient(
     b_norm2 = rr
     best, best_rr = x, rr
     alive = torch.ones((), dtype=torch.bool, device=b.device)
+    fallback = torch.zeros((), dtype=torch.bool, device=b.device)
+    fallback_rr = rr
     done = 0
     while done < iterations:
         done += 1
         ap = matvec(p)
         curvature = _dot(p, ap)
+        if done == 1:  # p = b: x = b has the residual b − A b
+            fallback = curvature <= 0
+            fallback_rr = _dot(b - ap, b - ap)
         alive = alive & (curvature > 0)
         alpha = torch.where(alive, rr / torch.where(alive, curvature, torch.ones_like(curvature)), 0.0)
         x = x + alpha * p
@@ -128,6 +136,7 @@ def conjugate_gradient(
         best, best_rr = torch.where(better, x, best), torch.where(better, rr, best_rr)
         if tol is not None and bool(rr <= tol**2 * b_norm2):
             break
+    best, best_rr = torch.where(fallback, b, best), torch.where(fallback, fallback_rr, best_rr)
     return best, SolveInfo(_relative(best_rr.sqrt(), b_norm2.sqrt()), done, ~alive)
 
 

@@ -249,6 +249,12 @@ def test_solvers_report_their_residual_and_stop_at_a_tolerance():
     indefinite = torch.diag(torch.tensor([1.0, -1.0, 2.0], dtype=torch.float64))
     x, info = conjugate_gradient(lambda v: indefinite @ v, torch.ones(3, dtype=torch.float64), 10)
     assert bool(info.negative_curvature) and float(info.residual) <= 1.0 and torch.isfinite(x).all()
+    # negative curvature along b itself: the steepest-descent fallback x = b (not x = 0, a vanishing hypergradient)
+    negative = torch.diag(torch.tensor([-1.0, -2.0], dtype=torch.float64))
+    b = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    x, info = conjugate_gradient(lambda v: negative @ v, b, 10)
+    assert bool(info.negative_curvature) and torch.equal(x, b)
+    assert float(info.residual) == pytest.approx(float((negative @ b - b).norm() / b.norm()), rel=1e-12)
 
 
 # --- a small network: two branches of 1×1 convs (kernels with input-channel groups) ----------------------------
