@@ -45,9 +45,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from mtbench_baselines.meta_sparsity import MetaSparsityConfig
 from torch import Tensor
 
-from baselines.meta_sparsity import MetaSparsityConfig
 from mtbench.cost import FlopsMeter, search_flops, uncounted
 from mtbench.meta import EpisodicMetaLearner
 from mtbench.methods import MethodInfo

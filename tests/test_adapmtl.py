@@ -10,9 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import random_nyu_context
+from mtbench_baselines.adapmtl import (
+    AdapMTL,
+    AdapMTLConfig,
+    project_weights,
+    projection_cut,
+    relative_norms,
+    soft_threshold,
+)
 from torch import nn
 
-from baselines.adapmtl import AdapMTL, AdapMTLConfig, project_weights, projection_cut, relative_norms, soft_threshold
 from mtbench.cost import flops_fraction
 from mtbench.export import compact
 from mtbench.models import DenseHead, init_seeded

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 
+import mtbench_baselines.budgeted_meta_sparsity as bms
 import pytest
 import torch
 from conftest import random_nyu_context
+from mtbench_baselines.budgeted_meta_sparsity import BudgetedMetaSparsity, BudgetedMetaSparsityConfig, dual_step
 
-import baselines.budgeted_meta_sparsity as bms
-from baselines.budgeted_meta_sparsity import BudgetedMetaSparsity, BudgetedMetaSparsityConfig, dual_step
 from mtbench.runner import RunRequest, execute
 from mtbench.sparsity import group_norms, shared_conv_weights
 from mtbench.training import train

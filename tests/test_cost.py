@@ -7,9 +7,9 @@ import copy
 
 import pytest
 import torch
+from mtbench_baselines.prune import PruneConfig, prune_scores
 from torch import nn
 
-from baselines.prune import PruneConfig, prune_scores
 from mtbench import catalog
 from mtbench.cost import FlopsMeter, flops_fraction, masks_for_flops, masks_removing, removal_order, search_flops
 from mtbench.inference import Network, RunModel, account

@@ -6,9 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import random_nyu_context
-from torch import nn
-
-from baselines.disparse import (
+from mtbench_baselines.disparse import (
     DiSparse,
     DiSparseConfig,
     cosine_rate,
@@ -17,7 +15,9 @@ from baselines.disparse import (
     group_gradient,
     task_scores,
 )
-from baselines.prune import Prune, PruneConfig
+from mtbench_baselines.prune import Prune, PruneConfig
+from torch import nn
+
 from mtbench.cost import masks_removing
 from mtbench.runner import RunRequest, execute
 from mtbench.sparsity import group_norms, lowest_norm_masks, shared_conv_weights
