@@ -331,7 +331,9 @@ def print_run(done: Executed, front: FrontReading | None = None) -> None:
         )
     hyper = [h.lambda_grad for h in result.history if h.lambda_grad is not None]
     if hyper:
-        positive = result.history[-1].lambda_grad_positive or 0.0
+        # the last share logged: a method may stop learning λ before the end (a final cut to a budget)
+        shares = [h.lambda_grad_positive for h in result.history if h.lambda_grad_positive is not None]
+        positive = shares[-1] if shares else 0.0
         console.print(
             f"λ's meta-gradient ∂L_Q/∂λ: positive (pushing λ down) on {100 * positive:.0f} % of the steps; "
             f"logged values median {sorted(hyper)[len(hyper) // 2]:+.3g}   {sparkline(hyper)}"
