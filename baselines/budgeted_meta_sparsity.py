@@ -48,7 +48,7 @@ import torch
 from mtbench_baselines.meta_sparsity import MetaSparsityConfig
 from torch import Tensor
 
-from mtbench.cost import FlopsMeter, search_flops, uncounted
+from mtbench.cost import FlopsMeter, cut_bounds, search_flops, uncounted
 from mtbench.meta import EpisodicMetaLearner
 from mtbench.methods import MethodInfo
 from mtbench.options import bounded
@@ -92,13 +92,10 @@ def project_zero_sum(grad: Tensor) -> Tensor:
 def cut_multiplier(scores: Sequence[Tensor], masks: Sequence[Tensor]) -> float:
     """The cut t between the removed groups' scores and the kept ones above them (midpoint; the removed maximum
     when nothing kept lies above it, 0 when nothing is removed)."""
-    flat = torch.cat([s.reshape(-1).double().cpu() for s in scores])
-    keep = torch.cat([m.reshape(-1).cpu() for m in masks])
-    if not bool((~keep).any()):
+    low, high = cut_bounds(scores, masks)
+    if low is None:
         return 0.0
-    low = float(flat[~keep].max())
-    above = flat[keep & (flat > low)]
-    return low if above.numel() == 0 else 0.5 * (low + float(above.min()))
+    return low if math.isinf(high) else 0.5 * (low + high)
 
 
 class BudgetedMetaSparsity(EpisodicMetaLearner):
@@ -211,13 +208,7 @@ class BudgetedMetaSparsity(EpisodicMetaLearner):
         if learning and self.sensitivity is not None:
             self._online_hypergradient()
         if learning and self.rho.grad is not None:
-            lam_grad = (self.rho.grad / self.lambdas().detach()).mean()  # ∂L_Q/∂λ, as meta-sparsity records it
-            self.hyper_steps += 1
-            positive = lam_grad > 0
-            positive = positive.cpu() if positive.device.type == "mps" else positive
-            self.hyper_positive = positive.to(torch.float64) + self.hyper_positive
-            logged["lambda_grad"] = lam_grad
-            logged["lambda_grad_positive"] = self.hyper_positive / self.hyper_steps
+            self.record_lambda_grad((self.rho.grad / self.lambdas().detach()).mean(), logged)  # ∂L_Q/∂λ
             self.rho.grad = project_zero_sum(self.rho.grad)
         if self.masks is not None:
             for weight, mask in zip(self.shared(), self.masks):

@@ -247,15 +247,7 @@ class EpisodicMetaLearner(Method):
             self._online_hypergradient()
         if self.rho is not None and self.rho.grad is not None:
             # ρ.grad = Σ_l λ_l ∂L/∂λ_l; for a global λ, ∂L_Q/∂λ = ρ.grad / λ (per layer: their mean)
-            lam_grad = (self.rho.grad / self.rho.detach().exp()).mean()
-            self.hyper_steps += 1
-            # the count of positive steps is kept on the device in float64 (exact for any count), so the
-            # fraction below is the same correctly rounded double as the former int / int
-            positive = lam_grad > 0
-            positive = positive.cpu() if positive.device.type == "mps" else positive  # MPS has no float64
-            self.hyper_positive = positive.to(torch.float64) + self.hyper_positive
-            logged["lambda_grad"] = lam_grad
-            logged["lambda_grad_positive"] = self.hyper_positive / self.hyper_steps
+            self.record_lambda_grad((self.rho.grad / self.rho.detach().exp()).mean(), logged)
         if self.sensitivity is None:
             self.optimizer.step()
         else:
@@ -264,6 +256,17 @@ class EpisodicMetaLearner(Method):
             self.optimizer.apply_prox()
             self._update_sensitivity(before)
         return logged
+
+    def record_lambda_grad(self, lam_grad: Tensor, logged: dict[str, Any]) -> None:
+        """Log ∂L_Q/∂λ and the running share of steps where it was positive (λ pushed down)."""
+        self.hyper_steps += 1
+        # the count of positive steps is kept on the device in float64 (exact for any count), so the
+        # fraction below is the same correctly rounded double as the former int / int
+        positive = lam_grad > 0
+        positive = positive.cpu() if positive.device.type == "mps" else positive  # MPS has no float64
+        self.hyper_positive = positive.to(torch.float64) + self.hyper_positive
+        logged["lambda_grad"] = lam_grad
+        logged["lambda_grad_positive"] = self.hyper_positive / self.hyper_steps
 
     # --- the online (longer-horizon) hypergradient ---------------------------------------------------
     def _online_hypergradient(self) -> None:
