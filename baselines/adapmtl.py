@@ -55,11 +55,19 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from mtbench.cost import FlopsMeter, masks_for_sparsity, search_flops, uncounted
+from mtbench.cost import FlopsMeter, cut_bounds, masks_for_sparsity, search_flops, uncounted
 from mtbench.methods import MethodInfo
 from mtbench.mtl import MTLMethod
 from mtbench.options import bounded
-from mtbench.sparsity import Axis, group_norms, group_shape, group_size, shared_conv_weights, zero_group_masks
+from mtbench.sparsity import (
+    Axis,
+    group_dims,
+    group_norms,
+    group_shape,
+    group_size,
+    shared_conv_weights,
+    zero_group_masks,
+)
 from mtbench.training import TrainContext
 
 Scale = Literal["layer", "none"]
@@ -113,10 +121,6 @@ class AdapMTLConfig:
 # --- the reparameterisation --------------------------------------------------------------------------------------
 
 
-def _reduce(axis: Axis) -> tuple[int, ...]:
-    return (0, 2, 3) if axis == "in" else (1, 2, 3)
-
-
 def threshold_unit(weight: Tensor, scale: Scale) -> Tensor | float:
     """``u_l``: the layer's weight RMS (``layer``; differentiable) or 1 (``none``)."""
     return weight.pow(2).mean().sqrt() if scale == "layer" else 1.0
@@ -127,7 +131,7 @@ def soft_threshold(weight: Tensor, tau: Tensor | float, axis: Axis = "in", scale
 
     Differentiable in ``weight`` and ``tau`` (a group at zero norm has gradient 0, never NaN).
     """
-    squared = weight.pow(2).sum(dim=_reduce(axis))
+    squared = weight.pow(2).sum(dim=group_dims(axis))
     positive = squared > 0
     norms = torch.where(positive, squared, torch.ones_like(squared)).sqrt()
     cut = tau * threshold_unit(weight, scale) * group_size(weight, axis) ** 0.5
@@ -147,11 +151,8 @@ def projection_cut(ratios: Sequence[Tensor], masks: Sequence[Tensor], tau: float
 
     Kept groups at or below t (a layer's last group, ties) are kept as they are by `project_weights`.
     """
-    flat = torch.cat([r.reshape(-1).double().cpu() for r in ratios])
-    keep = torch.cat([m.reshape(-1).cpu() for m in masks])
-    low = float(flat[~keep].max()) if bool((~keep).any()) else 0.0
-    above = flat[keep & (flat > low)]
-    high = float(above.min()) if above.numel() else math.inf
+    removed, high = cut_bounds(ratios, masks)
+    low = removed or 0.0
     if low <= tau < high:
         return tau
     return low if math.isinf(high) else 0.5 * (low + high)

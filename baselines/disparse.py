@@ -42,7 +42,7 @@ from mtbench.cost import FlopsMeter, masks_for_sparsity, search_flops, uncounted
 from mtbench.methods import MethodInfo
 from mtbench.mtl import MTLMethod
 from mtbench.options import bounded
-from mtbench.sparsity import Axis, group_norms, shared_conv_weights
+from mtbench.sparsity import Axis, group_dims, group_norms, shared_conv_weights
 from mtbench.training import Batch, TrainContext, apply_masks
 
 #: The salt of the batches that score the groups before a static prune (a stream apart from the training batches).
@@ -82,16 +82,12 @@ class DiSparseConfig:
 # --- scores and the disentangled rule --------------------------------------------------------------------------
 
 
-def _reduce(axis: Axis) -> tuple[int, ...]:
-    return (0, 2, 3) if axis == "in" else (1, 2, 3)
-
-
 def group_saliency(weights: Sequence[Tensor], grads: Sequence[Tensor | None], axis: Axis = "in") -> list[Tensor]:
     """Connection sensitivity of each group: Σ_{i∈g} |θ_i · g_i| (0 where a weight got no gradient)."""
     return [
         torch.zeros(w.shape[1 if axis == "in" else 0], device=w.device)
         if g is None
-        else (w.detach() * g).abs().sum(dim=_reduce(axis))
+        else (w.detach() * g).abs().sum(dim=group_dims(axis))
         for w, g in zip(weights, grads)
     ]
 
@@ -99,7 +95,9 @@ def group_saliency(weights: Sequence[Tensor], grads: Sequence[Tensor | None], ax
 def group_gradient(weights: Sequence[Tensor], grads: Sequence[Tensor | None], axis: Axis = "in") -> list[Tensor]:
     """Gradient magnitude of each group: Σ_{i∈g} |g_i| (RigL's growth criterion, summed over the group)."""
     return [
-        torch.zeros(w.shape[1 if axis == "in" else 0], device=w.device) if g is None else g.abs().sum(dim=_reduce(axis))
+        torch.zeros(w.shape[1 if axis == "in" else 0], device=w.device)
+        if g is None
+        else g.abs().sum(dim=group_dims(axis))
         for w, g in zip(weights, grads)
     ]
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -64,6 +65,17 @@ def removal_order(scores: Sequence[Tensor]) -> Tensor:
         here = layers == layer
         rank[here] = torch.arange(int(here.sum()))
     return order[rank < sizes[layers] - 1]
+
+
+def cut_bounds(scores: Sequence[Tensor], masks: Sequence[Tensor]) -> tuple[float | None, float]:
+    """Where a cut of ``scores`` reproduces ``masks``: the highest removed score (None when nothing is removed) and
+    the lowest kept score above it (above 0 when nothing is removed; inf when there is none). Kept groups at or
+    below the removed maximum (a layer's last group, ties) do not bound the cut."""
+    flat = torch.cat([s.detach().reshape(-1).to("cpu", torch.float64) for s in scores])
+    keep = torch.cat([m.reshape(-1).cpu() for m in masks])
+    low = float(flat[~keep].max()) if bool((~keep).any()) else None
+    above = flat[keep & (flat > (low or 0.0))]
+    return low, float(above.min()) if above.numel() else math.inf
 
 
 def masks_removing(scores: Sequence[Tensor], count: int, axis: Axis = "in") -> list[Tensor]:

@@ -36,7 +36,7 @@ from torch import Tensor
 from mtbench.sparsity import (
     Axis,
     _device_scalar,
-    _reduce_dims,
+    group_dims,
     group_lasso_grad,
     group_norms,
     group_shape,
@@ -84,7 +84,7 @@ def group_lasso_hvp(weights: Sequence[Tensor], vectors: Sequence[Tensor], axis: 
         norms = group_norms(weight, axis)
         positive = norms > 0
         safe = torch.where(positive, norms, torch.ones_like(norms))
-        dot = (weight * vector).sum(dim=_reduce_dims(axis))
+        dot = (weight * vector).sum(dim=group_dims(axis))
         scale = torch.where(positive, group_size(weight, axis) ** 0.5 / safe, torch.zeros_like(norms))
         out.append(scale.view(shape) * (vector - weight * (dot / safe.square()).view(shape)))
     return out

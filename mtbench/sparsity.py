@@ -64,7 +64,8 @@ def shared_conv_weights(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     ]
 
 
-def _reduce_dims(axis: Axis) -> tuple[int, ...]:
+def group_dims(axis: Axis) -> tuple[int, ...]:
+    """The kernel dimensions a group spans (summed over for one value per group)."""
     return (0, 2, 3) if axis == "in" else (1, 2, 3)
 
 
@@ -81,14 +82,14 @@ def group_size(weight: Tensor, axis: Axis = "in") -> int:
 
 def group_norms(weight: Tensor, axis: Axis = "in") -> Tensor:
     """‖W_g‖₂ for every group (length C_in for ``axis="in"``)."""
-    return weight.pow(2).sum(dim=_reduce_dims(axis)).sqrt()
+    return weight.pow(2).sum(dim=group_dims(axis)).sqrt()
 
 
 def group_lasso(weights: Sequence[Tensor], axis: Axis = "in", eps: float = 0.0) -> Tensor:
     """Ω = Σ_layers Σ_g √n_g ‖W_g‖₂ (differentiable; ``eps`` smooths the norm at zero if > 0)."""
     total = weights[0].new_zeros(())
     for weight in weights:
-        squared = weight.pow(2).sum(dim=_reduce_dims(axis))
+        squared = weight.pow(2).sum(dim=group_dims(axis))
         norms = (squared + eps).sqrt() if eps else _safe_sqrt(squared)
         total = total + group_size(weight, axis) ** 0.5 * norms.sum()
     return total
@@ -121,7 +122,7 @@ def group_soft_threshold(weight: Tensor, tau: Tensor | float, axis: Axis = "in")
 
     Used inside the meta-graph (meta-sparsity's proximal inner step), so λ gets a gradient through it.
     """
-    norms = _safe_sqrt(weight.pow(2).sum(dim=_reduce_dims(axis)))
+    norms = _safe_sqrt(weight.pow(2).sum(dim=group_dims(axis)))
     positive = norms > 0
     safe = torch.where(positive, norms, torch.ones_like(norms))
     scale = torch.where(positive, (1.0 - tau * group_size(weight, axis) ** 0.5 / safe).clamp_min(0.0), norms * 0)
