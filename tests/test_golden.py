@@ -152,7 +152,7 @@ def compute(home: Path) -> dict[str, dict[str, float]]:
 
 # Computed under ENVIRONMENT with the evaluation protocol of result schema 3 (mtbench/protocol.py: BatchNorm
 # statistics recomputed before every evaluation, validation samples held out of the training split, joint
-# scores pinned beside the adapted ones); celebamask-synth from its generator 3 (a stronger smile); see the module
+# scores pinned beside the adapted ones); celebamask-synth from its generator 4 (a stronger smile); see the module
 # docstring for how to regenerate.
 GOLDEN: dict[str, dict[str, float]] = {
     "ew/nyuv2-synth": {
@@ -179,13 +179,13 @@ GOLDEN: dict[str, dict[str, float]] = {
         "semseg/pixAcc": 0.02867809265229934,
     },
     "fixed-lambda/celebamask-synth": {
-        "faceseg3/mIoU": 0.17919032592979833,
-        "faceseg3/pixAcc": 0.296875,
+        "faceseg3/mIoU": 0.1791967068626984,
+        "faceseg3/pixAcc": 0.2942708333333333,
         "final_lambda": 0.01,
-        "final_loss": 2.6334104537963867,
+        "final_loss": 2.6056413650512695,
         "group_sparsity": 0.0,
-        "joint/faceseg3/mIoU": 0.14516440720344445,
-        "joint/faceseg3/pixAcc": 0.2421875,
+        "joint/faceseg3/mIoU": 0.14153261748419346,
+        "joint/faceseg3/pixAcc": 0.23567708333333334,
         "joint/male/acc": 0.3333333333333333,
         "joint/male/balancedAcc": 0.3333333333333333,
         "joint/male/f1": 0.5,
@@ -195,9 +195,9 @@ GOLDEN: dict[str, dict[str, float]] = {
         "male/acc": 0.3333333333333333,
         "male/balancedAcc": 0.3333333333333333,
         "male/f1": 0.5,
-        "smiling/acc": 0.6666666666666666,
-        "smiling/balancedAcc": 0.5,
-        "smiling/f1": 0.8,
+        "smiling/acc": 0.3333333333333333,
+        "smiling/balancedAcc": 0.25,
+        "smiling/f1": 0.5,
     },
     "fixed-lambda/nyuv2-synth": {
         "depth/absErr": 2.103286920603102,

@@ -99,7 +99,7 @@ def test_shapes_dtypes_keys(image_size: int, mask_size: int) -> None:
 def test_default_sizes_and_constants() -> None:
     s = render_face(np.random.default_rng(0))
     _check_sample(s, 128, 64)
-    assert GENERATOR_VERSION == "3"
+    assert GENERATOR_VERSION == "4"
     assert set(VISUAL_ATTRIBUTES) <= set(CELEBA_ATTRIBUTES)
     for name in (
         "Male",
