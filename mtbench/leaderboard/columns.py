@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from mtbench.leaderboard.front import AXES, DEFAULT_AXIS, FrontComparison, MatchedPoint
+from mtbench.leaderboard.lambda_curve import CurvePoint
 from mtbench.leaderboard.model import COMPARE_WITH, Cell, Group, Row, signed
 from mtbench.stats import Paired
 
@@ -254,3 +255,16 @@ def matched_columns(primary: str) -> list[Column[MatchedPoint]]:
         Column(f"family Δm {primary} %", lambda m: m.family_delta.text(2)),
         Column("family − front (paired)", lambda m: paired_text(m.difference)),
     ]
+
+
+CURVE_COLUMNS: list[Column[CurvePoint]] = [
+    Column(
+        "λ",
+        lambda p: "0" if p.lam == 0 else f"{p.lam:g}",
+        lambda p: sort_number(p.lam),
+        [("lam", lambda p: repr(p.lam))],
+    ),
+    Column("variant", lambda p: p.row.method),
+    cell_column("Δm joint, validation % ↑", "delta_m_joint_val", lambda p: p.score, 2),
+    paired_column("− best λ (paired, validation)", "to_best", lambda p: p.to_best),
+]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from mtbench.leaderboard.columns import (
+    CURVE_COLUMNS,
     Column,
     Section,
     front_columns,
@@ -20,6 +21,7 @@ from mtbench.leaderboard.columns import (
     paired_text,
 )
 from mtbench.leaderboard.front import AXES, DEFAULT_AXIS, front_comparisons, matched_points
+from mtbench.leaderboard.lambda_curve import lambda_curve, learned_lambdas
 from mtbench.leaderboard.model import COMPARE_WITH, REFERENCE, Cell, Group, Row, rows, separation
 from mtbench.leaderboard.plot import layer_svg, scatter_svg
 
@@ -131,6 +133,16 @@ SAMPLING_NOTE = (
     "For one seed of ew (its first): the 95 % percentile bootstrap interval of the score over the test images "
     "(blocks of 10 images resampled 200 times), beside the half-width of the 95 % interval of the mean over "
     "seeds. Joint score for seen tasks, adapted for held-out tasks."
+)
+
+CURVE_TITLE = "λ on the validation split: is there an interior optimum, and does a learned λ find it?"
+CURVE_NOTE = (
+    "The fixed-λ variants and, as λ = 0, ew (the same training: equal weighting and Adam, whose proximal step at "
+    "λ = 0 is the identity), scored by Δm joint on the validation split (mean ± 95 % t interval over seeds). "
+    "− best λ: each λ's per-seed difference to the λ of best mean, paired (mean ± 95 % t interval, wins/seeds, * "
+    "where it excludes 0). The optimum is interior where both ends of the grid are resolved below the best; the "
+    "optimum's range is the grid's λ not resolved below it. Each variant that learns λ is placed against that "
+    "range by its final λ per seed (mtbench/leaderboard/lambda_curve.py)."
 )
 
 
@@ -279,6 +291,12 @@ def sections(group: Group, table: list[Row]) -> list[Section]:
         choice = validation_choice(table)
         if choice and out:
             out[-1].extra.append(choice)
+        curve = lambda_curve(table)
+        if curve is not None:
+            section = Section(CURVE_TITLE, CURVE_COLUMNS, curve.points, CURVE_NOTE, "lambda-curve")
+            section.extra.append(curve.verdict())
+            section.extra += [learned.text() for learned in learned_lambdas(table, curve)]
+            out.append(section)
     return out
 
 
