@@ -22,7 +22,8 @@ class Budget:
     Attributes:
         name: ``smoke`` (seconds, for tests), ``quick`` (CPU default, minutes), ``plateau`` (quick ×3
             steps: sparse models recover), ``scarce`` (quick on 128 training samples: the
-            over-parameterised regime where parsimony should pay) or ``paper`` (GPU).
+            over-parameterised regime where parsimony should pay), ``scarce-long`` (scarce ×3 steps: trained past
+            fitting) or ``paper`` (GPU).
         arch: the network.
         synth_samples: size of the synthetic set generated when a run uses a synthetic stand-in.
         summary: one line for ``--budget``'s help (`budget_help`).
@@ -141,6 +142,11 @@ BUDGETS["plateau"] = dataclasses.replace(
 )
 BUDGETS["scarce"] = dataclasses.replace(
     BUDGETS["quick"], name="scarce", summary="quick on 128 training images", max_train_samples=128
+)
+# The λ study's over-parameterised regime (issue 23): the scarce data trained as long as plateau, about 112 passes
+# over the 128 images, where a network fits its training split and a penalty has something to prevent.
+BUDGETS["scarce-long"] = dataclasses.replace(
+    BUDGETS["scarce"], name="scarce-long", summary="scarce with 3× the steps", steps=1800, log_every=30
 )
 
 

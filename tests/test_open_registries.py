@@ -262,7 +262,7 @@ def test_a_cache_without_recorded_kinds_takes_them_from_its_source_layout(nyu_mt
 
 def test_every_budget_says_its_summary_and_device():
     assert {name: b.device for name, b in BUDGETS.items()} == {
-        "smoke": "cpu", "quick": "cpu", "paper": "gpu", "plateau": "cpu", "scarce": "cpu"
+        "smoke": "cpu", "quick": "cpu", "paper": "gpu", "plateau": "cpu", "scarce": "cpu", "scarce-long": "cpu"
     }
     for name, b in BUDGETS.items():
         assert b.name == name and b.summary and "\n" not in b.summary
