@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from mtbench.leaderboard.lambda_curve import lambda_curve, learned_lambdas
+from mtbench.leaderboard.lambda_curve import lambda_curve, lambda_for_cost, learned_lambdas
 from mtbench.leaderboard.model import Cell, Row
 
 SEEDS = [0, 1, 2, 3, 4]
@@ -102,3 +102,17 @@ def test_no_curve_without_two_fixed_lambda_rows_on_validation() -> None:
     assert lambda_curve([_ew([0.0, 1.0]), _row("fixed-lambda (lam=0.01)", [0.0, 1.0], lam=0.01)]) is None
     old = _row("fixed-lambda (lam=0.1)", [], lam=0.1)  # an old-protocol row: no validation score
     assert lambda_curve([_ew([0.0, 1.0]), _row("fixed-lambda (lam=0.01)", [0.0, 1.0], lam=0.01), old]) is None
+
+
+def test_lambda_for_cost_interpolates_log_lambda_between_the_front_means() -> None:
+    def front(lam: float, flops: list[float]) -> Row:
+        row = _row(f"fixed-lambda (lam={lam})", [0.0] * len(flops), lam=lam)
+        row.flops_pct = _cell(flops)
+        return row
+
+    table = [front(0.001, [90.0, 92.0]), front(0.1, [40.0, 42.0]), _ew([0.0, 0.0])]
+    # mean costs 91 and 41; 66 is halfway, so log λ is halfway between log 0.001 and log 0.1: λ = 0.01
+    assert lambda_for_cost(table, 66.0) == pytest.approx(0.01)
+    assert lambda_for_cost(table, 91.0) == pytest.approx(0.001)
+    assert lambda_for_cost(table, 30.0) is None  # beyond the front: no extrapolation
+    assert lambda_for_cost(table[:1], 91.0) is None

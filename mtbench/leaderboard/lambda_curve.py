@@ -11,8 +11,10 @@ the best (the best included): a learned λ that ends inside it found the optimum
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from mtbench.leaderboard.front import AXES, interpolate_front
 from mtbench.leaderboard.model import COMPARE_WITH, Cell, Row, significant
 from mtbench.stats import Paired, paired_comparison
 
@@ -118,7 +120,7 @@ def _lam_text(lam: float) -> str:
     return "0" if lam == 0 else significant(lam)
 
 
-def _fixed_lambda(row: Row) -> float | None:
+def fixed_lambda(row: Row) -> float | None:
     """The λ of a fixed-λ variant: constant from start to end, the same on every seed."""
     start, end = row.lam_start.by_seed, row.lam_end.by_seed
     values = set(start.values()) | set(end.values())
@@ -132,7 +134,7 @@ def lambda_curve(table: list[Row]) -> LambdaCurve | None:
         if not row.delta_joint_val.by_seed:
             continue
         if row.family == "front":
-            lam = _fixed_lambda(row)
+            lam = fixed_lambda(row)
             if lam is not None:
                 candidates.append((lam, row))
         elif row.method == COMPARE_WITH:
@@ -160,7 +162,22 @@ def learned_lambdas(table: list[Row], curve: LambdaCurve) -> list[LearnedLambda]
     ``curve``."""
     out = []
     for row in table:
-        if row.family == "front" or not row.lam_end.by_seed or _fixed_lambda(row) is not None:
+        if row.family == "front" or not row.lam_end.by_seed or fixed_lambda(row) is not None:
             continue
         out.append(LearnedLambda(row, {seed: curve.position(v) for seed, v in row.lam_end.by_seed.items()}))
     return out
+
+
+def lambda_for_cost(table: list[Row], target: float, axis: str = "flops") -> float | None:
+    """The fixed λ expected to land at ``target`` on ``axis`` (a name of `mtbench.leaderboard.front.AXES`, e.g.
+    compact FLOPs as % of the dense network's): log λ interpolated linearly between the fixed-λ variants' mean
+    costs. None outside the range those variants span (extrapolating a front is a guess: run a λ beyond it) or with
+    fewer than 2 of them. The cost a λ gives is read off training runs, never off a test score."""
+    cost = AXES[axis].cell
+    points = []
+    for row in table:
+        lam = fixed_lambda(row) if row.family == "front" else None
+        if lam is not None and lam > 0 and cost(row).mean is not None:
+            points.append((cost(row).mean, math.log(lam)))
+    at = interpolate_front(points, target)
+    return None if at is None else math.exp(at)
