@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +14,11 @@ from torch import nn
 from mtbench import catalog
 from mtbench.data.io import atomic_write_json
 from mtbench.errors import ConfigError, DatasetNotFoundError
-from mtbench.export import compact, count_flops, count_params, latency, load_compact, save_compact
+from mtbench.export import compact, count_flops, count_params, load_compact, save_compact
+from mtbench.export.measure import interleaved, quartiles
+from mtbench.export.paths import FixedTasks, Prepared, Rejected, path_names, prepare, reference_outputs
 from mtbench.models import ArchSpec, MultiTaskNet
-from mtbench.result import Accounting, DenseCompact, Latency, RunResult
+from mtbench.result import Accounting, DenseCompact, Latency, PathLatency, RunResult
 
 #: The latency benchmark of a run folder, written by `bench_inference` (``mtbench bench inference``).
 INFERENCE_FILE = "inference.json"
@@ -153,40 +155,136 @@ def export_run(run_dir: Path, out: Path, *, fold_bn: bool = False, seed: int = 0
     }
 
 
+def resolve_paths(paths: Sequence[str] | None) -> list[str]:
+    """The inference paths asked for (None: every registered one), checked against the registry."""
+    known = path_names()
+    if paths is None:
+        return known
+    unknown = [name for name in paths if name not in known]
+    if unknown or not paths:
+        raise ConfigError(
+            f"unknown inference path {', '.join(map(repr, unknown))}" if unknown else "no inference path named",
+            expected=f"a comma-separated list of {', '.join(known)}",
+            found=", ".join(paths) or "nothing",
+        )
+    return list(dict.fromkeys(paths))
+
+
+DENSE, COMPACT = "dense network", "compact network (BN kept)"  #: the two candidates that are not paths
+
+
+def _ms(seconds: float) -> float:
+    return 1e3 * seconds
+
+
 def bench_inference(
     run_dir: Path,
     *,
     batch_sizes: tuple[int, ...] = (1, 16),
     repeats: int = 20,
+    warmup: int = 5,
     threads: int | None = None,
+    paths: Sequence[str] | None = None,
     update: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> Accounting:
-    """Parameters, FLOPs and CPU latency, dense-with-zeros against compact, measured in one process.
+    """Parameters, FLOPs and CPU latency, dense-with-zeros against compact, measured in one process
+    (`measure_latency`: every inference path in ``paths``, None: all).
 
     For a run with one network per task (stl) every measure is the sum over its networks.
 
     The report is written to the run folder as ``inference.json`` (a benchmark of this machine, apart from
     ``result.json``, which is written once by the run and holds its parameters and FLOPs) unless ``update``
-    is False.
+    is False. ``progress`` is told what is being built or timed.
     """
+    names = resolve_paths(paths)
     run = load_run(run_dir)
     if threads:
         torch.set_num_threads(threads)
-    dense = [network.model for network in run.networks]
-    plain = [compact(model, fold_bn=False) for model in dense]
+    plain = [compact(network.model, fold_bn=False) for network in run.networks]
     counts = account(run, plain)
-    folded = [compact(model, fold_bn=True) for model in dense]
-    task_lists = [network.tasks for network in run.networks]
-    timed = {}
-    for batch in batch_sizes:  # empty: parameters and FLOPs only (fast, no timing)
-        images = torch.rand(batch, 3, *run.input_size)
-        timed[str(batch)] = Latency(
-            *(
-                1e3 * sum(latency(model, images, tasks, repeats=repeats) for model, tasks in zip(models, task_lists))
-                for models in (dense, plain, folded)
-            )
-        )
+    timed = measure_latency(
+        run.networks, run.input_size, batch_sizes=batch_sizes, repeats=repeats, warmup=warmup, paths=names,
+        plain=plain, progress=progress,
+    )
     report = dataclasses.replace(counts, latency_ms=timed)
     if update:
         atomic_write_json(Path(run_dir) / INFERENCE_FILE, report.to_json())
     return report
+
+
+def measure_latency(
+    networks: Sequence[Network],
+    input_size: tuple[int, int],
+    *,
+    batch_sizes: tuple[int, ...] = (1, 16),
+    repeats: int = 20,
+    warmup: int = 5,
+    paths: Sequence[str] | None = None,
+    plain: Sequence[nn.Module] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Latency]:
+    """CPU latency per batch size (as text): the dense network(s), the compact one(s) (BatchNorm kept) and every
+    inference path of the compact network(s) with BatchNorm folded.
+
+    Per batch size, on one random batch: every path (``paths``: names in `mtbench.export.paths.PATHS`, None: all)
+    is built and checked against the dense network's outputs (`mtbench.export.paths.prepare`); a path that cannot
+    run here, or whose outputs differ, is reported as such (`PathLatency.status`) and not timed. Then the dense
+    network, the compact one, the folded one (``eager``, always: `Latency.compact_bn_folded`) and every checked
+    path are timed in interleaved rounds (`mtbench.export.measure.interleaved`: ``warmup`` untimed calls each,
+    then ``repeats`` rounds that call every candidate once), each reported by its median and interquartile range
+    over the rounds. With several networks (stl) one call of a candidate runs them all. ``plain``: the compact
+    networks (BatchNorm kept) where the caller has them already.
+    """
+    names = resolve_paths(paths)
+    say = progress or (lambda text: None)
+    dense = [network.model for network in networks]
+    plain = list(plain) if plain is not None else [compact(model, fold_bn=False) for model in dense]
+    folded = [compact(model, fold_bn=True) for model in dense]
+    task_lists = [network.tasks for network in networks]
+    generator = torch.Generator().manual_seed(0)
+    timed = {}
+    for batch in batch_sizes:  # empty: parameters and FLOPs only (fast, no timing)
+        images = torch.rand(batch, 3, *input_size, generator=generator)
+        references = [reference_outputs(m, images, tasks) for m, tasks in zip(dense, task_lists)]
+        prepared: dict[str, Prepared | Rejected] = {}
+        for name in names:
+            say(f"batch {batch}: building and checking {name}")
+            prepared[name] = prepare(name, folded, task_lists, images, references)
+        # the dense and compact networks under names no path has; the folded one (``eager``) is timed even where
+        # its outputs were wrong or it was not asked for: it is `Latency.compact_bn_folded`
+        candidates: dict[str, Callable[[torch.Tensor], Any]] = {
+            DENSE: _calls([FixedTasks(m, tasks).eval() for m, tasks in zip(dense, task_lists)]),
+            COMPACT: _calls([FixedTasks(m, tasks).eval() for m, tasks in zip(plain, task_lists)]),
+            "eager": _calls([FixedTasks(m, tasks).eval() for m, tasks in zip(folded, task_lists)]),
+        }
+        candidates.update({n: p.call for n, p in prepared.items() if isinstance(p, Prepared) and n != "eager"})
+        say(f"batch {batch}: timing {', '.join(candidates)} in {repeats} interleaved rounds")
+        times = {
+            name: quartiles(seconds)
+            for name, seconds in interleaved(candidates, images, repeats=repeats, warmup=warmup).items()
+        }
+        results = {}
+        for name, done in prepared.items():
+            if isinstance(done, Rejected):
+                results[name] = PathLatency(
+                    name, done.status, max_abs_difference=done.max_abs_difference, reason=done.reason
+                )
+            else:
+                low, median, high = map(_ms, times[name])
+                results[name] = PathLatency(name, "ok", median, low, high, done.max_abs_difference)
+        timed[str(batch)] = Latency(
+            dense=_ms(times[DENSE][1]),
+            compact=_ms(times[COMPACT][1]),
+            compact_bn_folded=_ms(times["eager"][1]),
+            rounds=max(1, repeats),
+            dense_spread=(_ms(times[DENSE][0]), _ms(times[DENSE][2])),
+            compact_spread=(_ms(times[COMPACT][0]), _ms(times[COMPACT][2])),
+            paths=results,
+        )
+    return timed
+
+
+def _calls(calls: Sequence[Callable[[torch.Tensor], Any]]) -> Callable[[torch.Tensor], list[Any]]:
+    """One candidate that runs every network of a run."""
+    return lambda images: [call(images) for call in calls]

@@ -354,12 +354,43 @@ class DenseCompact(Record):
 
 
 @dataclass(frozen=True)
+class PathLatency(Record):
+    """One inference path (`mtbench.export.paths`) of the compact network (BatchNorm folded) at one batch size.
+
+    ``status``: ``ok`` (timed: median and interquartile range over the interleaved rounds, in ms, and its largest
+    difference from the dense network's outputs), ``unavailable`` (it cannot run here: ``reason`` says why) or
+    ``mismatch`` (its outputs differ from the dense network's beyond tolerance: ``reason``; not timed).
+    """
+
+    path: str
+    status: Literal["ok", "unavailable", "mismatch"] = "ok"
+    median_ms: Finite | None = json_field(default=None, omit_none=True)
+    low_ms: Finite | None = json_field(default=None, omit_none=True)  #: lower quartile over the rounds
+    high_ms: Finite | None = json_field(default=None, omit_none=True)  #: upper quartile over the rounds
+    max_abs_difference: Finite | None = json_field(default=None, omit_none=True)  #: against the dense network
+    reason: str | None = json_field(default=None, omit_none=True)
+
+
+@dataclass(frozen=True)
 class Latency(Record):
-    """Milliseconds of one forward of a batch: dense, compact, and compact with BatchNorm folded into the convs."""
+    """Milliseconds of one forward of a batch: dense, compact, and compact with BatchNorm folded into the convs
+    (medians); from ``mtbench bench inference`` with inference paths, also the number of interleaved ``rounds``,
+    the interquartile range (low, high) of the first two, and each path's `PathLatency` (absent in older files)."""
 
     dense: float
     compact: float
     compact_bn_folded: float
+    rounds: int | None = json_field(default=None, omit_none=True)
+    dense_spread: tuple[Finite, Finite] | None = json_field(default=None, omit_none=True)
+    compact_spread: tuple[Finite, Finite] | None = json_field(default=None, omit_none=True)
+    paths: Mapping[str, PathLatency] | None = json_field(default=None, omit_none=True)
+
+    def ratio(self, path: str) -> float | None:
+        """Path ``path``'s median ÷ the dense network's (None: not timed, or no such path)."""
+        timing = (self.paths or {}).get(path)
+        if timing is None or timing.median_ms is None or not self.dense:
+            return None
+        return timing.median_ms / self.dense
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from mtbench import catalog
 from mtbench.bench_memory import default_cases
@@ -74,22 +75,60 @@ def bench_data(
 @reports_errors
 def bench_inference(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run folders (result.json + checkpoint.pt).")],
-    repeats: Annotated[int, typer.Option(help="Timed forwards per measurement (median).")] = 20,
+    repeats: Annotated[
+        int, typer.Option(help="Interleaved rounds: each times every network and path once (median, quartiles).")
+    ] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed forwards of each network and path first.")] = 5,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's).")] = None,
+    paths: Annotated[
+        str,
+        typer.Option(
+            help="Inference paths of the compact network (BN folded), comma-separated: "
+            "eager, channels_last, jit_freeze, compile, onnxruntime (onnxruntime: pip install 'mtbench[export]'), "
+            "or all."
+        ),
+    ] = "all",
     latency: Annotated[bool, typer.Option(help="Time forwards (off: parameters and FLOPs only).")] = True,
 ) -> None:
     """Parameters, FLOPs and CPU latency (batch 1 and 16): dense-with-zeros against compact, in one run.
 
+    The compact network with BatchNorm folded is run by each inference path (eager, channels-last memory format,
+    torch.jit.freeze, torch.compile, ONNX Runtime); each is checked against the dense network's outputs first (a
+    path that cannot run here is shown as unavailable, with the reason; one with wrong outputs is an error), then
+    all are timed in interleaved rounds. The table gives per batch and path the median, the interquartile range,
+    the ratio to the dense network and that ratio ÷ the FLOP ratio (1.0: as fast as its FLOPs promise).
+
     The report is written to the run folder as inference.json (result.json, written once by the run, keeps
     its own parameter and FLOP counts).
 
-    Examples: `mtbench bench inference runs/<run id>`, `mtbench bench inference --no-latency runs/*`
+    Examples: `mtbench bench inference runs/<run id>`,
+    `mtbench bench inference runs/<run id> --paths eager,channels_last,onnxruntime --repeats 50 --threads 2`,
+    `mtbench bench inference --no-latency runs/*`
     """
     from mtbench.inference import bench_inference as measure
 
+    names = None if paths.strip() in ("", "all") else [name.strip() for name in paths.split(",") if name.strip()]
+    wrong = []
     for run_dir in run_dirs:
-        report = measure(run_dir, repeats=repeats, threads=threads, batch_sizes=(1, 16) if latency else ())
+        report = measure(
+            run_dir, repeats=repeats, warmup=warmup, threads=threads, paths=names,
+            batch_sizes=(1, 16) if latency else (),
+            progress=lambda text: console.print(f"[dim]{escape(text)}[/dim]"),
+        )
         console.print(inference_table(run_dir, report))
+        wrong += [
+            f"{run_dir}: batch {batch}, {path.path}: {path.reason}"
+            for batch, timing in (report.latency_ms or {}).items()
+            for path in (timing.paths or {}).values()
+            if path.status == "mismatch"
+        ]
+    if wrong:
+        raise ConfigError(
+            "an inference path gives outputs other than the dense network's",
+            expected="every path within tolerance of the dense network (relative 1e-3)",
+            found="; ".join(wrong),
+            fix="this is a bug in that path or in the compact export: report it",
+        )
 
 
 @app.command("memory")

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
@@ -190,7 +190,8 @@ def loader_table(dataset: str, split: str, targets: list[str], timings: list[Any
     return table
 
 
-def inference_table(run_dir: Path, report: Accounting) -> Table:
+def inference_table(run_dir: Path, report: Accounting) -> RenderableType:
+    """Parameters and FLOPs, dense against compact; and where timed, `latency_table`."""
     size = report.input_size or ("?", "?")
     table = Table(
         title=f"Inference, {run_dir.name}: input {size[0]}×{size[1]}, heads {', '.join(report.tasks or ())}"
@@ -202,14 +203,57 @@ def inference_table(run_dir: Path, report: Accounting) -> Table:
         table.add_column(column, justify="left" if column == "measure" else "right")
     for name, counts in (("parameters", report.params), ("FLOPs (1 image)", report.flops)):
         table.add_row(name, f"{counts.dense:,}", f"{counts.compact:,}", f"{counts.compact / counts.dense:.3f}")
+    return Group(table, latency_table(report)) if report.latency_ms else table
+
+
+def _spread(low_high: tuple[float, float] | None) -> str:
+    return f"{low_high[0]:.2f}–{low_high[1]:.2f}" if low_high else "—"
+
+
+def latency_table(report: Accounting) -> Table:
+    """Per batch size: the dense network, the compact one and every inference path of the folded one — median ms,
+    interquartile range, ratio to the dense median and that ratio ÷ the FLOP ratio (1.0: as fast as its FLOPs)."""
+    flop_ratio = report.flops.ratio
+    rounds = {timing.rounds for timing in (report.latency_ms or {}).values() if timing.rounds}
+    table = Table(
+        title=f"Latency, CPU, {report.threads} thread(s)"
+        + (f": median of {', '.join(map(str, sorted(rounds)))} interleaved rounds, spread = interquartile range"
+           if rounds else " (median)")
+        + (f"; FLOP ratio compact ÷ dense = {flop_ratio:.3f}" if flop_ratio else ""),
+        title_justify="left",
+    )
+    for column in ("latency", "network / path", "median (ms)", "spread (ms)", "÷ dense", "÷ FLOP ratio",
+                   "max |Δ| vs dense", "note"):
+        table.add_column(column, justify="left" if column in ("latency", "network / path", "note") else "right")
+
+    def ratios(value: float, dense: float) -> tuple[str, str]:
+        ratio = value / dense if dense else None
+        if ratio is None:
+            return "—", "—"
+        return f"{ratio:.3f}", f"{ratio / flop_ratio:.2f}×" if flop_ratio else "—"
+
     for batch, timing in (report.latency_ms or {}).items():
-        for label, value in (("", timing.compact), (", BN folded", timing.compact_bn_folded)):
-            table.add_row(
-                f"latency, batch {batch}{label} (ms)",
-                f"{timing.dense:.2f}",
-                f"{value:.2f}",
-                f"{value / timing.dense:.3f}",
-            )
+        label = f"latency, batch {batch}"
+        table.add_row(label, "dense (zeros kept)", f"{timing.dense:.2f}", _spread(timing.dense_spread), "1.000",
+                      "—", "—", "")
+        table.add_row("", "compact, BN kept", f"{timing.compact:.2f}", _spread(timing.compact_spread),
+                      *ratios(timing.compact, timing.dense), "—", "")
+        if timing.paths is None:  # written before inference paths were measured
+            table.add_row("", "compact, BN folded", f"{timing.compact_bn_folded:.2f}", "—",
+                          *ratios(timing.compact_bn_folded, timing.dense), "—", "")
+        for name, path in (timing.paths or {}).items():
+            if path.status != "ok" or path.median_ms is None:
+                note = ("[red]wrong outputs: " if path.status == "mismatch" else "[yellow]unavailable: ") + escape(
+                    path.reason or path.status
+                )
+                difference = "—" if path.max_abs_difference is None else f"{path.max_abs_difference:.1e}"
+                table.add_row("", f"folded, {name}", "—", "—", "—", "—", difference, note)
+                continue
+            low_high = (path.low_ms, path.high_ms) if path.low_ms is not None and path.high_ms is not None else None
+            table.add_row("", f"folded, {name}", f"{path.median_ms:.2f}", _spread(low_high),
+                          *ratios(path.median_ms, timing.dense),
+                          "—" if path.max_abs_difference is None else f"{path.max_abs_difference:.1e}", "")
+        table.add_section()
     return table
 
 

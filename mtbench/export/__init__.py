@@ -8,7 +8,9 @@ a JSON architecture config (no pickle anywhere); ``count_params``, ``count_flops
 measure either network.
 
 Modules: `analysis` (which channels can go, what is folded), `network` (the compact modules),
-`build` (``compact``: analysis → config + tensors), `io` (the exported files), `measure`.
+`build` (``compact``: analysis → config + tensors), `io` (the exported files), `measure` (also the
+interleaved timing of several candidates), `paths` (inference paths of the folded network: eager, channels-last,
+``torch.jit.freeze``, ``torch.compile``, ONNX Runtime, each checked against the dense network).
 """
 
 from mtbench.export.build import compact
