@@ -8,7 +8,8 @@ budget, and what the episodes' meta-gradient learns is the *allocation* of the s
 
 * **Parameterisation.** One λ per shared conv layer (`MetaConfig.per_layer`),
   ``λ_l = exp(ρ_l + ν)``: ρ (meta-learned) is the allocation, ν (a log-scale Lagrange multiplier, not
-  meta-learned) the overall strength. ρ starts at ``log(lam_init)`` in every layer and ν at 0.
+  meta-learned) the overall strength. ρ starts at ``log(lam_init)`` in every layer (1e-4: dense at the start, as
+  the budget is) and ν at 0.
 * **The allocation (where).** Each meta-iteration is meta-sparsity's (episode, inner loop with Σ_l λ_l Ω_l,
   query loss L_Q without penalty, proximal Adam with the prox at η·λ_l). The hypergradient g = ∂L_Q/∂ρ is
   projected onto the zero-sum subspace, ``g ← g − mean(g)·1`` (the orthogonal projection onto {Σ_l δρ_l = 0}),
@@ -68,9 +69,17 @@ class BudgetedMetaSparsityConfig(MetaSparsityConfig):
         check_every: steps between two measurements of the compact FLOPs (each compacts a CPU copy) and dual steps.
         dual_lr: the dual ascent's step on ν per unit of FLOPs fraction above the budget.
         nu_max: ν is kept in [−nu_max, nu_max] (λ within a factor e^nu_max of the allocation).
+        lam_init: λ of every layer at the start, 1e-4: the budget starts at 1 (dense), so the network does too
+            (meta-sparsity's 1e-2 zeroes groups in its first prox steps, a dead layer among them). Known problem,
+            not solved by this start: the dual step overshoots. In a quick celebamask-synth run at flops = 0.5
+            (seed 0) the network stayed dense until step ~120 while ν rose to 5.6, then λ zeroed a layer on the
+            main path and the compact FLOPs fell to 0.1 % (everything downstream folds to constants); ν fell to
+            −7.7 by step 300 (λ ≈ 5e-8) and the cut at ``end`` restored the budget (0.502). A damped or one-sided
+            controller is open.
     """
 
     per_layer: bool = True
+    lam_init: float = bounded(1e-4, above=0)
     flops: float = bounded(0.5, above=0, at_most=1)
     ramp: float = bounded(0.5, above=0, at_most=1)
     end: float = bounded(0.75, above=0, at_most=1)
@@ -257,5 +266,6 @@ METHOD = MethodInfo(
     "FLOPs are nearest flops (mtbench.cost.search_flops; a layer keeps its last group; the cut, as a multiple of "
     "every λ_l, is recorded as lambda_multiplier), then the episodic loop goes on without λ (no penalty, no prox) "
     "with the mask fixed; the FLOPs measurements and the cut are left out of the run's sampled training FLOPs; "
-    "dual_lr, ramp and nu_max are set by reasoning, not tuned on any score",
+    "dual_lr, ramp, nu_max and lam_init (1e-4, so that the network starts dense as the budget does) are set by "
+    "reasoning, not tuned on any score",
 )

@@ -44,7 +44,8 @@ def test_in_a_run_the_dual_follows_the_measured_flops_and_the_cut_uses_the_prox_
     the sparsity it drives brings the measured cost down. At the step before the cut, the groups whose statistic
     ‖D⊙v‖/(ηλ√n) is at most 1 are exactly the ones the prox zeroed; the cut then meets the budget."""
     ctx = random_nyu_context(steps=16, log_every=1)
-    config = BudgetedMetaSparsityConfig(flops=0.5, check_every=1)
+    # λ starts at 1e-2 (the default 1e-4 zeroes nothing in 16 steps): the test is of the dual's mechanics
+    config = BudgetedMetaSparsityConfig(flops=0.5, check_every=1, lam_init=1e-2)
     torch.manual_seed(0)
     method = BudgetedMetaSparsity(config)
     method.setup(ctx)
@@ -103,7 +104,7 @@ def test_the_meta_gradient_moves_the_allocation_only_on_the_zero_sum_subspace(mo
     moved = method.rho.detach() - start
     assert float(moved.max() - moved.min()) > 1e-3  # the layers moved apart
     lam = torch.tensor(method.lam(), dtype=torch.float64)
-    assert float(lam.log().mean()) == pytest.approx(math.log(1e-2) + method.nu, rel=1e-5)
+    assert float(lam.log().mean()) == pytest.approx(math.log(method.config.lam_init) + method.nu, rel=1e-5)
 
 
 @pytest.mark.parametrize("target", [0.5, 0.7])
