@@ -16,7 +16,7 @@ from mtbench.data.io import atomic_write_json
 from mtbench.errors import ConfigError, DatasetNotFoundError
 from mtbench.export import compact, count_flops, count_params, load_compact, save_compact
 from mtbench.export.measure import interleaved, quartiles
-from mtbench.export.paths import FixedTasks, Prepared, Rejected, path_names, prepare, reference_outputs
+from mtbench.export.paths import Prepared, Rejected, eager_all, path_names, prepare, reference_outputs
 from mtbench.models import ArchSpec, MultiTaskNet
 from mtbench.result import Accounting, DenseCompact, Latency, PathLatency, RunResult
 
@@ -254,9 +254,9 @@ def measure_latency(
         # the dense and compact networks under names no path has; the folded one (``eager``) is timed even where
         # its outputs were wrong or it was not asked for: it is `Latency.compact_bn_folded`
         candidates: dict[str, Callable[[torch.Tensor], Any]] = {
-            DENSE: _calls([FixedTasks(m, tasks).eval() for m, tasks in zip(dense, task_lists)]),
-            COMPACT: _calls([FixedTasks(m, tasks).eval() for m, tasks in zip(plain, task_lists)]),
-            "eager": _calls([FixedTasks(m, tasks).eval() for m, tasks in zip(folded, task_lists)]),
+            DENSE: eager_all(dense, task_lists),
+            COMPACT: eager_all(plain, task_lists),
+            "eager": eager_all(folded, task_lists),
         }
         candidates.update({n: p.call for n, p in prepared.items() if isinstance(p, Prepared) and n != "eager"})
         say(f"batch {batch}: timing {', '.join(candidates)} in {repeats} interleaved rounds")
@@ -283,8 +283,3 @@ def measure_latency(
             paths=results,
         )
     return timed
-
-
-def _calls(calls: Sequence[Callable[[torch.Tensor], Any]]) -> Callable[[torch.Tensor], list[Any]]:
-    """One candidate that runs every network of a run."""
-    return lambda images: [call(images) for call in calls]

@@ -31,24 +31,16 @@ def count_flops(module: nn.Module, images: Tensor, tasks: Sequence[str]) -> int:
 
 
 def latency(module: nn.Module, images: Tensor, tasks: Sequence[str], repeats: int = 10, warmup: int = 3) -> float:
-    """Seconds per eval-mode forward: median of ``repeats`` timed runs after ``warmup`` untimed ones."""
-    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
+    """Seconds per eval-mode forward: median of ``repeats`` timed runs after ``warmup`` untimed ones (`interleaved`
+    with one candidate)."""
     was_training = module.training
     module.eval()
-    times = []
     try:
         with torch.inference_mode():
-            for _ in range(warmup):
-                module(images, tasks)
-            sync()
-            for _ in range(max(1, repeats)):
-                start = time.perf_counter()
-                module(images, tasks)
-                sync()
-                times.append(time.perf_counter() - start)
+            timed = interleaved({"module": lambda x: module(x, tasks)}, images, repeats=repeats, warmup=warmup)
     finally:
         module.train(was_training)
-    return statistics.median(times)
+    return statistics.median(timed["module"])
 
 
 def interleaved(

@@ -252,8 +252,14 @@ def prepare(
             return Rejected(name, "mismatch", problem, difference if math.isfinite(difference) else None)
         calls.append(call)
         largest = max(largest, difference)
+    return Prepared(name, run_all(calls), largest)
 
-    def run(x: Tensor) -> list[Outputs]:
-        return [call(x) for call in calls]
 
-    return Prepared(name, run, largest)
+def run_all(calls: Sequence[Call]) -> Callable[[Tensor], list[Outputs]]:
+    """One callable that runs every network of a run (one per task for stl) on the same images."""
+    return lambda images: [call(images) for call in calls]
+
+
+def eager_all(models: Sequence[nn.Module], task_lists: Sequence[Sequence[str]]) -> Callable[[Tensor], list[Outputs]]:
+    """`run_all` of the networks as they are (eval mode), ``models[i]`` serving ``task_lists[i]``."""
+    return run_all([FixedTasks(model, tasks).eval() for model, tasks in zip(models, task_lists)])
