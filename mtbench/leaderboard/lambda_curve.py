@@ -104,7 +104,7 @@ class LearnedLambda:
     """A variant that learns λ: where each seed's final λ lies against the curve's optimum range."""
 
     row: Row
-    positions: dict[int, str]  # seed -> below / inside / above
+    positions: dict[int, str]  # seed -> one of POSITIONS
 
     def text(self) -> str:
         ends = ", ".join(significant(v) for _, v in sorted(self.row.lam_end.by_seed.items()))
@@ -143,7 +143,7 @@ def lambda_curve(table: list[Row]) -> LambdaCurve | None:
         return None
     candidates.sort(key=lambda pair: (pair[0], pair[1].method))
     candidates = [(lam, row) for lam, row in candidates if row.delta_joint_val.mean is not None]
-    best_lam, best_row = max(candidates, key=lambda pair: pair[1].delta_joint_val.mean)
+    _, best_row = max(candidates, key=lambda pair: pair[1].delta_joint_val.mean)
     points = [
         CurvePoint(
             lam,
